@@ -1,1 +1,20 @@
-//! placeholder
+//! Headcount's host-free engine: configuration, identity extraction, the session
+//! table, traffic and stats. Synchronous; every function takes time (`now`, Unix
+//! milliseconds) as an argument, so each rule is unit-testable natively.
+//!
+//! Hosts (the proxy-wasm filter, the Cloudflare Worker) supply bytes, time,
+//! randomness and a `SharedStore`; they decide nothing themselves.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod gateway;
+pub mod identity;
+pub mod memory;
+pub mod session;
+pub mod stats;
+pub mod table;
+pub mod traffic;
+
+pub use config::{Config, ConfigError};
+pub use session::{CookieHash, CookieHasher, Session};
+pub use table::{SessionTable, SharedStore, StoreError, TableError};

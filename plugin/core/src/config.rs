@@ -1,0 +1,449 @@
+//! Plugin configuration: one JSON object, every key optional, unknown keys refused.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// Why a configuration was refused. `field` names the offending key so the
+/// operator can fix it from the log line alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid headcount config: field `{}`: {}",
+            self.field, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Raw keys as they appear in JSON; `Config::from_json` validates them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    login_method: Option<String>,
+    login_path: Option<String>,
+    logout_method: Option<String>,
+    logout_path: Option<String>,
+    session_cookie: Option<String>,
+    user_id_pointer: Option<String>,
+    username_pointer: Option<String>,
+    role_pointer: Option<String>,
+    username_form_field: Option<String>,
+    user_id_header: Option<String>,
+    username_header: Option<String>,
+    role_header: Option<String>,
+    roles: Option<Vec<String>>,
+    default_role: Option<String>,
+    admin_roles: Option<Vec<String>>,
+    admin_token: Option<String>,
+    active_window_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+    max_lifetime_seconds: Option<u64>,
+    route_prefix: Option<String>,
+    client_ip_header: Option<String>,
+    trusted_hops: Option<u32>,
+    ignore_user_agents: Option<Vec<String>>,
+    cookie_hash_secret: Option<String>,
+    flush_interval_ms: Option<u64>,
+    sweep_interval_seconds: Option<u64>,
+}
+
+/// Validated configuration. Durations are kept in milliseconds, the unit of `now`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub login_method: String,
+    pub login_path: String,
+    pub logout_method: String,
+    pub logout_path: String,
+    pub session_cookie: String,
+    pub user_id_pointer: String,
+    pub username_pointer: String,
+    pub role_pointer: String,
+    pub username_form_field: String,
+    /// Trusted upstream response headers (lower-case).
+    pub user_id_header: Option<String>,
+    pub username_header: Option<String>,
+    pub role_header: Option<String>,
+    pub roles: Vec<String>,
+    pub default_role: String,
+    pub admin_roles: Vec<String>,
+    pub admin_token: Option<String>,
+    pub active_window_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_lifetime_ms: u64,
+    pub route_prefix: String,
+    pub client_ip_header: Option<String>,
+    pub trusted_hops: u32,
+    /// Lower-cased substrings.
+    pub ignore_user_agents: Vec<String>,
+    pub cookie_hash_secret: Option<String>,
+    pub flush_interval_ms: u64,
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            login_method: "POST".into(),
+            login_path: "/api/v1/auth/login".into(),
+            logout_method: "POST".into(),
+            logout_path: "/api/v1/auth/logout".into(),
+            session_cookie: "session".into(),
+            user_id_pointer: "/user/id".into(),
+            username_pointer: "/user/username".into(),
+            role_pointer: "/user/role".into(),
+            username_form_field: "username".into(),
+            user_id_header: None,
+            username_header: None,
+            role_header: None,
+            roles: vec!["admin".into(), "teacher".into(), "student".into()],
+            default_role: "unknown".into(),
+            admin_roles: vec!["admin".into()],
+            admin_token: None,
+            active_window_ms: 300_000,
+            idle_timeout_ms: 1_800_000,
+            max_lifetime_ms: 43_200_000,
+            route_prefix: "/__headcount".into(),
+            client_ip_header: None,
+            trusted_hops: 1,
+            ignore_user_agents: vec![
+                "bot".into(),
+                "crawler".into(),
+                "spider".into(),
+                "slurp".into(),
+            ],
+            cookie_hash_secret: None,
+            flush_interval_ms: 1000,
+            sweep_interval_ms: 5000,
+        }
+    }
+}
+
+/// Longest user-supplied string we accept in config; keeps log lines and state small.
+const MAX_TEXT: usize = 256;
+
+fn method(field: &str, v: Option<String>, default: String) -> Result<String, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    if v.is_empty() || v.len() > 16 || !v.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(err(field, "must be an HTTP method such as \"POST\""));
+    }
+    Ok(v.to_ascii_uppercase())
+}
+
+fn path(field: &str, v: Option<String>, default: String) -> Result<String, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    if !v.starts_with('/') || v.len() > MAX_TEXT || v.contains(['?', '#', ' ']) {
+        return Err(err(
+            field,
+            "must be a path starting with '/' without query or spaces",
+        ));
+    }
+    Ok(v)
+}
+
+fn pointer(field: &str, v: Option<String>, default: String) -> Result<String, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    if !(v.is_empty() || v.starts_with('/')) || v.len() > MAX_TEXT {
+        return Err(err(
+            field,
+            "must be a JSON pointer such as \"/user/id\" (or \"\" for none)",
+        ));
+    }
+    Ok(v)
+}
+
+fn token(field: &str, v: &str) -> Result<(), ConfigError> {
+    // RFC 7230 token characters: valid as both header and cookie names.
+    let ok = !v.is_empty()
+        && v.len() <= MAX_TEXT
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(field, "must be a non-empty header/cookie name token"))
+    }
+}
+
+fn header(field: &str, v: Option<String>) -> Result<Option<String>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(v) => {
+            token(field, &v)?;
+            Ok(Some(v.to_ascii_lowercase()))
+        }
+    }
+}
+
+fn text(field: &str, v: &str) -> Result<(), ConfigError> {
+    if v.is_empty() || v.len() > MAX_TEXT || v.chars().any(char::is_control) {
+        return Err(err(
+            field,
+            "must be a non-empty string of at most 256 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn list(
+    field: &str,
+    v: Option<Vec<String>>,
+    default: Vec<String>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    if v.len() > 64 {
+        return Err(err(field, "at most 64 entries"));
+    }
+    for item in &v {
+        text(field, item)?;
+    }
+    Ok(v)
+}
+
+fn seconds(field: &str, v: Option<u64>, default_ms: u64, max: u64) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default_ms),
+        Some(s) if (1..=max).contains(&s) => Ok(s * 1000),
+        Some(_) => Err(err(field, format!("must be between 1 and {max} seconds"))),
+    }
+}
+
+impl Config {
+    /// Parses and validates a plugin configuration. Empty input means all defaults.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Config::default());
+        }
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(err("(config)", "must be a JSON object"));
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+        de.end()
+            .map_err(|e| err("(config)", format!("trailing characters: {e}")))?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        const DAY: u64 = 86_400;
+        let session_cookie = raw.session_cookie.unwrap_or(d.session_cookie);
+        token("session_cookie", &session_cookie)?;
+        let default_role = raw.default_role.unwrap_or(d.default_role);
+        text("default_role", &default_role)?;
+        let route_prefix = path("route_prefix", raw.route_prefix, d.route_prefix)?;
+        if route_prefix == "/" || route_prefix.ends_with('/') {
+            return Err(err("route_prefix", "must not be \"/\" or end with '/'"));
+        }
+        if let Some(t) = &raw.admin_token {
+            if t.len() < 8 || t.len() > MAX_TEXT || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(err(
+                    "admin_token",
+                    "must be 8 to 256 printable ASCII characters without spaces",
+                ));
+            }
+        }
+        if let Some(s) = &raw.cookie_hash_secret {
+            if s.len() < 16 || s.len() > MAX_TEXT {
+                return Err(err("cookie_hash_secret", "must be 16 to 256 characters"));
+            }
+        }
+        let trusted_hops = raw.trusted_hops.unwrap_or(d.trusted_hops);
+        if !(1..=16).contains(&trusted_hops) {
+            return Err(err("trusted_hops", "must be between 1 and 16"));
+        }
+        let flush_interval_ms = raw.flush_interval_ms.unwrap_or(d.flush_interval_ms);
+        if !(100..=10_000).contains(&flush_interval_ms) {
+            return Err(err("flush_interval_ms", "must be between 100 and 10000"));
+        }
+        let active_window_ms = seconds(
+            "active_window_seconds",
+            raw.active_window_seconds,
+            d.active_window_ms,
+            DAY,
+        )?;
+        let idle_timeout_ms = seconds(
+            "idle_timeout_seconds",
+            raw.idle_timeout_seconds,
+            d.idle_timeout_ms,
+            30 * DAY,
+        )?;
+        let max_lifetime_ms = seconds(
+            "max_lifetime_seconds",
+            raw.max_lifetime_seconds,
+            d.max_lifetime_ms,
+            365 * DAY,
+        )?;
+        if idle_timeout_ms < active_window_ms {
+            return Err(err(
+                "idle_timeout_seconds",
+                "must be at least active_window_seconds",
+            ));
+        }
+        if max_lifetime_ms < active_window_ms {
+            return Err(err(
+                "max_lifetime_seconds",
+                "must be at least active_window_seconds",
+            ));
+        }
+        let roles = list("roles", raw.roles, d.roles)?;
+        let admin_roles = list("admin_roles", raw.admin_roles, d.admin_roles)?;
+        let ignore_user_agents = list(
+            "ignore_user_agents",
+            raw.ignore_user_agents,
+            d.ignore_user_agents,
+        )?
+        .into_iter()
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+        let username_form_field = raw.username_form_field.unwrap_or(d.username_form_field);
+        text("username_form_field", &username_form_field)?;
+        Ok(Config {
+            login_method: method("login_method", raw.login_method, d.login_method)?,
+            login_path: path("login_path", raw.login_path, d.login_path)?,
+            logout_method: method("logout_method", raw.logout_method, d.logout_method)?,
+            logout_path: path("logout_path", raw.logout_path, d.logout_path)?,
+            session_cookie,
+            user_id_pointer: pointer("user_id_pointer", raw.user_id_pointer, d.user_id_pointer)?,
+            username_pointer: pointer(
+                "username_pointer",
+                raw.username_pointer,
+                d.username_pointer,
+            )?,
+            role_pointer: pointer("role_pointer", raw.role_pointer, d.role_pointer)?,
+            username_form_field,
+            user_id_header: header("user_id_header", raw.user_id_header)?,
+            username_header: header("username_header", raw.username_header)?,
+            role_header: header("role_header", raw.role_header)?,
+            roles,
+            default_role,
+            admin_roles,
+            admin_token: raw.admin_token,
+            active_window_ms,
+            idle_timeout_ms,
+            max_lifetime_ms,
+            route_prefix,
+            client_ip_header: header("client_ip_header", raw.client_ip_header)?,
+            trusted_hops,
+            ignore_user_agents,
+            cookie_hash_secret: raw.cookie_hash_secret,
+            flush_interval_ms,
+            sweep_interval_ms: seconds(
+                "sweep_interval_seconds",
+                raw.sweep_interval_seconds,
+                d.sweep_interval_ms,
+                3600,
+            )?,
+        })
+    }
+
+    /// Header names the config trusts from the upstream; clients may not send them.
+    pub fn trusted_identity_headers(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.user_id_header,
+            &self.username_header,
+            &self.role_header,
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+    }
+
+    pub fn is_admin_role(&self, role: &str) -> bool {
+        self.admin_roles.iter().any(|r| r == role)
+    }
+}
+
+/// Names the key that failed: unknown keys and type errors both point at it.
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let msg = inner.to_string();
+    if let Some(name) = msg
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+    {
+        return err(name, "unknown key");
+    }
+    let field = if path == "." {
+        "(config)".to_string()
+    } else {
+        path
+    };
+    err(&field, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(json: &str) -> String {
+        match Config::from_json(json.as_bytes()) {
+            Err(e) => e.field,
+            Ok(_) => "(accepted)".into(),
+        }
+    }
+
+    #[test]
+    fn empty_means_defaults() {
+        assert_eq!(Config::from_json(b""), Ok(Config::default()));
+        assert_eq!(Config::from_json(b"{}"), Ok(Config::default()));
+        assert_eq!(Config::default().active_window_ms, 300_000);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            field_of(r#"{"active_window_seconds": "soon"}"#),
+            "active_window_seconds"
+        );
+        assert_eq!(field_of(r#"{"bogus": 1}"#), "bogus");
+        assert_eq!(
+            field_of(r#"{"active_window_seconds": 0}"#),
+            "active_window_seconds"
+        );
+        assert_eq!(
+            field_of(r#"{"active_window_seconds": 600, "idle_timeout_seconds": 60}"#),
+            "idle_timeout_seconds"
+        );
+        assert_eq!(field_of(r#"{"login_path": "api"}"#), "login_path");
+        assert_eq!(field_of(r#"{"session_cookie": "a b"}"#), "session_cookie");
+        assert_eq!(field_of(r#"{"admin_token": "short"}"#), "admin_token");
+        assert_eq!(field_of(r#"{"roles": ["ok", ""]}"#), "roles");
+        assert_eq!(field_of(r#"{"flush_interval_ms": 5}"#), "flush_interval_ms");
+        assert_eq!(field_of(r#"{"route_prefix": "/"}"#), "route_prefix");
+        assert_eq!(field_of("[1,2]"), "(config)");
+        assert_eq!(field_of("{} x"), "(config)");
+        let msg = Config::from_json(br#"{"active_window_seconds": "soon"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`active_window_seconds`"), "{msg}");
+    }
+
+    #[test]
+    fn values_are_normalised() {
+        let c = Config::from_json(br#"{"login_method": "post", "role_header": "X-Role", "active_window_seconds": 3, "ignore_user_agents": ["BOT"]}"#).unwrap();
+        assert_eq!(c.login_method, "POST");
+        assert_eq!(c.role_header.as_deref(), Some("x-role"));
+        assert_eq!(c.active_window_ms, 3000);
+        assert_eq!(c.ignore_user_agents, vec!["bot".to_string()]);
+        assert_eq!(
+            c.trusted_identity_headers().collect::<Vec<_>>(),
+            vec!["x-role"]
+        );
+    }
+}

@@ -1,0 +1,265 @@
+//! Per-request decisions shared by every host: which route a request is, what an
+//! upstream answer means for the session, and who may read the stats.
+
+use crate::config::Config;
+use crate::identity::{CookieChange, Identity};
+use crate::session::{session_id_from_random, Session};
+use subtle::ConstantTimeEq;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Login,
+    Logout,
+    /// Under `route_prefix`: answered by the plugin, never proxied.
+    Admin(AdminRoute),
+    App,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRoute {
+    Stats,
+    MethodNotAllowed,
+    NotFound,
+}
+
+/// Classifies a request by method and path (the query string is ignored).
+pub fn route(cfg: &Config, method: &[u8], path: &[u8]) -> Route {
+    let path = path
+        .split(|b| *b == b'?' || *b == b'#')
+        .next()
+        .unwrap_or_default();
+    let prefix = cfg.route_prefix.as_bytes();
+    if let Some(rest) = path.strip_prefix(prefix) {
+        if rest.is_empty() || rest.starts_with(b"/") {
+            return Route::Admin(match rest {
+                b"/stats" if method == b"GET" || method == b"HEAD" => AdminRoute::Stats,
+                b"/stats" => AdminRoute::MethodNotAllowed,
+                _ => AdminRoute::NotFound,
+            });
+        }
+    }
+    if method.eq_ignore_ascii_case(cfg.login_method.as_bytes()) && path == cfg.login_path.as_bytes()
+    {
+        Route::Login
+    } else if method.eq_ignore_ascii_case(cfg.logout_method.as_bytes())
+        && path == cfg.logout_path.as_bytes()
+    {
+        Route::Logout
+    } else {
+        Route::App
+    }
+}
+
+/// What an upstream answer does to the session behind the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// A login succeeded and set this cookie value.
+    Login {
+        cookie: Vec<u8>,
+    },
+    /// The session behind the request cookie is over.
+    Logout,
+    /// The app re-issued the session cookie with a new value.
+    Rotate {
+        to: Vec<u8>,
+    },
+    None,
+}
+
+/// Decides the transition from the route, the status and the session cookie change
+/// in the response (the last `Set-Cookie` for our cookie wins, as in a browser).
+pub fn transition(
+    route: Route,
+    status: u16,
+    request_cookie: Option<&[u8]>,
+    change: Option<CookieChange>,
+) -> Transition {
+    let success = (200..400).contains(&status);
+    match (route, change) {
+        (Route::Login, Some(CookieChange::Set(v))) if success => Transition::Login { cookie: v },
+        (_, Some(CookieChange::Cleared)) if request_cookie.is_some() => Transition::Logout,
+        (Route::Logout, _) if success && request_cookie.is_some() => Transition::Logout,
+        (_, Some(CookieChange::Set(v)))
+            if request_cookie.is_some_and(|old| old != v.as_slice()) =>
+        {
+            Transition::Rotate { to: v }
+        }
+        _ => Transition::None,
+    }
+}
+
+/// Builds the session for a successful login; `None` when nobody is named.
+pub fn new_session(
+    cfg: &Config,
+    identity: Identity,
+    ip: String,
+    user_agent: String,
+    now: u64,
+    random: [u8; 16],
+) -> Option<Session> {
+    let (user_id, username, role) = identity.resolve(cfg)?;
+    Some(Session {
+        id: session_id_from_random(random),
+        user_id,
+        username,
+        role,
+        ip,
+        user_agent,
+        login_ms: now,
+        last_ms: now,
+        aliases: Vec::new(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    /// No credentials at all: 401.
+    Unauthenticated,
+    /// Credentials that do not grant access: 403.
+    Forbidden,
+}
+
+/// The bearer token of an `Authorization` header, if it is one.
+pub fn bearer(authorization: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = authorization.split_at(authorization.len().min(7));
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| rest.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// Stats access: the admin token (compared in constant time) or a live admin-role session.
+pub fn authorize(
+    cfg: &Config,
+    token: Option<&[u8]>,
+    session: Option<&Session>,
+    now: u64,
+) -> Access {
+    let token_ok = match (token, cfg.admin_token.as_deref()) {
+        (Some(t), Some(want)) => bool::from(t.ct_eq(want.as_bytes())),
+        _ => false,
+    };
+    let live = session.filter(|s| !s.is_expired(now, cfg));
+    let session_ok = live.is_some_and(|s| cfg.is_admin_role(&s.role));
+    if token_ok || session_ok {
+        Access::Allowed
+    } else if token.is_some() || live.is_some() {
+        Access::Forbidden
+    } else {
+        Access::Unauthenticated
+    }
+}
+
+/// A JSON error body that says nothing about sessions.
+pub fn error_body(message: &str) -> Vec<u8> {
+    serde_json::json!({ "error": message })
+        .to_string()
+        .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let cfg = Config::default();
+        assert_eq!(
+            route(&cfg, b"POST", b"/api/v1/auth/login?next=/"),
+            Route::Login
+        );
+        assert_eq!(route(&cfg, b"GET", b"/api/v1/auth/login"), Route::App);
+        assert_eq!(route(&cfg, b"POST", b"/api/v1/auth/logout"), Route::Logout);
+        assert_eq!(
+            route(&cfg, b"GET", b"/__headcount/stats"),
+            Route::Admin(AdminRoute::Stats)
+        );
+        assert_eq!(
+            route(&cfg, b"POST", b"/__headcount/stats"),
+            Route::Admin(AdminRoute::MethodNotAllowed)
+        );
+        assert_eq!(
+            route(&cfg, b"GET", b"/__headcount/nope"),
+            Route::Admin(AdminRoute::NotFound)
+        );
+        assert_eq!(route(&cfg, b"GET", b"/__headcountx"), Route::App);
+        assert_eq!(route(&cfg, b"GET", b""), Route::App);
+    }
+
+    #[test]
+    fn transitions() {
+        let set = |v: &str| Some(CookieChange::Set(v.as_bytes().to_vec()));
+        assert_eq!(
+            transition(Route::Login, 200, None, set("a")),
+            Transition::Login {
+                cookie: b"a".to_vec()
+            }
+        );
+        assert_eq!(
+            transition(Route::Login, 401, None, set("a")),
+            Transition::None
+        );
+        assert_eq!(
+            transition(Route::App, 200, Some(b"a"), set("b")),
+            Transition::Rotate { to: b"b".to_vec() }
+        );
+        assert_eq!(
+            transition(Route::App, 200, Some(b"a"), set("a")),
+            Transition::None
+        );
+        assert_eq!(
+            transition(Route::App, 200, None, set("a")),
+            Transition::None
+        );
+        assert_eq!(
+            transition(Route::App, 200, Some(b"a"), Some(CookieChange::Cleared)),
+            Transition::Logout
+        );
+        assert_eq!(
+            transition(Route::Logout, 204, Some(b"a"), None),
+            Transition::Logout
+        );
+        assert_eq!(
+            transition(Route::Logout, 403, Some(b"a"), None),
+            Transition::None
+        );
+    }
+
+    #[test]
+    fn authorization() {
+        let cfg = Config {
+            admin_token: Some("s3cret-token".into()),
+            ..Config::default()
+        };
+        let mut admin = new_session(
+            &cfg,
+            Identity {
+                username: Some("a".into()),
+                role: Some("admin".into()),
+                ..Identity::default()
+            },
+            String::new(),
+            String::new(),
+            0,
+            [1; 16],
+        );
+        assert_eq!(authorize(&cfg, None, None, 0), Access::Unauthenticated);
+        assert_eq!(
+            authorize(&cfg, Some(b"s3cret-token"), None, 0),
+            Access::Allowed
+        );
+        assert_eq!(
+            authorize(&cfg, Some(b"s3cret-tokem"), None, 0),
+            Access::Forbidden
+        );
+        assert_eq!(authorize(&cfg, None, admin.as_ref(), 0), Access::Allowed);
+        if let Some(s) = admin.as_mut() {
+            s.role = "student".into();
+        }
+        assert_eq!(authorize(&cfg, None, admin.as_ref(), 0), Access::Forbidden);
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bear"), None);
+    }
+}

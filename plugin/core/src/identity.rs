@@ -1,0 +1,297 @@
+//! Reading who someone is from attacker-controlled bytes: cookies, login bodies,
+//! trusted upstream headers, forwarding headers. Nothing here panics on bad input.
+
+use crate::config::Config;
+use crate::session::{truncate, MAX_NAME, MAX_ROLE};
+use cookie::Cookie;
+use std::net::IpAddr;
+
+/// Largest body we parse for identity; bigger login bodies are left alone.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The value of cookie `name` in a request's `Cookie` header, if present and non-empty.
+/// Non-UTF-8 headers carry no session of ours (session cookies are ASCII).
+pub fn request_cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let text = std::str::from_utf8(header).ok()?;
+    Cookie::split_parse(text)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .and_then(|c| {
+            let v = c.value_raw()?;
+            (!v.is_empty()).then_some(v.as_bytes())
+        })
+}
+
+/// What a `Set-Cookie` header says about the session cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CookieChange {
+    /// A new value is set.
+    Set(Vec<u8>),
+    /// The cookie is deleted (empty value, `Max-Age<=0`, or `Expires` in the past).
+    Cleared,
+}
+
+/// Looks for cookie `name` in one `Set-Cookie` header value.
+pub fn set_cookie(header: &[u8], name: &str, now_ms: u64) -> Option<CookieChange> {
+    let text = std::str::from_utf8(header).ok()?;
+    let c = Cookie::parse(text).ok()?;
+    if c.name() != name {
+        return None;
+    }
+    let expired_by_age = c.max_age().is_some_and(|a| a.whole_seconds() <= 0);
+    let expired_by_date = c
+        .expires_datetime()
+        .is_some_and(|t| t.unix_timestamp() <= i64::try_from(now_ms / 1000).unwrap_or(i64::MAX));
+    if c.value().is_empty() || expired_by_age || expired_by_date {
+        Some(CookieChange::Cleared)
+    } else {
+        Some(CookieChange::Set(c.value().as_bytes().to_vec()))
+    }
+}
+
+/// The client's address: from the trusted forwarding header when configured
+/// (the entry `trusted_hops` from the right, i.e. the one our own proxy added),
+/// otherwise the downstream peer address (`ip:port` or `[v6]:port`).
+pub fn client_ip(cfg: &Config, forwarded: Option<&[u8]>, peer: Option<&[u8]>) -> String {
+    let from_header = cfg.client_ip_header.as_ref().and(forwarded).and_then(|h| {
+        let text = std::str::from_utf8(h).ok()?;
+        let entries: Vec<&str> = text.split(',').map(str::trim).collect();
+        let idx = entries.len().checked_sub(cfg.trusted_hops as usize)?;
+        entries.get(idx)?.parse::<IpAddr>().ok()
+    });
+    if let Some(ip) = from_header {
+        return ip.to_string();
+    }
+    peer.and_then(|p| std::str::from_utf8(p).ok())
+        .and_then(peer_ip)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default()
+}
+
+fn peer_ip(addr: &str) -> Option<IpAddr> {
+    if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    addr.parse::<IpAddr>().ok()
+}
+
+/// Bots and crawlers are never counted, even with a session cookie.
+pub fn is_ignored_agent(cfg: &Config, user_agent: &[u8]) -> bool {
+    if cfg.ignore_user_agents.is_empty() {
+        return false;
+    }
+    let ua = String::from_utf8_lossy(user_agent).to_ascii_lowercase();
+    cfg.ignore_user_agents
+        .iter()
+        .any(|needle| ua.contains(needle.as_str()))
+}
+
+/// The user agent as stored: lossy UTF-8, control characters dropped, bounded.
+pub fn clean_user_agent(user_agent: &[u8]) -> String {
+    let s: String = String::from_utf8_lossy(user_agent)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    truncate(s, crate::session::MAX_USER_AGENT)
+}
+
+/// Identity found for a login, before defaults are applied.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub role: Option<String>,
+}
+
+impl Identity {
+    /// Fills gaps from `other` (a lower-priority source).
+    pub fn or(self, other: Identity) -> Identity {
+        Identity {
+            user_id: self.user_id.or(other.user_id),
+            username: self.username.or(other.username),
+            role: self.role.or(other.role),
+        }
+    }
+
+    /// Final (user_id, username, role), or `None` when nobody is named at all.
+    pub fn resolve(self, cfg: &Config) -> Option<(String, String, String)> {
+        let username = self.username.or_else(|| self.user_id.clone())?;
+        let user_id = self.user_id.unwrap_or_else(|| username.clone());
+        let role = self.role.unwrap_or_else(|| cfg.default_role.clone());
+        Some((user_id, username, role))
+    }
+}
+
+fn clean(value: String, max: usize) -> Option<String> {
+    let s: String = value.chars().filter(|c| !c.is_control()).collect();
+    let s = truncate(s.trim().to_string(), max);
+    (!s.is_empty()).then_some(s)
+}
+
+fn json_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn pointer_text(doc: &serde_json::Value, pointer: &str, max: usize) -> Option<String> {
+    if pointer.is_empty() {
+        return None;
+    }
+    doc.pointer(pointer)
+        .and_then(json_text)
+        .and_then(|s| clean(s, max))
+}
+
+/// Identity from the login response body (JSON pointers). Broken JSON names nobody.
+pub fn from_response_body(cfg: &Config, body: &[u8]) -> Identity {
+    if body.len() > MAX_BODY {
+        return Identity::default();
+    }
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Identity::default();
+    };
+    Identity {
+        user_id: pointer_text(&doc, &cfg.user_id_pointer, MAX_NAME),
+        username: pointer_text(&doc, &cfg.username_pointer, MAX_NAME),
+        role: pointer_text(&doc, &cfg.role_pointer, MAX_ROLE),
+    }
+}
+
+/// Identity from trusted upstream response headers; `get` looks a header up by name.
+pub fn from_response_headers<'h>(cfg: &Config, get: impl Fn(&str) -> Option<&'h [u8]>) -> Identity {
+    let read = |name: &Option<String>, max| {
+        name.as_deref()
+            .and_then(&get)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|s| clean(s.to_string(), max))
+    };
+    Identity {
+        user_id: read(&cfg.user_id_header, MAX_NAME),
+        username: read(&cfg.username_header, MAX_NAME),
+        role: read(&cfg.role_header, MAX_ROLE),
+    }
+}
+
+/// The username the client typed, from a JSON or form-encoded login request body.
+pub fn from_request_body(cfg: &Config, content_type: &[u8], body: &[u8]) -> Identity {
+    if body.len() > MAX_BODY {
+        return Identity::default();
+    }
+    let field = cfg.username_form_field.as_str();
+    let ct = String::from_utf8_lossy(content_type).to_ascii_lowercase();
+    let username = if ct.contains("json") {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|doc| doc.get(field).and_then(json_text))
+    } else if ct.contains("x-www-form-urlencoded") {
+        form_urlencoded::parse(body)
+            .find(|(k, _)| k == field)
+            .map(|(_, v)| v.into_owned())
+    } else {
+        None
+    };
+    Identity {
+        username: username.and_then(|s| clean(s, MAX_NAME)),
+        ..Identity::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_session_cookie_among_others() {
+        assert_eq!(
+            request_cookie(b"a=1; session=abc.def; b=2", "session"),
+            Some(&b"abc.def"[..])
+        );
+        assert_eq!(request_cookie(b"a=1", "session"), None);
+        assert_eq!(request_cookie(b"session=", "session"), None);
+        assert_eq!(request_cookie(b"\xff\xfe session=x", "session"), None);
+        assert_eq!(request_cookie(b";;;==;session", "session"), None);
+    }
+
+    #[test]
+    fn set_cookie_sets_and_clears() {
+        let now = 1_800_000_000_000;
+        assert_eq!(
+            set_cookie(b"session=new; Path=/; HttpOnly", "session", now),
+            Some(CookieChange::Set(b"new".to_vec()))
+        );
+        assert_eq!(
+            set_cookie(
+                b"session=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/",
+                "session",
+                now
+            ),
+            Some(CookieChange::Cleared)
+        );
+        assert_eq!(
+            set_cookie(b"session=x; Max-Age=0", "session", now),
+            Some(CookieChange::Cleared)
+        );
+        assert_eq!(set_cookie(b"other=x", "session", now), None);
+        assert_eq!(set_cookie(b"\xff", "session", now), None);
+    }
+
+    #[test]
+    fn client_ip_trusts_only_configured_header_and_hops() {
+        let mut cfg = Config::default();
+        assert_eq!(
+            client_ip(&cfg, Some(b"1.2.3.4"), Some(b"127.0.0.1:5555")),
+            "127.0.0.1"
+        );
+        cfg.client_ip_header = Some("x-forwarded-for".into());
+        assert_eq!(
+            client_ip(&cfg, Some(b"6.6.6.6, 1.2.3.4"), Some(b"127.0.0.1:1")),
+            "1.2.3.4"
+        );
+        cfg.trusted_hops = 2;
+        assert_eq!(
+            client_ip(&cfg, Some(b"6.6.6.6, 1.2.3.4"), Some(b"127.0.0.1:1")),
+            "6.6.6.6"
+        );
+        assert_eq!(client_ip(&cfg, Some(b"garbage"), Some(b"[::1]:80")), "::1");
+    }
+
+    #[test]
+    fn identity_sources_and_priority() {
+        let cfg = Config::default();
+        let body = br#"{"user":{"id":7,"username":"ann","role":"teacher"}}"#;
+        let id = from_response_body(&cfg, body);
+        assert_eq!(
+            id.clone().resolve(&cfg),
+            Some(("7".into(), "ann".into(), "teacher".into()))
+        );
+        let form = from_request_body(
+            &cfg,
+            b"application/x-www-form-urlencoded",
+            b"username=b%C3%B6b&password=x",
+        );
+        assert_eq!(form.username.as_deref(), Some("böb"));
+        let only_form = from_response_body(&cfg, b"not json").or(form);
+        assert_eq!(
+            only_form.resolve(&cfg),
+            Some(("böb".into(), "böb".into(), "unknown".into()))
+        );
+        assert_eq!(Identity::default().resolve(&cfg), None);
+    }
+
+    #[test]
+    fn bots_are_recognised_case_insensitively() {
+        let cfg = Config::default();
+        assert!(is_ignored_agent(
+            &cfg,
+            b"Mozilla/5.0 (compatible; Googlebot/2.1)"
+        ));
+        assert!(!is_ignored_agent(
+            &cfg,
+            b"Mozilla/5.0 (X11; Linux x86_64) Firefox/120"
+        ));
+    }
+}

@@ -1,0 +1,167 @@
+//! A tracked login session and the rules that decide whether it is active or over.
+
+use crate::config::Config;
+use hmac::{digest::KeyInit, Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Keyed hash of a cookie value: the only form in which a cookie is ever kept.
+pub type CookieHash = [u8; 16];
+
+/// Longest stored strings, in bytes; longer input is cut at a char boundary.
+pub const MAX_NAME: usize = 128;
+pub const MAX_ROLE: usize = 64;
+pub const MAX_USER_AGENT: usize = 160;
+
+/// Previous cookie hashes a session keeps answering to after rotation.
+pub const MAX_ALIASES: usize = 2;
+
+/// HMAC-SHA-256 keyed by a per-deployment secret, truncated to 128 bits.
+#[derive(Clone)]
+pub struct CookieHasher {
+    mac: Hmac<Sha256>,
+}
+
+impl CookieHasher {
+    pub fn new(secret: &[u8]) -> Self {
+        // HMAC's own key normalisation (RFC 2104): long keys are hashed, short ones
+        // zero-padded to the block size; doing it here makes construction infallible.
+        let mut key = [0u8; 64];
+        let digest;
+        let short = if secret.len() > key.len() {
+            digest = Sha256::digest(secret);
+            digest.as_slice()
+        } else {
+            secret
+        };
+        key.iter_mut().zip(short).for_each(|(k, s)| *k = *s);
+        Self {
+            mac: <Hmac<Sha256> as KeyInit>::new(&key.into()),
+        }
+    }
+
+    pub fn hash(&self, cookie_value: &[u8]) -> CookieHash {
+        let mut mac = self.mac.clone();
+        mac.update(cookie_value);
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.iter_mut().zip(full.iter()).for_each(|(o, f)| *o = *f);
+        out
+    }
+}
+
+/// Who logged in, as seen at login time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// UUID bytes.
+    pub id: [u8; 16],
+    pub user_id: String,
+    pub username: String,
+    pub role: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub login_ms: u64,
+    pub last_ms: u64,
+    /// Hashes of earlier cookie values that still lead here, newest first.
+    pub aliases: Vec<CookieHash>,
+}
+
+impl Session {
+    /// Seen within the window (inclusive: at exactly `window` ms it still counts) and not over.
+    pub fn is_active(&self, now: u64, cfg: &Config) -> bool {
+        now.saturating_sub(self.last_ms) <= cfg.active_window_ms && !self.is_expired(now, cfg)
+    }
+
+    /// Idle past the timeout, or older than the maximum lifetime.
+    pub fn is_expired(&self, now: u64, cfg: &Config) -> bool {
+        now.saturating_sub(self.last_ms) > cfg.idle_timeout_ms
+            || now.saturating_sub(self.login_ms) > cfg.max_lifetime_ms
+    }
+
+    /// The latest time this session can still be alive; aliases need not outlive it.
+    pub fn deadline(&self, cfg: &Config) -> u64 {
+        self.login_ms.saturating_add(cfg.max_lifetime_ms)
+    }
+
+    pub fn uuid(&self) -> String {
+        uuid::Uuid::from_bytes(self.id).hyphenated().to_string()
+    }
+}
+
+/// Turns 16 random bytes into a version-4 UUID; the host supplies the randomness.
+pub fn session_id_from_random(random: [u8; 16]) -> [u8; 16] {
+    *uuid::Builder::from_random_bytes(random)
+        .as_uuid()
+        .as_bytes()
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary.
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(login: u64, last: u64) -> Session {
+        Session {
+            id: [0; 16],
+            user_id: "1".into(),
+            username: "u".into(),
+            role: "student".into(),
+            ip: "127.0.0.1".into(),
+            user_agent: "ua".into(),
+            login_ms: login,
+            last_ms: last,
+            aliases: vec![],
+        }
+    }
+
+    #[test]
+    fn active_window_is_inclusive() {
+        let cfg = Config::default();
+        let s = session(0, 1_000);
+        assert!(s.is_active(1_000 + 300_000, &cfg));
+        assert!(!s.is_active(1_000 + 300_001, &cfg));
+    }
+
+    #[test]
+    fn idle_timeout_and_max_lifetime_end_a_session() {
+        let cfg = Config::default();
+        assert!(!session(0, 0).is_expired(1_800_000, &cfg));
+        assert!(session(0, 0).is_expired(1_800_001, &cfg));
+        let busy = session(0, 43_200_001);
+        assert!(busy.is_expired(43_200_001, &cfg));
+        assert!(!busy.is_active(43_200_001, &cfg));
+    }
+
+    #[test]
+    fn hash_is_keyed_and_stable() {
+        let a = CookieHasher::new(b"secret-one");
+        let b = CookieHasher::new(b"secret-two");
+        assert_eq!(a.hash(b"v"), a.hash(b"v"));
+        assert_ne!(a.hash(b"v"), a.hash(b"w"));
+        assert_ne!(a.hash(b"v"), b.hash(b"v"));
+    }
+
+    #[test]
+    fn session_ids_are_v4_uuids() {
+        let id = session_id_from_random([0xff; 16]);
+        let s = uuid::Uuid::from_bytes(id);
+        assert_eq!(s.get_version_num(), 4);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("ééé".into(), 3), "é");
+        assert_eq!(truncate("abc".into(), 10), "abc");
+    }
+}
