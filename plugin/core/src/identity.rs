@@ -162,12 +162,12 @@ pub fn from_response_body(cfg: &Config, body: &[u8]) -> Identity {
 }
 
 /// Identity from trusted upstream response headers; `get` looks a header up by name.
-pub fn from_response_headers<'h>(cfg: &Config, get: impl Fn(&str) -> Option<&'h [u8]>) -> Identity {
+pub fn from_response_headers(cfg: &Config, get: impl Fn(&str) -> Option<Vec<u8>>) -> Identity {
     let read = |name: &Option<String>, max| {
         name.as_deref()
             .and_then(&get)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|s| clean(s.to_string(), max))
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|s| clean(s, max))
     };
     Identity {
         user_id: read(&cfg.user_id_header, MAX_NAME),

@@ -24,7 +24,7 @@ pub struct Stats {
     pub active_users: usize,
     pub active_sessions: usize,
     pub window_seconds: u64,
-    /// Configured roles first (zeros included), then any other role seen.
+    /// Every configured role (zeros included) and any other role seen.
     pub by_role: BTreeMap<String, usize>,
     pub sessions: Vec<SessionView>,
     pub traffic: TrafficFigures,
@@ -98,6 +98,13 @@ pub fn report(sessions: Vec<Session>, traffic: TrafficFigures, now: u64, cfg: &C
             .collect(),
         traffic,
         generated_at: rfc3339(now),
+    }
+}
+
+impl Stats {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Plain data with string keys: serialisation cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 

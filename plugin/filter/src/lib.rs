@@ -1,1 +1,66 @@
-//! placeholder
+//! Headcount as a proxy-wasm HTTP filter. A thin adapter: it reads bytes from the
+//! host, asks `headcount-core` what they mean and writes the answer to shared data.
+
+mod host;
+mod http;
+mod vm;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    std::panic::set_hook(Box::new(|info| host::log(LogLevel::Critical, &format!("headcount: {info}"))));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { vm: None }) });
+}}
+
+/// One per VM (Envoy worker thread): holds the validated config and this VM's
+/// not-yet-flushed activity.
+struct Root {
+    vm: Option<Rc<vm::Vm>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    /// Runs when Envoy (re)loads the plugin config. Returns false, with a log line
+    /// naming the field, when the config is invalid: Envoy then refuses the filter.
+    fn on_configure(&mut self, size: usize) -> bool {
+        let raw = host::body(proxy_wasm::types::BufferType::PluginConfiguration, size)
+            .unwrap_or_default();
+        match vm::Vm::configure(&raw) {
+            Ok(vm) => {
+                if let Err(s) = proxy_wasm::hostcalls::set_tick_period(
+                    std::time::Duration::from_millis(vm.cfg.flush_interval_ms),
+                ) {
+                    host::warn(&format!(
+                        "headcount: no tick ({s:?}); activity is flushed on the stats route only"
+                    ));
+                }
+                self.vm = Some(Rc::new(vm));
+                true
+            }
+            Err(message) => {
+                host::error(&message);
+                false
+            }
+        }
+    }
+
+    /// Every `flush_interval_ms`: writes this VM's coalesced activity and traffic,
+    /// and, if this VM wins the sweep slot, removes expired sessions and sets gauges.
+    fn on_tick(&mut self) {
+        if let Some(vm) = &self.vm {
+            vm.tick(host::now_ms());
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let vm = self.vm.clone()?;
+        Some(Box::new(http::Stream::new(vm)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,0 +1,333 @@
+//! One HTTP stream. Reads what it needs from headers and (only for logins) bodies,
+//! and turns the upstream's answer into a session transition.
+
+use crate::host;
+use crate::vm::Vm;
+use headcount_core::gateway::{self, Access, AdminRoute, Route, Transition};
+use headcount_core::identity::{self, CookieChange, Identity, MAX_BODY};
+use headcount_core::CookieHash;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, MapType};
+use std::rc::Rc;
+
+pub struct Stream {
+    vm: Rc<Vm>,
+    route: Route,
+    start_us: u64,
+    response_us: Option<u64>,
+    /// Hash of the request's session cookie; the cookie itself is never kept.
+    cookie: Option<CookieHash>,
+    /// Bots and crawlers: proxied, counted as anonymous traffic, never as people.
+    ignored: bool,
+    /// Login only: who the client said they are, and where from.
+    login: Option<LoginAttempt>,
+}
+
+struct LoginAttempt {
+    ip: String,
+    user_agent: String,
+    content_type: Vec<u8>,
+    claimed: Identity,
+    /// Set once the upstream accepted the login: the new cookie and header identity,
+    /// waiting for the response body.
+    accepted: Option<(CookieHash, Identity)>,
+}
+
+impl Stream {
+    pub fn new(vm: Rc<Vm>) -> Self {
+        Stream {
+            vm,
+            route: Route::App,
+            start_us: 0,
+            response_us: None,
+            cookie: None,
+            ignored: false,
+            login: None,
+        }
+    }
+
+    fn handle_admin(&self, route: AdminRoute) {
+        let now = self.start_us / 1000;
+        let cfg = &self.vm.cfg;
+        match route {
+            AdminRoute::NotFound => host::respond(
+                404,
+                "application/json",
+                &gateway::error_body("no such headcount route"),
+            ),
+            AdminRoute::MethodNotAllowed => host::respond(
+                405,
+                "application/json",
+                &gateway::error_body("method not allowed"),
+            ),
+            AdminRoute::Stats => {
+                let auth = host::header(MapType::HttpRequestHeaders, "authorization");
+                let token = auth.as_deref().and_then(gateway::bearer);
+                let session = self
+                    .cookie
+                    .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten())
+                    .map(|(_, s)| s);
+                match gateway::authorize(cfg, token, session.as_ref(), now) {
+                    Access::Unauthenticated => host::respond(
+                        401,
+                        "application/json",
+                        &gateway::error_body(
+                            "authentication required: admin session or bearer token",
+                        ),
+                    ),
+                    Access::Forbidden => {
+                        host::respond(403, "application/json", &gateway::error_body("not allowed"))
+                    }
+                    Access::Allowed => match self.vm.stats_json(now) {
+                        Ok(body) => host::respond(200, "application/json", &body),
+                        Err(e) => {
+                            host::error(&format!("headcount: stats failed: {e}"));
+                            host::respond(
+                                503,
+                                "application/json",
+                                &gateway::error_body("stats unavailable"),
+                            )
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Applies what the upstream's answer means for the session.
+    fn apply(&mut self, transition: Transition, now: u64) {
+        let table = self.vm.table();
+        match transition {
+            Transition::Login { .. } | Transition::None => {}
+            Transition::Logout => {
+                let Some(old) = self.cookie else { return };
+                self.vm.forget(&old);
+                match table.end(&old, now) {
+                    Ok(Some(s)) => {
+                        host::add_counter(self.vm.metrics.logouts, 1);
+                        host::info(&format!("headcount: logout {} ({})", s.username, s.uuid()));
+                    }
+                    Ok(None) => {}
+                    Err(e) => host::warn(&format!("headcount: logout not recorded: {e}")),
+                }
+            }
+            Transition::Rotate { to } => {
+                let (Some(old), Ok(to)) = (self.cookie, <CookieHash>::try_from(to.as_slice()))
+                else {
+                    return;
+                };
+                if let Err(e) = table.rotate(&old, &to, now, &self.vm.cfg) {
+                    host::warn(&format!("headcount: cookie rotation not followed: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Records a login once identity is known (after the response body, if needed).
+    fn finish_login(&mut self, body: Option<&[u8]>, now: u64) {
+        let Some(attempt) = self.login.take() else {
+            return;
+        };
+        let Some((cookie, from_headers)) = attempt.accepted else {
+            return;
+        };
+        let from_body = body
+            .map(|b| identity::from_response_body(&self.vm.cfg, b))
+            .unwrap_or_default();
+        let who = from_headers.or(from_body).or(attempt.claimed);
+        let Some(random) = host::random16() else {
+            host::error("headcount: no randomness for a session id; login not recorded");
+            return;
+        };
+        let Some(session) = gateway::new_session(
+            &self.vm.cfg,
+            who,
+            attempt.ip,
+            attempt.user_agent,
+            now,
+            random,
+        ) else {
+            host::warn("headcount: login succeeded but names no user; not counted");
+            return;
+        };
+        // A login over an existing session replaces it.
+        if self.cookie.is_some_and(|old| old != cookie) {
+            self.apply(Transition::Logout, now);
+        }
+        match self.vm.table().insert(&cookie, session.clone()) {
+            Ok(()) => {
+                // The login request itself is the new session's first activity.
+                self.cookie = Some(cookie);
+                host::add_counter(self.vm.metrics.logins, 1);
+                host::info(&format!(
+                    "headcount: login {} as {} ({})",
+                    session.username,
+                    session.role,
+                    session.uuid()
+                ));
+            }
+            Err(e) => host::error(&format!("headcount: login not recorded: {e}")),
+        }
+    }
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    /// Runs when the request headers arrive. Strips client-sent identity headers,
+    /// hashes the session cookie, and answers `route_prefix` routes locally
+    /// (returns `Pause` then); everything else continues to the upstream untouched.
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.start_us = host::now_us();
+        let cfg = &self.vm.cfg;
+        for name in cfg.trusted_identity_headers() {
+            host::remove_header(MapType::HttpRequestHeaders, name);
+        }
+        let method = host::header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
+        let path = host::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
+        self.route = gateway::route(cfg, &method, &path);
+        let user_agent =
+            host::header(MapType::HttpRequestHeaders, "user-agent").unwrap_or_default();
+        self.ignored = identity::is_ignored_agent(cfg, &user_agent);
+        if !self.ignored {
+            self.cookie = host::header(MapType::HttpRequestHeaders, "cookie").and_then(|c| {
+                identity::request_cookie(&c, &cfg.session_cookie).map(|v| self.vm.hasher.hash(v))
+            });
+        }
+        match self.route {
+            Route::Admin(admin) => {
+                self.handle_admin(admin);
+                Action::Pause
+            }
+            Route::Login if !self.ignored => {
+                let forwarded = cfg
+                    .client_ip_header
+                    .as_deref()
+                    .and_then(|h| host::header(MapType::HttpRequestHeaders, h));
+                let peer = host::property(&["source", "address"]);
+                self.login = Some(LoginAttempt {
+                    ip: identity::client_ip(cfg, forwarded.as_deref(), peer.as_deref()),
+                    user_agent: identity::clean_user_agent(&user_agent),
+                    content_type: host::header(MapType::HttpRequestHeaders, "content-type")
+                        .unwrap_or_default(),
+                    claimed: Identity::default(),
+                    accepted: None,
+                });
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    /// Runs per request body chunk. Only a login's body is read (buffered until the
+    /// end, at most `MAX_BODY`), for the username the client typed. Returns `Pause`
+    /// while buffering, `Continue` otherwise.
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(attempt) = self.login.as_mut() else {
+            return Action::Continue;
+        };
+        if body_size > MAX_BODY {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Some(body) = host::body(BufferType::HttpRequestBody, body_size) {
+            attempt.claimed =
+                identity::from_request_body(&self.vm.cfg, &attempt.content_type, &body);
+        }
+        Action::Continue
+    }
+
+    /// Runs when the upstream's response headers arrive. Detects login success,
+    /// logout, cookie rotation and clearing from the status and `Set-Cookie`.
+    /// Always `Continue`: the response is never held back.
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let now_us = host::now_us();
+        self.response_us = Some(now_us.saturating_sub(self.start_us));
+        let now = now_us / 1000;
+        let relevant = self.cookie.is_some() || self.login.is_some() || self.route == Route::Logout;
+        if !relevant || self.ignored {
+            return Action::Continue;
+        }
+        let cfg = &self.vm.cfg;
+        let status = host::header(MapType::HttpResponseHeaders, ":status")
+            .and_then(|s| {
+                std::str::from_utf8(&s)
+                    .ok()
+                    .and_then(|s| s.parse::<u16>().ok())
+            })
+            .unwrap_or(0);
+        let change = host::header_all(MapType::HttpResponseHeaders, "set-cookie")
+            .iter()
+            .rev()
+            .find_map(|v| identity::set_cookie(v, &cfg.session_cookie, now))
+            .map(|c| match c {
+                CookieChange::Set(v) => CookieChange::Set(self.vm.hasher.hash(&v).to_vec()),
+                CookieChange::Cleared => CookieChange::Cleared,
+            });
+        let old = self.cookie.map(|h| h.to_vec());
+        let route = if self.login.is_some() {
+            Route::Login
+        } else {
+            self.route
+        };
+        match gateway::transition(route, status, old.as_deref(), change) {
+            Transition::Login { cookie } => {
+                let Ok(cookie) = <CookieHash>::try_from(cookie.as_slice()) else {
+                    return Action::Continue;
+                };
+                let from_headers = identity::from_response_headers(cfg, |name| {
+                    host::header(MapType::HttpResponseHeaders, name)
+                });
+                if let Some(attempt) = self.login.as_mut() {
+                    attempt.accepted = Some((cookie, from_headers));
+                }
+                if end_of_stream {
+                    self.finish_login(None, now);
+                }
+            }
+            Transition::None => self.login = None,
+            other => {
+                self.login = None;
+                self.apply(other, now);
+            }
+        }
+        Action::Continue
+    }
+
+    /// Runs per response body chunk. Only an accepted login's body is buffered (up
+    /// to `MAX_BODY`) to read identity from its JSON. Returns `Pause` while buffering.
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let waiting = self.login.as_ref().is_some_and(|a| a.accepted.is_some());
+        if !waiting {
+            return Action::Continue;
+        }
+        let now = host::now_ms();
+        if body_size > MAX_BODY {
+            self.finish_login(None, now);
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = host::body(BufferType::HttpResponseBody, body_size);
+        self.finish_login(body.as_deref(), now);
+        Action::Continue
+    }
+
+    /// Runs once the stream is done (also after resets). Counts the request in the
+    /// traffic figures and buffers the session's activity for the next flush.
+    fn on_log(&mut self) {
+        if let Some(attempt) = self.login.as_ref() {
+            if attempt.accepted.is_some() {
+                self.finish_login(None, host::now_ms());
+            }
+        }
+        if matches!(self.route, Route::Admin(_)) {
+            return;
+        }
+        self.vm
+            .record(self.cookie, self.start_us / 1000, self.response_us);
+    }
+}

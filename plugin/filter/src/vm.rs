@@ -1,0 +1,255 @@
+//! Per-VM state: config, cookie hasher, metric ids and the activity waiting to be
+//! flushed. Touches are coalesced here so the request path never writes shared data.
+
+use crate::host::{self, EnvoyStore};
+use headcount_core::table::{SessionTable, SharedStore, StoreError, SHARDS};
+use headcount_core::traffic::{self, TrafficDelta};
+use headcount_core::{stats, Config, CookieHash, CookieHasher, Session};
+use proxy_wasm::types::MetricType;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+const SECRET_KEY: &str = "headcount.v1.secret";
+const SWEEP_KEY: &str = "headcount.v1.next_sweep";
+/// Distinct cookies buffered between flushes; beyond this, requests count as anonymous
+/// so a flood of random cookies cannot grow memory.
+const MAX_PENDING: usize = 65_536;
+/// Shards swept per tick by the sweeping VM (all of them: sweeps are rare).
+const SWEEP_SHARDS: usize = SHARDS;
+
+/// Activity seen for one cookie since the last flush.
+#[derive(Clone, Copy)]
+struct Pending {
+    last_ms: u64,
+    requests: u64,
+    /// A cookie not found at flush is retried once: it may be a rotation another
+    /// VM has not written yet.
+    retried: bool,
+}
+
+pub struct Metrics {
+    active_users: Option<u32>,
+    active_sessions: Option<u32>,
+    roles: Vec<(String, Option<u32>)>,
+    pub logins: Option<u32>,
+    pub logouts: Option<u32>,
+    expiries: Option<u32>,
+}
+
+pub struct Vm {
+    pub cfg: Config,
+    pub hasher: CookieHasher,
+    pub metrics: Metrics,
+    pending: RefCell<HashMap<CookieHash, Pending>>,
+    traffic: RefCell<TrafficDelta>,
+}
+
+impl Vm {
+    /// Validates the config and prepares shared state. The error is the log line.
+    pub fn configure(raw: &[u8]) -> Result<Vm, String> {
+        let cfg = Config::from_json(raw).map_err(|e| format!("headcount: {e}"))?;
+        let secret = match &cfg.cookie_hash_secret {
+            Some(s) => s.as_bytes().to_vec(),
+            None => shared_secret()
+                .map_err(|e| format!("headcount: cannot set up the cookie hash secret: {e}"))?,
+        };
+        let gauge = |name: &str| host::define_metric(MetricType::Gauge, name);
+        let counter = |name: &str| host::define_metric(MetricType::Counter, name);
+        let metrics = Metrics {
+            active_users: gauge("headcount_active_users"),
+            active_sessions: gauge("headcount_active_sessions"),
+            roles: cfg
+                .roles
+                .iter()
+                .map(|r| {
+                    (
+                        r.clone(),
+                        gauge(&format!("headcount_active_users_role_{}", metric_safe(r))),
+                    )
+                })
+                .collect(),
+            logins: counter("headcount_logins_total"),
+            logouts: counter("headcount_logouts_total"),
+            expiries: counter("headcount_expiries_total"),
+        };
+        host::info(&format!(
+            "headcount: configured (login {} {}, cookie `{}`, window {} s)",
+            cfg.login_method,
+            cfg.login_path,
+            cfg.session_cookie,
+            cfg.active_window_ms / 1000
+        ));
+        Ok(Vm {
+            hasher: CookieHasher::new(&secret),
+            cfg,
+            metrics,
+            pending: RefCell::new(HashMap::new()),
+            traffic: RefCell::new(TrafficDelta::default()),
+        })
+    }
+
+    pub fn table(&self) -> SessionTable<'static, EnvoyStore> {
+        SessionTable::new(&EnvoyStore)
+    }
+
+    /// Counts one finished request; `cookie` is the session cookie's hash, if any.
+    pub fn record(&self, cookie: Option<CookieHash>, start_ms: u64, response_us: Option<u64>) {
+        self.traffic.borrow_mut().record(start_ms, response_us);
+        let mut pending = self.pending.borrow_mut();
+        match cookie {
+            Some(h) if pending.len() < MAX_PENDING || pending.contains_key(&h) => {
+                let p = pending.entry(h).or_insert(Pending {
+                    last_ms: start_ms,
+                    requests: 0,
+                    retried: false,
+                });
+                p.last_ms = p.last_ms.max(start_ms);
+                p.requests += 1;
+            }
+            _ => self.traffic.borrow_mut().anonymous += 1,
+        }
+    }
+
+    /// Drops buffered activity for a cookie whose session just ended.
+    pub fn forget(&self, cookie: &CookieHash) {
+        if let Some(p) = self.pending.borrow_mut().remove(cookie) {
+            self.traffic.borrow_mut().authenticated += p.requests;
+        }
+    }
+
+    pub fn tick(&self, now: u64) {
+        self.flush(now);
+        if self.claim_sweep(now) {
+            self.sweep(now);
+        }
+    }
+
+    /// Writes coalesced activity (one CAS write per touched shard) and traffic.
+    pub fn flush(&self, now: u64) {
+        let batch: Vec<(CookieHash, Pending)> = self.pending.borrow_mut().drain().collect();
+        if !batch.is_empty() {
+            let touches: Vec<(CookieHash, u64)> =
+                batch.iter().map(|(h, p)| (*h, p.last_ms)).collect();
+            match self.table().touch(&touches, now) {
+                Ok(outcome) => {
+                    let mut traffic = self.traffic.borrow_mut();
+                    let mut pending = self.pending.borrow_mut();
+                    for (h, p) in batch {
+                        if outcome.found.contains(&h) {
+                            traffic.authenticated += p.requests;
+                        } else if !p.retried {
+                            // The VM is single-threaded: nothing arrived for `h` since the drain.
+                            pending.insert(h, Pending { retried: true, ..p });
+                        } else {
+                            traffic.anonymous += p.requests;
+                        }
+                    }
+                }
+                Err(e) => {
+                    host::warn(&format!(
+                        "headcount: activity flush failed, will retry: {e}"
+                    ));
+                    let mut pending = self.pending.borrow_mut();
+                    for (h, p) in batch {
+                        pending.entry(h).or_insert(p);
+                    }
+                }
+            }
+        }
+        let delta = std::mem::take(&mut *self.traffic.borrow_mut());
+        if !delta.is_empty() {
+            if let Err(e) = traffic::add(&EnvoyStore, &delta, now) {
+                host::warn(&format!("headcount: traffic flush failed: {e}"));
+                *self.traffic.borrow_mut() = delta;
+            }
+        }
+    }
+
+    /// One VM per sweep interval wins this CAS and does the sweep.
+    fn claim_sweep(&self, now: u64) -> bool {
+        let store = EnvoyStore;
+        let (next, cas) = match store.get(SWEEP_KEY) {
+            Ok(Some((v, cas))) => (u64_from(&v), Some(cas)),
+            Ok(None) => (0, None),
+            Err(_) => return false,
+        };
+        if now < next {
+            return false;
+        }
+        let at = now.saturating_add(self.cfg.sweep_interval_ms);
+        store.set(SWEEP_KEY, &at.to_le_bytes(), cas).is_ok()
+    }
+
+    /// Removes expired sessions and publishes the counts as gauges.
+    fn sweep(&self, now: u64) {
+        let table = self.table();
+        match table.sweep(0..SWEEP_SHARDS, now, &self.cfg) {
+            Ok(ended) => host::add_counter(self.metrics.expiries, ended.len() as u64),
+            Err(e) => host::warn(&format!("headcount: sweep failed: {e}")),
+        }
+        match table.sessions() {
+            Ok(all) => self.publish(&stats::active_sessions(all, now, &self.cfg)),
+            Err(e) => host::warn(&format!("headcount: gauge update failed: {e}")),
+        }
+    }
+
+    fn publish(&self, active: &[Session]) {
+        let c = stats::counts(active, &self.cfg);
+        host::set_gauge(self.metrics.active_users, c.active_users as u64);
+        host::set_gauge(self.metrics.active_sessions, c.active_sessions as u64);
+        for (role, id) in &self.metrics.roles {
+            host::set_gauge(*id, c.by_role.get(role).copied().unwrap_or(0) as u64);
+        }
+    }
+
+    /// The stats report as JSON; flushes this VM first so its own activity shows.
+    pub fn stats_json(&self, now: u64) -> Result<Vec<u8>, String> {
+        self.flush(now);
+        let sessions = self.table().sessions().map_err(|e| e.to_string())?;
+        let traffic = traffic::load(&EnvoyStore).map_err(|e| e.to_string())?;
+        Ok(stats::report(sessions, traffic.figures(now), now, &self.cfg).to_json())
+    }
+}
+
+fn u64_from(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.iter_mut().zip(bytes).for_each(|(d, s)| *d = *s);
+    u64::from_le_bytes(b)
+}
+
+/// Gauge names allow `[a-zA-Z0-9_]`; anything else becomes `_`.
+fn metric_safe(role: &str) -> String {
+    role.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The cookie hash key all VMs share: the first VM to start makes it.
+fn shared_secret() -> Result<Vec<u8>, String> {
+    let store = EnvoyStore;
+    if let Some((v, _)) = store.get(SECRET_KEY).map_err(|e| e.to_string())? {
+        if v.len() == 32 {
+            return Ok(v);
+        }
+    }
+    let (a, b) = (host::random16(), host::random16());
+    let (Some(a), Some(b)) = (a, b) else {
+        return Err("the host gave no randomness; set cookie_hash_secret".into());
+    };
+    let fresh: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
+    match store.set(SECRET_KEY, &fresh, None) {
+        Ok(()) | Err(StoreError::CasMismatch) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    // Whoever won the race, everyone uses the stored one.
+    match store.get(SECRET_KEY).map_err(|e| e.to_string())? {
+        Some((v, _)) if v.len() == 32 => Ok(v),
+        _ => Err("shared secret missing after write".into()),
+    }
+}
