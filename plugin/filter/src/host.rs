@@ -81,7 +81,7 @@ pub fn header_all(map: MapType, name: &str) -> Vec<Vec<u8>> {
 pub fn remove_header(map: MapType, name: &str) {
     if let Err(s) = hostcalls::remove_map_value(map, name) {
         warn(&format!(
-            "headcount: could not remove header `{name}`: {s:?}"
+            "could not remove header `{name}`: {s:?}"
         ));
     }
 }
@@ -101,7 +101,7 @@ pub fn respond(status: u32, content_type: &str, body: &[u8]) {
         ("cache-control", "no-store"),
     ];
     if let Err(s) = hostcalls::send_http_response(status, headers, Some(body)) {
-        error(&format!("headcount: local response failed: {s:?}"));
+        error(&format!("local response failed: {s:?}"));
     }
 }
 
@@ -109,7 +109,7 @@ pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
     match hostcalls::define_metric(kind, name) {
         Ok(id) => Some(id),
         Err(s) => {
-            warn(&format!("headcount: metric `{name}` unavailable: {s:?}"));
+            warn(&format!("metric `{name}` unavailable: {s:?}"));
             None
         }
     }

@@ -81,7 +81,7 @@ impl Stream {
                     Access::Allowed => match self.vm.stats_json(now) {
                         Ok(body) => host::respond(200, "application/json", &body),
                         Err(e) => {
-                            host::error(&format!("headcount: stats failed: {e}"));
+                            host::error(&format!("stats failed: {e}"));
                             host::respond(
                                 503,
                                 "application/json",
@@ -105,10 +105,10 @@ impl Stream {
                 match table.end(&old, now) {
                     Ok(Some(s)) => {
                         host::add_counter(self.vm.metrics.logouts, 1);
-                        host::info(&format!("headcount: logout {} ({})", s.username, s.uuid()));
+                        host::info(&format!("logout {} ({})", s.username, s.uuid()));
                     }
                     Ok(None) => {}
-                    Err(e) => host::warn(&format!("headcount: logout not recorded: {e}")),
+                    Err(e) => host::warn(&format!("logout not recorded: {e}")),
                 }
             }
             Transition::Rotate { to } => {
@@ -117,7 +117,7 @@ impl Stream {
                     return;
                 };
                 if let Err(e) = table.rotate(&old, &to, now, &self.vm.cfg) {
-                    host::warn(&format!("headcount: cookie rotation not followed: {e}"));
+                    host::warn(&format!("cookie rotation not followed: {e}"));
                 }
             }
         }
@@ -136,7 +136,7 @@ impl Stream {
             .unwrap_or_default();
         let who = from_headers.or(from_body).or(attempt.claimed);
         let Some(random) = host::random16() else {
-            host::error("headcount: no randomness for a session id; login not recorded");
+            host::error("no randomness for a session id; login not recorded");
             return;
         };
         let Some(session) = gateway::new_session(
@@ -147,7 +147,7 @@ impl Stream {
             now,
             random,
         ) else {
-            host::warn("headcount: login succeeded but names no user; not counted");
+            host::warn("login succeeded but names no user; not counted");
             return;
         };
         // A login over an existing session replaces it.
@@ -160,13 +160,13 @@ impl Stream {
                 self.cookie = Some(cookie);
                 host::add_counter(self.vm.metrics.logins, 1);
                 host::info(&format!(
-                    "headcount: login {} as {} ({})",
+                    "login {} as {} ({})",
                     session.username,
                     session.role,
                     session.uuid()
                 ));
             }
-            Err(e) => host::error(&format!("headcount: login not recorded: {e}")),
+            Err(e) => host::error(&format!("login not recorded: {e}")),
         }
     }
 }

@@ -10,7 +10,7 @@ use proxy_wasm::types::{ContextType, LogLevel};
 use std::rc::Rc;
 
 proxy_wasm::main! {{
-    std::panic::set_hook(Box::new(|info| host::log(LogLevel::Critical, &format!("headcount: {info}"))));
+    std::panic::set_hook(Box::new(|info| host::log(LogLevel::Critical, &format!("{info}"))));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { vm: None }) });
 }}
 
@@ -34,7 +34,7 @@ impl RootContext for Root {
                     std::time::Duration::from_millis(vm.cfg.flush_interval_ms),
                 ) {
                     host::warn(&format!(
-                        "headcount: no tick ({s:?}); activity is flushed on the stats route only"
+                        "no tick ({s:?}); activity is flushed on the stats route only"
                     ));
                 }
                 self.vm = Some(Rc::new(vm));

@@ -47,11 +47,11 @@ pub struct Vm {
 impl Vm {
     /// Validates the config and prepares shared state. The error is the log line.
     pub fn configure(raw: &[u8]) -> Result<Vm, String> {
-        let cfg = Config::from_json(raw).map_err(|e| format!("headcount: {e}"))?;
+        let cfg = Config::from_json(raw).map_err(|e| format!("{e}"))?;
         let secret = match &cfg.cookie_hash_secret {
             Some(s) => s.as_bytes().to_vec(),
             None => shared_secret()
-                .map_err(|e| format!("headcount: cannot set up the cookie hash secret: {e}"))?,
+                .map_err(|e| format!("cannot set up the cookie hash secret: {e}"))?,
         };
         let gauge = |name: &str| host::define_metric(MetricType::Gauge, name);
         let counter = |name: &str| host::define_metric(MetricType::Counter, name);
@@ -73,7 +73,7 @@ impl Vm {
             expiries: counter("headcount_expiries_total"),
         };
         host::info(&format!(
-            "headcount: configured (login {} {}, cookie `{}`, window {} s)",
+            "configured (login {} {}, cookie `{}`, window {} s)",
             cfg.login_method,
             cfg.login_path,
             cfg.session_cookie,
@@ -147,7 +147,7 @@ impl Vm {
                 }
                 Err(e) => {
                     host::warn(&format!(
-                        "headcount: activity flush failed, will retry: {e}"
+                        "activity flush failed, will retry: {e}"
                     ));
                     let mut pending = self.pending.borrow_mut();
                     for (h, p) in batch {
@@ -159,7 +159,7 @@ impl Vm {
         let delta = std::mem::take(&mut *self.traffic.borrow_mut());
         if !delta.is_empty() {
             if let Err(e) = traffic::add(&EnvoyStore, &delta, now) {
-                host::warn(&format!("headcount: traffic flush failed: {e}"));
+                host::warn(&format!("traffic flush failed: {e}"));
                 *self.traffic.borrow_mut() = delta;
             }
         }
@@ -185,11 +185,11 @@ impl Vm {
         let table = self.table();
         match table.sweep(0..SWEEP_SHARDS, now, &self.cfg) {
             Ok(ended) => host::add_counter(self.metrics.expiries, ended.len() as u64),
-            Err(e) => host::warn(&format!("headcount: sweep failed: {e}")),
+            Err(e) => host::warn(&format!("sweep failed: {e}")),
         }
         match table.sessions() {
             Ok(all) => self.publish(&stats::active_sessions(all, now, &self.cfg)),
-            Err(e) => host::warn(&format!("headcount: gauge update failed: {e}")),
+            Err(e) => host::warn(&format!("gauge update failed: {e}")),
         }
     }
 
