@@ -65,8 +65,12 @@ pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(map, name).ok().flatten()
 }
 
-/// All values of a header (e.g. every `set-cookie`).
+/// All values of a header (e.g. every `set-cookie`). Asks for the single value
+/// first: most responses have none, and then the whole map is never copied.
 pub fn header_all(map: MapType, name: &str) -> Vec<Vec<u8>> {
+    if header(map, name).is_none() {
+        return Vec::new();
+    }
     hostcalls::get_map_bytes(map)
         .map(|pairs| {
             pairs
