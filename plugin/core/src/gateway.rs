@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::identity::{CookieChange, Identity};
-use crate::session::{session_id_from_random, Session};
+use crate::session::{session_id_from_random, CookieHash, Session};
 use subtle::ConstantTimeEq;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,15 +88,25 @@ pub fn transition(
     }
 }
 
+/// The facts of a successful login besides who it was.
+pub struct LoginFacts {
+    pub cookie: CookieHash,
+    pub ip: String,
+    pub user_agent: String,
+    pub now: u64,
+    /// 16 random bytes from the host, for the session id.
+    pub random: [u8; 16],
+}
+
 /// Builds the session for a successful login; `None` when nobody is named.
-pub fn new_session(
-    cfg: &Config,
-    identity: Identity,
-    ip: String,
-    user_agent: String,
-    now: u64,
-    random: [u8; 16],
-) -> Option<Session> {
+pub fn new_session(cfg: &Config, identity: Identity, login: LoginFacts) -> Option<Session> {
+    let LoginFacts {
+        cookie,
+        ip,
+        user_agent,
+        now,
+        random,
+    } = login;
     let (user_id, username, role) = identity.resolve(cfg)?;
     Some(Session {
         id: session_id_from_random(random),
@@ -107,6 +117,7 @@ pub fn new_session(
         user_agent,
         login_ms: now,
         last_ms: now,
+        cookie,
         aliases: Vec::new(),
     })
 }
@@ -239,10 +250,13 @@ mod tests {
                 role: Some("admin".into()),
                 ..Identity::default()
             },
-            String::new(),
-            String::new(),
-            0,
-            [1; 16],
+            LoginFacts {
+                cookie: [2; 16],
+                ip: String::new(),
+                user_agent: String::new(),
+                now: 0,
+                random: [1; 16],
+            },
         );
         assert_eq!(authorize(&cfg, None, None, 0), Access::Unauthenticated);
         assert_eq!(

@@ -14,6 +14,13 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// (number of keys, bytes of values).
+    pub fn values(&self) -> (usize, usize) {
+        let map = self.map.borrow();
+        (map.len(), map.values().map(|(v, _)| v.len()).sum())
+    }
+
+    /// Keys plus values, as Envoy would hold them.
     pub fn bytes(&self) -> usize {
         self.map
             .borrow()

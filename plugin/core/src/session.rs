@@ -13,7 +13,7 @@ pub const MAX_NAME: usize = 128;
 pub const MAX_ROLE: usize = 64;
 pub const MAX_USER_AGENT: usize = 160;
 
-/// Previous cookie hashes a session keeps answering to after rotation.
+/// Earlier cookie values a session keeps answering to for its whole life.
 pub const MAX_ALIASES: usize = 2;
 
 /// HMAC-SHA-256 keyed by a per-deployment secret, truncated to 128 bits.
@@ -62,7 +62,10 @@ pub struct Session {
     pub user_agent: String,
     pub login_ms: u64,
     pub last_ms: u64,
-    /// Hashes of earlier cookie values that still lead here, newest first.
+    /// Hash of the current cookie value.
+    pub cookie: CookieHash,
+    /// Hashes of the newest earlier values, which keep leading here until the
+    /// session ends (older ones only for a grace period), newest first.
     pub aliases: Vec<CookieHash>,
 }
 
@@ -121,6 +124,7 @@ mod tests {
             user_agent: "ua".into(),
             login_ms: login,
             last_ms: last,
+            cookie: [0; 16],
             aliases: vec![],
         }
     }

@@ -141,6 +141,7 @@ mod tests {
             user_agent: "ua".into(),
             login_ms: 1_000,
             last_ms: last,
+            cookie: [id; 16],
             aliases: vec![],
         }
     }

@@ -1,23 +1,29 @@
 //! The session table kept in a host's shared key/value store (Envoy shared data).
 //!
 //! The proxy-wasm ABI can neither list nor delete keys, and Envoy never frees one,
-//! so the table lives in a fixed set of shard keys: `SHARDS` values, each a
-//! postcard-encoded list of entries keyed by cookie hash. Memory is bounded by the
-//! live sessions, never by the sessions ever seen. Every write is a CAS
-//! read-modify-write, retried on mismatch, so concurrent VMs never lose an update.
+//! so the table lives in two fixed sets of shard keys, each value a postcard list:
 //!
-//! A rotated cookie leaves an `Alias` entry under its old hash pointing at the new
-//! one, so requests still in flight with the old value keep finding the session.
+//! - `headcount.v1.sessions.{i}`: the sessions, sharded by session id;
+//! - `headcount.v1.cookies.{i}`: cookie hash -> session id, sharded by cookie hash.
+//!
+//! Memory follows the live sessions, never the sessions ever seen. Every write is
+//! a CAS read-modify-write, retried on mismatch, so concurrent VMs lose no update.
+//! A rotated cookie is one more index entry pointing at the same session: any
+//! value the app handed out recently resolves in two reads, however fast it rotates.
 
 use crate::config::Config;
 use crate::session::{CookieHash, Session, MAX_ALIASES};
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Number of shard keys. More shards make each write smaller and the stats read
+/// Shard keys per kind. More shards make each write smaller and the stats read
 /// longer; see README "Performance".
 pub const SHARDS: usize = 512;
+
+/// How long a cookie value rotated away (beyond the newest `MAX_ALIASES`) keeps
+/// resolving: requests still in flight, or buffered activity not yet flushed.
+pub const ROTATION_GRACE_MS: u64 = 30_000;
 
 /// Attempts of one CAS read-modify-write before giving up.
 const MAX_RETRIES: usize = 64;
@@ -72,24 +78,26 @@ impl From<StoreError> for TableError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Entry {
-    Live(Session),
-    /// A rotated-away cookie: follow to `target`; dropped after `until`.
-    Alias {
-        target: CookieHash,
-        until: u64,
-    },
+/// A cookie value's index entry: which session it leads to, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CookieRef {
+    pub session: [u8; 16],
+    pub until: u64,
 }
 
-type Shard = Vec<(CookieHash, Entry)>;
+type CookieShard = Vec<(CookieHash, CookieRef)>;
+type SessionShard = Vec<Session>;
 
-pub fn shard_of(hash: &CookieHash) -> usize {
-    usize::from(u16::from_le_bytes([hash[0], hash[1]])) % SHARDS
+fn shard_of(bytes: &[u8; 16]) -> usize {
+    usize::from(u16::from_le_bytes([bytes[0], bytes[1]])) % SHARDS
 }
 
-pub fn shard_key(index: usize) -> String {
+pub fn session_key(index: usize) -> String {
     format!("headcount.v1.sessions.{index}")
+}
+
+pub fn cookie_key(index: usize) -> String {
+    format!("headcount.v1.cookies.{index}")
 }
 
 /// How a touch batch went: which hashes led to a live session.
@@ -109,128 +117,165 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         Self { store }
     }
 
-    /// Reads one shard; an undecodable value (e.g. from another version) reads as empty
-    /// and is replaced by the next write.
-    fn read(&self, index: usize) -> Result<(Shard, Option<u32>), TableError> {
-        match self.store.get(&shard_key(index))? {
-            None => Ok((Vec::new(), None)),
+    /// Reads one shard; an undecodable value (e.g. from another version) reads as
+    /// empty and is replaced by the next write.
+    fn read<T: DeserializeOwned + Default>(
+        &self,
+        key: &str,
+    ) -> Result<(T, Option<u32>), TableError> {
+        match self.store.get(key)? {
+            None => Ok((T::default(), None)),
             Some((bytes, cas)) => Ok((postcard::from_bytes(&bytes).unwrap_or_default(), Some(cas))),
         }
     }
 
     /// CAS read-modify-write of one shard. `f` returns whether it changed anything.
-    fn update<R>(
+    fn update<T, R>(
         &self,
-        index: usize,
-        mut f: impl FnMut(&mut Shard) -> (bool, R),
-    ) -> Result<R, TableError> {
-        let key = shard_key(index);
+        key: &str,
+        mut f: impl FnMut(&mut T) -> (bool, R),
+    ) -> Result<R, TableError>
+    where
+        T: DeserializeOwned + Serialize + Default,
+    {
         for _ in 0..MAX_RETRIES {
-            let (mut shard, cas) = self.read(index)?;
+            let (mut shard, cas) = self.read::<T>(key)?;
             let (changed, out) = f(&mut shard);
             if !changed {
                 return Ok(out);
             }
             let bytes =
                 postcard::to_allocvec(&shard).map_err(|e| StoreError::Host(e.to_string()))?;
-            match self.store.set(&key, &bytes, cas) {
+            match self.store.set(key, &bytes, cas) {
                 Ok(()) => return Ok(out),
                 Err(StoreError::CasMismatch) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(TableError::Contended(key))
+        Err(TableError::Contended(key.to_string()))
     }
 
-    fn lookup(&self, hash: &CookieHash) -> Result<Option<Entry>, TableError> {
-        let (shard, _) = self.read(shard_of(hash))?;
-        Ok(shard.into_iter().find(|(h, _)| h == hash).map(|(_, e)| e))
+    fn cookie_ref(&self, hash: &CookieHash, now: u64) -> Result<Option<CookieRef>, TableError> {
+        let (shard, _) = self.read::<CookieShard>(&cookie_key(shard_of(hash)))?;
+        Ok(shard
+            .into_iter()
+            .find(|(h, r)| h == hash && r.until >= now)
+            .map(|(_, r)| r))
     }
 
-    /// Follows aliases from `hash` to the live session: (its current hash, the session).
-    pub fn resolve(
+    fn session_by_id(&self, id: &[u8; 16]) -> Result<Option<Session>, TableError> {
+        let (shard, _) = self.read::<SessionShard>(&session_key(shard_of(id)))?;
+        Ok(shard.into_iter().find(|s| s.id == *id))
+    }
+
+    /// The live session a cookie hash leads to (current value or a recent rotation).
+    pub fn resolve(&self, hash: &CookieHash, now: u64) -> Result<Option<Session>, TableError> {
+        match self.cookie_ref(hash, now)? {
+            Some(r) => self.session_by_id(&r.session),
+            None => Ok(None),
+        }
+    }
+
+    /// Points `hashes` at `session` until `until` (adds or replaces entries).
+    fn index(
         &self,
-        hash: &CookieHash,
-        now: u64,
-    ) -> Result<Option<(CookieHash, Session)>, TableError> {
-        let mut at = *hash;
-        for _ in 0..=MAX_ALIASES + 1 {
-            match self.lookup(&at)? {
-                Some(Entry::Live(s)) => return Ok(Some((at, s))),
-                Some(Entry::Alias { target, until }) if until >= now => at = target,
-                _ => return Ok(None),
+        hashes: &[CookieHash],
+        session: [u8; 16],
+        until: u64,
+    ) -> Result<(), TableError> {
+        for (index, group) in group_by_shard(hashes) {
+            self.update::<CookieShard, _>(&cookie_key(index), |shard| {
+                shard.retain(|(h, _)| !group.contains(h));
+                shard.extend(group.iter().map(|h| (*h, CookieRef { session, until })));
+                (true, ())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the index entries of `hashes` that point at `session`; with `until`,
+    /// shortens them to that time instead.
+    fn unindex(
+        &self,
+        hashes: &[CookieHash],
+        session: [u8; 16],
+        until: Option<u64>,
+    ) -> Result<(), TableError> {
+        for (index, group) in group_by_shard(hashes) {
+            self.update::<CookieShard, _>(&cookie_key(index), |shard| {
+                let before = shard.clone();
+                match until {
+                    None => shard.retain(|(h, r)| !(group.contains(h) && r.session == session)),
+                    Some(t) => shard
+                        .iter_mut()
+                        .filter(|(h, r)| group.contains(h) && r.session == session)
+                        .for_each(|(_, r)| r.until = r.until.min(t)),
+                }
+                (*shard != before, ())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Records a new login under its cookie hash (the session first, so an index
+    /// entry never points at nothing).
+    pub fn insert(&self, session: Session, cfg: &Config) -> Result<(), TableError> {
+        let (id, cookie, until) = (session.id, session.cookie, session.deadline(cfg));
+        self.update::<SessionShard, _>(&session_key(shard_of(&id)), |shard| {
+            shard.retain(|s| s.id != id);
+            shard.push(session.clone());
+            (true, ())
+        })?;
+        self.index(&[cookie], id, until)
+    }
+
+    /// Marks the sessions behind `batch` (hash, time seen) as seen: one read per
+    /// cookie shard and one write per session shard involved.
+    pub fn touch(&self, batch: &[(CookieHash, u64)], now: u64) -> Result<TouchOutcome, TableError> {
+        let hashes: Vec<CookieHash> = batch.iter().map(|(h, _)| *h).collect();
+        let mut refs: BTreeMap<CookieHash, [u8; 16]> = BTreeMap::new();
+        for (index, group) in group_by_shard(&hashes) {
+            let (shard, _) = self.read::<CookieShard>(&cookie_key(index))?;
+            for (h, r) in shard {
+                if r.until >= now && group.contains(&h) {
+                    refs.insert(h, r.session);
+                }
             }
         }
-        Ok(None)
-    }
-
-    /// Records a new login under its cookie hash.
-    pub fn insert(&self, hash: &CookieHash, session: Session) -> Result<(), TableError> {
-        self.update(shard_of(hash), |shard| {
-            shard.retain(|(h, _)| h != hash);
-            shard.push((*hash, Entry::Live(session.clone())));
-            (true, ())
-        })
-    }
-
-    /// Marks the sessions behind `batch` (hash, time seen) as seen, one write per shard.
-    /// Aliases are followed, so activity under a just-rotated cookie still lands.
-    pub fn touch(&self, batch: &[(CookieHash, u64)], now: u64) -> Result<TouchOutcome, TableError> {
-        let mut by_shard: BTreeMap<usize, Vec<(CookieHash, u64)>> = BTreeMap::new();
+        // Latest time seen per session id.
+        let mut seen: BTreeMap<[u8; 16], u64> = BTreeMap::new();
         for (h, t) in batch {
-            by_shard.entry(shard_of(h)).or_default().push((*h, *t));
+            if let Some(id) = refs.get(h) {
+                let e = seen.entry(*id).or_insert(*t);
+                *e = (*e).max(*t);
+            }
+        }
+        let ids: Vec<[u8; 16]> = seen.keys().copied().collect();
+        let mut live: Vec<[u8; 16]> = Vec::new();
+        for (index, group) in group_by_shard(&ids) {
+            let found = self.update::<SessionShard, _>(&session_key(index), |shard| {
+                let mut changed = false;
+                let mut found = Vec::new();
+                for s in shard.iter_mut().filter(|s| group.contains(&s.id)) {
+                    found.push(s.id);
+                    if let Some(t) = seen.get(&s.id).filter(|t| **t > s.last_ms) {
+                        s.last_ms = *t;
+                        changed = true;
+                    }
+                }
+                (changed, found)
+            })?;
+            live.extend(found);
         }
         let mut outcome = TouchOutcome::default();
-        for (index, items) in by_shard {
-            // Hashes that turned out to be aliases, resolved after this shard's write.
-            let (found, aliased) = self.update(index, |shard| {
-                let mut found = Vec::new();
-                let mut aliased = Vec::new();
-                let mut changed = false;
-                for (h, t) in &items {
-                    match shard.iter_mut().find(|(k, _)| k == h).map(|(_, e)| e) {
-                        Some(Entry::Live(s)) => {
-                            if *t > s.last_ms {
-                                s.last_ms = *t;
-                                changed = true;
-                            }
-                            found.push(*h);
-                        }
-                        Some(Entry::Alias { until, .. }) if *until >= now => aliased.push((*h, *t)),
-                        _ => {}
-                    }
-                }
-                (changed, (found, aliased))
-            })?;
-            for (h, _) in &items {
-                if !found.contains(h) && !aliased.iter().any(|(a, _)| a == h) {
-                    outcome.missing.push(*h);
-                }
-            }
-            outcome.found.extend(found);
-            for (h, t) in aliased {
-                match self.resolve(&h, now)? {
-                    Some((head, _)) => {
-                        self.touch_one(&head, t)?;
-                        outcome.found.push(h);
-                    }
-                    None => outcome.missing.push(h),
-                }
+        for h in hashes {
+            if refs.get(&h).is_some_and(|id| live.contains(id)) {
+                outcome.found.push(h);
+            } else {
+                outcome.missing.push(h);
             }
         }
         Ok(outcome)
-    }
-
-    fn touch_one(&self, hash: &CookieHash, t: u64) -> Result<(), TableError> {
-        self.update(shard_of(hash), |shard| {
-            match shard.iter_mut().find(|(k, _)| k == hash).map(|(_, e)| e) {
-                Some(Entry::Live(s)) if t > s.last_ms => {
-                    s.last_ms = t;
-                    (true, ())
-                }
-                _ => (false, ()),
-            }
-        })
     }
 
     /// Follows a cookie rotation `from` -> `to`. Returns the session if `from` was known.
@@ -241,91 +286,70 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         now: u64,
         cfg: &Config,
     ) -> Result<Option<Session>, TableError> {
-        for _ in 0..MAX_RETRIES {
-            let Some((head, _)) = self.resolve(from, now)? else {
-                return Ok(None);
-            };
-            if head == *to {
-                return Ok(self.resolve(to, now)?.map(|(_, s)| s));
-            }
-            // Take the record out, leaving an alias, in one CAS write.
-            let taken = self.update(shard_of(&head), |shard| {
-                let Some(pos) = shard
-                    .iter()
-                    .position(|(h, e)| *h == head && matches!(e, Entry::Live(_)))
-                else {
-                    return (false, None);
+        let Some(r) = self.cookie_ref(from, now)? else {
+            return Ok(None);
+        };
+        // Index the new value first: from here on it resolves.
+        let deadline = match self.session_by_id(&r.session)? {
+            Some(s) => s.deadline(cfg),
+            None => return Ok(None),
+        };
+        self.index(&[*to], r.session, deadline)?;
+        let (session, dropped) =
+            self.update::<SessionShard, _>(&session_key(shard_of(&r.session)), |shard| {
+                let Some(s) = shard.iter_mut().find(|s| s.id == r.session) else {
+                    return (false, (None, Vec::new()));
                 };
-                let Some((_, Entry::Live(s))) = shard.get(pos).cloned() else {
-                    return (false, None);
-                };
-                if let Some(slot) = shard.get_mut(pos) {
-                    slot.1 = Entry::Alias {
-                        target: *to,
-                        until: s.deadline(cfg),
-                    };
+                s.last_ms = s.last_ms.max(now);
+                if s.cookie == *to {
+                    return (true, (Some(s.clone()), Vec::new()));
                 }
-                (true, Some(s))
+                let old = std::mem::replace(&mut s.cookie, *to);
+                s.aliases.retain(|a| a != to && *a != old);
+                s.aliases.insert(0, old);
+                let dropped = if s.aliases.len() > MAX_ALIASES {
+                    s.aliases.split_off(MAX_ALIASES)
+                } else {
+                    Vec::new()
+                };
+                (true, (Some(s.clone()), dropped))
             })?;
-            // Lost a race with another rotation or a logout: resolve again.
-            let Some(mut session) = taken else { continue };
-            session.last_ms = session.last_ms.max(now);
-            session.aliases.insert(0, head);
-            let dropped = if session.aliases.len() > MAX_ALIASES {
-                session.aliases.split_off(MAX_ALIASES)
-            } else {
-                Vec::new()
-            };
-            self.insert(to, session.clone())?;
-            for old in dropped {
-                self.remove_alias(&old)?;
+        match session {
+            Some(s) => {
+                // Old values beyond the newest few keep working for a grace period only.
+                self.unindex(&dropped, s.id, Some(now.saturating_add(ROTATION_GRACE_MS)))?;
+                Ok(Some(s))
             }
-            return Ok(Some(session));
+            // Ended while we rotated: take the new entry back out.
+            None => {
+                self.unindex(&[*to], r.session, None)?;
+                Ok(None)
+            }
         }
-        Err(TableError::Contended("rotation".into()))
     }
 
-    fn remove_alias(&self, hash: &CookieHash) -> Result<(), TableError> {
-        self.update(shard_of(hash), |shard| {
-            let before = shard.len();
-            shard.retain(|(h, e)| !(h == hash && matches!(e, Entry::Alias { .. })));
-            (shard.len() != before, ())
-        })
-    }
-
-    /// Ends the session behind `hash` (logout): removes it and its aliases.
+    /// Ends the session behind `hash` (logout): removes it and its cookie entries.
     pub fn end(&self, hash: &CookieHash, now: u64) -> Result<Option<Session>, TableError> {
-        for _ in 0..MAX_RETRIES {
-            let Some((head, _)) = self.resolve(hash, now)? else {
-                return Ok(None);
-            };
-            let removed = self.update(shard_of(&head), |shard| {
-                match shard
-                    .iter()
-                    .position(|(h, e)| *h == head && matches!(e, Entry::Live(_)))
-                {
-                    Some(pos) => match shard.remove(pos) {
-                        (_, Entry::Live(s)) => (true, Some(s)),
-                        _ => (false, None),
-                    },
-                    None => (false, None),
-                }
-            })?;
-            let Some(session) = removed else { continue };
-            for alias in &session.aliases {
-                self.remove_alias(alias)?;
-            }
-            if *hash != head {
-                self.remove_alias(hash)?;
-            }
-            return Ok(Some(session));
-        }
-        Err(TableError::Contended("logout".into()))
+        let Some(r) = self.cookie_ref(hash, now)? else {
+            return Ok(None);
+        };
+        let removed = self.update::<SessionShard, _>(
+            &session_key(shard_of(&r.session)),
+            |shard| match shard.iter().position(|s| s.id == r.session) {
+                Some(pos) => (true, Some(shard.remove(pos))),
+                None => (false, None),
+            },
+        )?;
+        let Some(session) = removed else {
+            return Ok(None);
+        };
+        self.unindex(&cookies_of(&session, Some(hash)), session.id, None)?;
+        Ok(Some(session))
     }
 
-    /// Removes expired sessions and stale aliases from shards `range`; returns the
-    /// sessions it ended. Only one caller removes a given session (CAS), so each
-    /// expiry is reported once.
+    /// Removes expired sessions and stale cookie entries from shards `range`;
+    /// returns the sessions it ended. Only one caller removes a given session
+    /// (CAS), so each expiry is reported once.
     pub fn sweep(
         &self,
         range: std::ops::Range<usize>,
@@ -333,26 +357,25 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         cfg: &Config,
     ) -> Result<Vec<Session>, TableError> {
         let mut ended = Vec::new();
-        for index in range {
-            let gone = self.update(index, |shard| {
-                let mut gone = Vec::new();
-                let before = shard.len();
-                shard.retain(|(_, e)| match e {
-                    Entry::Live(s) if s.is_expired(now, cfg) => {
-                        gone.push(s.clone());
-                        false
-                    }
-                    Entry::Alias { until, .. } => *until >= now,
-                    Entry::Live(_) => true,
-                });
-                (shard.len() != before, gone)
+        for index in range.clone() {
+            let gone = self.update::<SessionShard, _>(&session_key(index), |shard| {
+                let (gone, keep): (Vec<Session>, Vec<Session>) = std::mem::take(shard)
+                    .into_iter()
+                    .partition(|s| s.is_expired(now, cfg));
+                *shard = keep;
+                (!gone.is_empty(), gone)
             })?;
             ended.extend(gone);
         }
         for s in &ended {
-            for alias in &s.aliases {
-                self.remove_alias(alias)?;
-            }
+            self.unindex(&cookies_of(s, None), s.id, None)?;
+        }
+        for index in range {
+            self.update::<CookieShard, _>(&cookie_key(index), |shard| {
+                let before = shard.len();
+                shard.retain(|(_, r)| r.until >= now);
+                (shard.len() != before, ())
+            })?;
         }
         Ok(ended)
     }
@@ -361,11 +384,8 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     pub fn sessions(&self) -> Result<Vec<Session>, TableError> {
         let mut out = Vec::new();
         for index in 0..SHARDS {
-            let (shard, _) = self.read(index)?;
-            out.extend(shard.into_iter().filter_map(|(_, e)| match e {
-                Entry::Live(s) => Some(s),
-                Entry::Alias { .. } => None,
-            }));
+            let (shard, _) = self.read::<SessionShard>(&session_key(index))?;
+            out.extend(shard);
         }
         Ok(out)
     }
@@ -374,12 +394,32 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     pub fn footprint(&self) -> Result<usize, TableError> {
         let mut total = 0;
         for index in 0..SHARDS {
-            if let Some((bytes, _)) = self.store.get(&shard_key(index))? {
-                total += bytes.len() + shard_key(index).len();
+            for key in [session_key(index), cookie_key(index)] {
+                if let Some((bytes, _)) = self.store.get(&key)? {
+                    total += bytes.len() + key.len();
+                }
             }
         }
         Ok(total)
     }
+}
+
+/// The current cookie, the kept aliases, and `extra` if given.
+fn cookies_of(s: &Session, extra: Option<&CookieHash>) -> Vec<CookieHash> {
+    let mut all = vec![s.cookie];
+    all.extend(s.aliases.iter().copied());
+    if let Some(h) = extra.filter(|h| !all.contains(h)) {
+        all.push(*h);
+    }
+    all
+}
+
+fn group_by_shard(items: &[[u8; 16]]) -> BTreeMap<usize, Vec<[u8; 16]>> {
+    let mut groups: BTreeMap<usize, Vec<[u8; 16]>> = BTreeMap::new();
+    for item in items {
+        groups.entry(shard_of(item)).or_default().push(*item);
+    }
+    groups
 }
 
 #[cfg(test)]
@@ -387,11 +427,11 @@ mod tests {
     use super::*;
     use crate::memory::MemoryStore;
 
-    fn cfg() -> Config {
-        Config::default()
+    fn h(n: u8) -> CookieHash {
+        [n; 16]
     }
 
-    fn session(id: u8, user: &str, now: u64) -> Session {
+    fn session(id: u8, cookie: u8, user: &str, now: u64) -> Session {
         Session {
             id: [id; 16],
             user_id: user.into(),
@@ -401,21 +441,18 @@ mod tests {
             user_agent: "ua".into(),
             login_ms: now,
             last_ms: now,
+            cookie: h(cookie),
             aliases: vec![],
         }
     }
 
-    fn h(n: u8) -> CookieHash {
-        [n; 16]
-    }
-
     #[test]
     fn insert_resolve_touch_end() {
-        let store = MemoryStore::default();
+        let (store, cfg) = (MemoryStore::default(), Config::default());
         let t = SessionTable::new(&store);
-        t.insert(&h(1), session(1, "a", 1_000)).unwrap();
+        t.insert(session(1, 1, "a", 1_000), &cfg).unwrap();
         assert_eq!(
-            t.resolve(&h(1), 1_000).unwrap().map(|(_, s)| s.username),
+            t.resolve(&h(1), 1_000).unwrap().map(|s| s.username),
             Some("a".into())
         );
         assert_eq!(t.resolve(&h(2), 1_000).unwrap(), None);
@@ -423,7 +460,13 @@ mod tests {
         assert_eq!(out.found, vec![h(1)]);
         assert_eq!(out.missing, vec![h(2)]);
         assert_eq!(
-            t.resolve(&h(1), 5_000).unwrap().map(|(_, s)| s.last_ms),
+            t.resolve(&h(1), 5_000).unwrap().map(|s| s.last_ms),
+            Some(5_000)
+        );
+        // An older time never moves last activity back.
+        t.touch(&[(h(1), 4_000)], 5_000).unwrap();
+        assert_eq!(
+            t.resolve(&h(1), 5_000).unwrap().map(|s| s.last_ms),
             Some(5_000)
         );
         assert!(t.end(&h(1), 6_000).unwrap().is_some());
@@ -432,86 +475,124 @@ mod tests {
     }
 
     #[test]
-    fn rotation_is_followed_through_aliases_and_cleaned_on_logout() {
-        let store = MemoryStore::default();
+    fn fast_rotation_keeps_every_recent_value_resolving() {
+        let (store, cfg) = (MemoryStore::default(), Config::default());
         let t = SessionTable::new(&store);
-        let c = cfg();
-        t.insert(&h(1), session(1, "a", 0)).unwrap();
-        assert!(t.rotate(&h(1), &h(2), 10, &c).unwrap().is_some());
-        assert!(t.rotate(&h(2), &h(3), 20, &c).unwrap().is_some());
-        // A request still in flight with the first value rotates too: it lands on the head.
-        assert!(t.rotate(&h(1), &h(4), 30, &c).unwrap().is_some());
-        assert_eq!(t.sessions().unwrap().len(), 1);
-        let (head, s) = t.resolve(&h(2), 40).unwrap().unwrap();
-        assert_eq!(head, h(4));
-        assert_eq!(s.aliases, vec![h(3), h(2)]);
-        // Only MAX_ALIASES old values are kept.
-        assert_eq!(t.resolve(&h(1), 40).unwrap(), None);
-        assert!(t.end(&h(3), 50).unwrap().is_some());
-        assert_eq!(t.sessions().unwrap(), vec![]);
-        for n in 1..=4 {
-            assert_eq!(t.resolve(&h(n), 60).unwrap(), None);
+        t.insert(session(1, 1, "a", 0), &cfg).unwrap();
+        for n in 1..20u8 {
+            assert!(t
+                .rotate(&h(n), &h(n + 1), u64::from(n), &cfg)
+                .unwrap()
+                .is_some());
         }
-        assert_eq!(t.footprint().unwrap(), shard_footprint_of_empty(&store));
+        // A request still in flight with an old value rotates onto the same session.
+        assert!(t.rotate(&h(3), &h(99), 30, &cfg).unwrap().is_some());
+        assert_eq!(t.sessions().unwrap().len(), 1);
+        for n in (1..=20).chain([99]) {
+            assert_eq!(
+                t.resolve(&h(n), 40).unwrap().map(|s| s.id),
+                Some([1; 16]),
+                "value {n}"
+            );
+        }
+        let s = t.resolve(&h(5), 40).unwrap().unwrap();
+        assert_eq!(s.cookie, h(99));
+        assert_eq!(s.aliases, vec![h(20), h(19)]);
+        // After the grace period only the newest values still resolve.
+        let later = 40 + ROTATION_GRACE_MS + 1;
+        assert_eq!(t.resolve(&h(5), later).unwrap(), None);
+        assert!(t.resolve(&h(19), later).unwrap().is_some());
+        // A touch batch keyed by many of those values lands once, on the session.
+        let out = t
+            .touch(&[(h(2), 50), (h(10), 60), (h(99), 55)], 60)
+            .unwrap();
+        assert_eq!(out.found.len(), 3);
+        assert_eq!(t.resolve(&h(99), 60).unwrap().map(|s| s.last_ms), Some(60));
+        assert!(t.end(&h(20), 70).unwrap().is_some());
+        for n in (1..=20).chain([99]) {
+            assert_eq!(t.resolve(&h(n), 80).unwrap(), None, "value {n}");
+        }
+        assert!(t.sweep(0..SHARDS, later + 1, &cfg).unwrap().is_empty());
+        let empty_shards = (0..SHARDS)
+            .flat_map(|i| [session_key(i), cookie_key(i)])
+            .filter(|k| store.get(k).unwrap().is_some())
+            .map(|k| k.len() + 1)
+            .sum::<usize>();
+        assert_eq!(t.footprint().unwrap(), empty_shards);
     }
 
-    fn shard_footprint_of_empty(store: &MemoryStore) -> usize {
-        // Every written shard is back to an empty list (one byte) plus its key.
-        (0..SHARDS)
-            .filter(|i| store.get(&shard_key(*i)).unwrap().is_some())
-            .map(|i| shard_key(i).len() + 1)
-            .sum()
+    #[test]
+    fn racing_rotations_both_resolve() {
+        let (store, cfg) = (MemoryStore::default(), Config::default());
+        let t = SessionTable::new(&store);
+        t.insert(session(1, 1, "a", 0), &cfg).unwrap();
+        t.rotate(&h(1), &h(2), 10, &cfg).unwrap();
+        t.rotate(&h(1), &h(3), 10, &cfg).unwrap();
+        assert!(t.resolve(&h(2), 20).unwrap().is_some());
+        assert!(t.resolve(&h(3), 20).unwrap().is_some());
+        assert_eq!(t.sessions().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unknown_cookies_do_not_rotate_or_end() {
+        let (store, cfg) = (MemoryStore::default(), Config::default());
+        let t = SessionTable::new(&store);
+        assert_eq!(t.rotate(&h(1), &h(2), 0, &cfg).unwrap(), None);
+        assert_eq!(t.end(&h(1), 0).unwrap(), None);
+        assert_eq!(t.resolve(&h(2), 0).unwrap(), None);
     }
 
     #[test]
     fn cas_mismatches_are_retried_not_lost() {
-        let store = MemoryStore::default();
+        let (store, cfg) = (MemoryStore::default(), Config::default());
         let t = SessionTable::new(&store);
-        t.insert(&h(1), session(1, "a", 0)).unwrap();
+        t.insert(session(1, 1, "a", 0), &cfg).unwrap();
         store.fail_next_sets.set(5);
-        t.insert(&h(1 + 1), session(2, "b", 0)).unwrap();
+        t.insert(session(2, 2, "b", 0), &cfg).unwrap();
         assert_eq!(t.sessions().unwrap().len(), 2);
         store.fail_next_sets.set(1000);
         assert!(matches!(
-            t.insert(&h(3), session(3, "c", 0)),
+            t.insert(session(3, 3, "c", 0), &cfg),
             Err(TableError::Contended(_))
         ));
     }
 
     #[test]
     fn sweep_removes_expired_once_and_memory_stays_flat() {
-        let store = MemoryStore::default();
+        let (store, cfg) = (MemoryStore::default(), Config::default());
         let t = SessionTable::new(&store);
-        let c = cfg();
-        let mut peak = 0;
+        let mut after_first = None;
         for round in 0..3u64 {
             let start = round * 10_000_000;
             for i in 0..200u16 {
-                let mut hash = [0u8; 16];
-                hash[..2].copy_from_slice(&i.to_le_bytes());
-                hash[2] = round as u8;
-                t.insert(&hash, session(i as u8, &format!("u{i}"), start))
-                    .unwrap();
+                let mut s = session(0, 0, &format!("u{i}"), start);
+                s.id[..2].copy_from_slice(&i.to_le_bytes());
+                s.id[2] = round as u8;
+                s.cookie = s.id;
+                s.cookie[3] = 7;
+                let cookie = s.cookie;
+                t.insert(s, &cfg).unwrap();
                 if i % 3 == 0 {
-                    let mut to = hash;
-                    to[3] = 1;
-                    t.rotate(&hash, &to, start + 1, &c).unwrap();
+                    let mut to = cookie;
+                    to[4] = 1;
+                    t.rotate(&cookie, &to, start + 1, &cfg).unwrap();
                 }
             }
-            peak = peak.max(store.bytes());
+            let peak = store.bytes();
             let ended = t
-                .sweep(0..SHARDS, start + c.idle_timeout_ms + 2, &c)
+                .sweep(0..SHARDS, start + cfg.idle_timeout_ms + 2, &cfg)
                 .unwrap();
             assert_eq!(ended.len(), 200);
             assert!(t
-                .sweep(0..SHARDS, start + c.idle_timeout_ms + 3, &c)
+                .sweep(0..SHARDS, start + cfg.idle_timeout_ms + 3, &cfg)
                 .unwrap()
                 .is_empty());
             let after = store.bytes();
-            assert!(
-                after < peak / 4,
-                "round {round}: {after} bytes left of {peak}"
-            );
+            // Only the keys stay (Envoy cannot delete them); every value is an empty list.
+            let (keys, values) = store.values();
+            assert_eq!(values, keys, "round {round}: {after} bytes left of {peak}");
+            // Every round ends where the first did: nothing accumulates.
+            assert_eq!(*after_first.get_or_insert(after), after, "round {round}");
         }
     }
 }

@@ -84,9 +84,7 @@ pub fn header_all(map: MapType, name: &str) -> Vec<Vec<u8>> {
 
 pub fn remove_header(map: MapType, name: &str) {
     if let Err(s) = hostcalls::remove_map_value(map, name) {
-        warn(&format!(
-            "could not remove header `{name}`: {s:?}"
-        ));
+        warn(&format!("could not remove header `{name}`: {s:?}"));
     }
 }
 

@@ -2,8 +2,8 @@
 //! and turns the upstream's answer into a session transition.
 
 use crate::host;
-use crate::vm::Vm;
-use headcount_core::gateway::{self, Access, AdminRoute, Route, Transition};
+use crate::vm::{Requester, Vm};
+use headcount_core::gateway::{self, Access, AdminRoute, LoginFacts, Route, Transition};
 use headcount_core::identity::{self, CookieChange, Identity, MAX_BODY};
 use headcount_core::CookieHash;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -21,6 +21,8 @@ pub struct Stream {
     ignored: bool,
     /// Login only: who the client said they are, and where from.
     login: Option<LoginAttempt>,
+    /// This request ended its session (logout).
+    ended: bool,
 }
 
 struct LoginAttempt {
@@ -43,6 +45,7 @@ impl Stream {
             cookie: None,
             ignored: false,
             login: None,
+            ended: false,
         }
     }
 
@@ -65,8 +68,7 @@ impl Stream {
                 let token = auth.as_deref().and_then(gateway::bearer);
                 let session = self
                     .cookie
-                    .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten())
-                    .map(|(_, s)| s);
+                    .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten());
                 match gateway::authorize(cfg, token, session.as_ref(), now) {
                     Access::Unauthenticated => host::respond(
                         401,
@@ -104,6 +106,7 @@ impl Stream {
                 self.vm.forget(&old);
                 match table.end(&old, now) {
                     Ok(Some(s)) => {
+                        self.ended = true;
                         host::add_counter(self.vm.metrics.logouts, 1);
                         host::info(&format!("logout {} ({})", s.username, s.uuid()));
                     }
@@ -116,8 +119,14 @@ impl Stream {
                 else {
                     return;
                 };
-                if let Err(e) = table.rotate(&old, &to, now, &self.vm.cfg) {
-                    host::warn(&format!("cookie rotation not followed: {e}"));
+                match table.rotate(&old, &to, now, &self.vm.cfg) {
+                    Ok(Some(_)) => {
+                        // This request's activity, and any still buffered, belong to the new value.
+                        self.vm.rekey(&old, &to);
+                        self.cookie = Some(to);
+                    }
+                    Ok(None) => {}
+                    Err(e) => host::warn(&format!("cookie rotation not followed: {e}")),
                 }
             }
         }
@@ -142,10 +151,13 @@ impl Stream {
         let Some(session) = gateway::new_session(
             &self.vm.cfg,
             who,
-            attempt.ip,
-            attempt.user_agent,
-            now,
-            random,
+            LoginFacts {
+                cookie,
+                ip: attempt.ip,
+                user_agent: attempt.user_agent,
+                now,
+                random,
+            },
         ) else {
             host::warn("login succeeded but names no user; not counted");
             return;
@@ -154,7 +166,7 @@ impl Stream {
         if self.cookie.is_some_and(|old| old != cookie) {
             self.apply(Transition::Logout, now);
         }
-        match self.vm.table().insert(&cookie, session.clone()) {
+        match self.vm.table().insert(session.clone(), &self.vm.cfg) {
             Ok(()) => {
                 // The login request itself is the new session's first activity.
                 self.cookie = Some(cookie);
@@ -327,7 +339,11 @@ impl HttpContext for Stream {
         if matches!(self.route, Route::Admin(_)) {
             return;
         }
-        self.vm
-            .record(self.cookie, self.start_us / 1000, self.response_us);
+        let who = match (self.ended, self.cookie) {
+            (true, _) => Requester::EndedSession,
+            (false, Some(h)) => Requester::Cookie(h),
+            (false, None) => Requester::Anonymous,
+        };
+        self.vm.record(who, self.start_us / 1000, self.response_us);
     }
 }

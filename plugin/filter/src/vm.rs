@@ -27,6 +27,15 @@ struct Pending {
     retried: bool,
 }
 
+/// Who made a request, as far as the stream knows when it finishes.
+pub enum Requester {
+    Anonymous,
+    /// A session cookie: whether it is a known session is settled at flush.
+    Cookie(CookieHash),
+    /// A known session that this very request ended (logout).
+    EndedSession,
+}
+
 pub struct Metrics {
     active_users: Option<u32>,
     active_sessions: Option<u32>,
@@ -50,8 +59,9 @@ impl Vm {
         let cfg = Config::from_json(raw).map_err(|e| format!("{e}"))?;
         let secret = match &cfg.cookie_hash_secret {
             Some(s) => s.as_bytes().to_vec(),
-            None => shared_secret()
-                .map_err(|e| format!("cannot set up the cookie hash secret: {e}"))?,
+            None => {
+                shared_secret().map_err(|e| format!("cannot set up the cookie hash secret: {e}"))?
+            }
         };
         let gauge = |name: &str| host::define_metric(MetricType::Gauge, name);
         let counter = |name: &str| host::define_metric(MetricType::Counter, name);
@@ -93,11 +103,12 @@ impl Vm {
     }
 
     /// Counts one finished request; `cookie` is the session cookie's hash, if any.
-    pub fn record(&self, cookie: Option<CookieHash>, start_ms: u64, response_us: Option<u64>) {
+    pub fn record(&self, who: Requester, start_ms: u64, response_us: Option<u64>) {
         self.traffic.borrow_mut().record(start_ms, response_us);
         let mut pending = self.pending.borrow_mut();
-        match cookie {
-            Some(h) if pending.len() < MAX_PENDING || pending.contains_key(&h) => {
+        match who {
+            Requester::EndedSession => self.traffic.borrow_mut().authenticated += 1,
+            Requester::Cookie(h) if pending.len() < MAX_PENDING || pending.contains_key(&h) => {
                 let p = pending.entry(h).or_insert(Pending {
                     last_ms: start_ms,
                     requests: 0,
@@ -107,6 +118,16 @@ impl Vm {
                 p.requests += 1;
             }
             _ => self.traffic.borrow_mut().anonymous += 1,
+        }
+    }
+
+    /// Moves buffered activity from a rotated-away cookie value to the new one.
+    pub fn rekey(&self, from: &CookieHash, to: &CookieHash) {
+        let mut pending = self.pending.borrow_mut();
+        if let Some(p) = pending.remove(from) {
+            let q = pending.entry(*to).or_insert(Pending { requests: 0, ..p });
+            q.last_ms = q.last_ms.max(p.last_ms);
+            q.requests += p.requests;
         }
     }
 
@@ -146,9 +167,7 @@ impl Vm {
                     }
                 }
                 Err(e) => {
-                    host::warn(&format!(
-                        "activity flush failed, will retry: {e}"
-                    ));
+                    host::warn(&format!("activity flush failed, will retry: {e}"));
                     let mut pending = self.pending.borrow_mut();
                     for (h, p) in batch {
                         pending.entry(h).or_insert(p);
