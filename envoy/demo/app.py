@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Demo "testing platform" app that Headcount watches from the edge.
+
+A plain Flask app with real, signed session cookies:
+
+* ``POST /api/v1/auth/login``  JSON ``{"username", "password"}`` or an HTML form;
+  200 ``{"user": {"id", "username", "role"}}`` plus a ``session`` cookie, or
+  401 ``{"error": "invalid credentials"}`` without one.
+* ``POST /api/v1/auth/logout`` clears the session (Flask sends a deleting Set-Cookie).
+* ``GET /api/v1/me``, ``GET /api/v1/courses`` (login required, JSON 401 otherwise),
+  ``GET /api/v1/debug/headers`` (echoes the request headers), ``GET /healthz``,
+  ``GET /`` (home page with a login form) and ``GET /dashboard`` (login required).
+
+The session is permanent and a per-request counter is stored in it for every
+logged-in request, so **every authenticated response re-issues the session cookie
+with a new value** (cookie rotation), the hardest case for an edge observer.
+
+Run: ``python envoy/demo/app.py --port 5000``. The signing key comes from the
+environment variable ``DEMO_SECRET_KEY`` (a random one otherwise).
+All demo users have the password ``password``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import secrets
+import sys
+from datetime import timedelta
+from functools import wraps
+
+from flask import Flask, jsonify, redirect, request, session
+
+# id, username, role. Every password is "password".
+USERS = {
+    "admin_user": {"id": 1, "username": "admin_user", "role": "admin"},
+    "teacher1": {"id": 2, "username": "teacher1", "role": "teacher"},
+    "student1": {"id": 3, "username": "student1", "role": "student"},
+    "student2": {"id": 4, "username": "student2", "role": "student"},
+    "student3": {"id": 5, "username": "student3", "role": "student"},
+}
+USERS_BY_ID = {u["id"]: u for u in USERS.values()}
+PASSWORD = "password"
+
+COURSES = [
+    {"id": 101, "title": "Algebra I", "teacher": "teacher1", "students": ["student1", "student2"]},
+    {"id": 102, "title": "Intro to Physics", "teacher": "teacher1", "students": ["student2", "student3"]},
+    {"id": 103, "title": "World History", "teacher": "teacher1", "students": ["student1", "student3"]},
+]
+
+# Paths whose handler manages the session itself: the counter is not bumped there.
+_AUTH_PATHS = {"/api/v1/auth/login", "/api/v1/auth/logout"}
+
+
+def create_app(secret_key: str | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=secret_key or os.environ.get("DEMO_SECRET_KEY") or secrets.token_hex(32),
+        SESSION_COOKIE_NAME="session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        # The cookie is re-issued because the session changes (the counter below),
+        # not because of Flask's refresh: a failed login never re-issues a cookie.
+        SESSION_REFRESH_EACH_REQUEST=False,
+    )
+    app.json.sort_keys = False  # keep {"id", "username", "role"} in that order
+
+    def current_user():
+        uid = session.get("uid")
+        if uid is None:
+            return None
+        return USERS_BY_ID.get(uid)
+
+    def login_required_json(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            if current_user() is None:
+                return jsonify(error="authentication required"), 401
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    @app.before_request
+    def rotate_session():
+        # Every authenticated request writes the session, so Flask re-signs it and
+        # sends a new Set-Cookie value: the session cookie rotates on every response.
+        if request.path in _AUTH_PATHS:
+            return
+        if current_user() is not None:
+            session.permanent = True
+            session["n"] = int(session.get("n", 0)) + 1
+
+    @app.after_request
+    def stamp(resp):
+        resp.headers.setdefault("Cache-Control", "no-store")
+        # Marks every response that really came from the app (the end-to-end tests
+        # use it to tell proxied responses from the plugin's own answers).
+        resp.headers["X-Demo-App"] = "1"
+        return resp
+
+    @app.post("/api/v1/auth/login")
+    def login():
+        data = request.get_json(silent=True) if request.is_json else None
+        if not isinstance(data, dict):
+            data = request.form
+        username = data.get("username")
+        password = data.get("password")
+        user = USERS.get(username) if isinstance(username, str) else None
+        if user is None or not isinstance(password, str) or not secrets.compare_digest(
+            password.encode(), PASSWORD.encode()
+        ):
+            return jsonify(error="invalid credentials"), 401
+        session.clear()
+        session.permanent = True
+        session["uid"] = user["id"]
+        session["n"] = 0
+        session["nonce"] = secrets.token_hex(8)
+        resp = jsonify(user=user)
+        # Identity also as response headers (only trusted by Headcount when its
+        # user_id_header / username_header / role_header options name them).
+        resp.headers["X-Demo-User-Id"] = str(user["id"])
+        resp.headers["X-Demo-Username"] = user["username"]
+        resp.headers["X-Demo-Role"] = user["role"]
+        return resp
+
+    @app.post("/api/v1/auth/logout")
+    def logout():
+        session.clear()
+        return jsonify(ok=True)
+
+    @app.get("/api/v1/me")
+    @login_required_json
+    def me():
+        return jsonify(user=current_user(), requests_in_session=session.get("n", 0))
+
+    @app.get("/api/v1/courses")
+    @login_required_json
+    def courses():
+        user = current_user()
+        if user["role"] == "student":
+            mine = [c for c in COURSES if user["username"] in c["students"]]
+        elif user["role"] == "teacher":
+            mine = [c for c in COURSES if c["teacher"] == user["username"]]
+        else:
+            mine = COURSES
+        return jsonify(courses=[{"id": c["id"], "title": c["title"], "teacher": c["teacher"]} for c in mine])
+
+    @app.get("/api/v1/debug/headers")
+    def debug_headers():
+        headers: dict[str, list[str]] = {}
+        for name, value in request.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        return jsonify(headers=headers)
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok")
+
+    @app.get("/")
+    def home():
+        user = current_user()
+        return _page("Home", HOME_BODY.format(who=_who(user)))
+
+    @app.get("/dashboard")
+    def dashboard():
+        user = current_user()
+        if user is None:
+            return redirect("/")
+        return _page("Dashboard", DASHBOARD_BODY.format(
+            who=_who(user),
+            username=html.escape(user["username"]),
+            role=html.escape(user["role"]),
+            count=int(session.get("n", 0)),
+        ))
+
+    return app
+
+
+def _who(user) -> str:
+    if user is None:
+        return "You are not logged in."
+    return f"Logged in as <b>{html.escape(user['username'])}</b> ({html.escape(user['role'])})."
+
+
+def _page(title: str, body: str) -> str:
+    return PAGE.format(title=html.escape(title), body=body)
+
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title} · Testing Platform</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }}
+form {{ display: grid; gap: .5rem; max-width: 20rem; }}
+code {{ background: #eee; padding: 0 .2rem; }}
+#msg {{ color: #b00; min-height: 1.2em; }}
+</style>
+</head>
+<body>
+<h1>Testing Platform</h1>
+{body}
+</body>
+</html>
+"""
+
+HOME_BODY = """<p>{who}</p>
+<form id="login" method="post" action="/api/v1/auth/login">
+  <label>Username <input name="username" autocomplete="username" value="student1"></label>
+  <label>Password <input name="password" type="password" autocomplete="current-password" value="password"></label>
+  <button type="submit">Log in</button>
+  <div id="msg"></div>
+</form>
+<p>Demo users: <code>admin_user</code>, <code>teacher1</code>, <code>student1</code>,
+<code>student2</code>, <code>student3</code>; password <code>password</code>.</p>
+<p><a href="/dashboard">Dashboard</a></p>
+<script>
+document.getElementById("login").addEventListener("submit", async (ev) => {{
+  ev.preventDefault();
+  const f = ev.target;
+  const r = await fetch("/api/v1/auth/login", {{
+    method: "POST",
+    headers: {{"Content-Type": "application/json"}},
+    body: JSON.stringify({{username: f.username.value, password: f.password.value}}),
+  }});
+  if (r.ok) {{ location.href = "/dashboard"; }}
+  else {{ document.getElementById("msg").textContent = "Login failed (" + r.status + ")"; }}
+}});
+</script>
+"""
+
+DASHBOARD_BODY = """<p>{who}</p>
+<p>Welcome, {username}. Your role is <b>{role}</b>; this session has made {count} requests.</p>
+<ul id="courses"><li>loading courses…</li></ul>
+<button id="logout">Log out</button>
+<script>
+fetch("/api/v1/courses").then(r => r.json()).then(d => {{
+  const ul = document.getElementById("courses");
+  ul.textContent = "";
+  for (const c of d.courses || []) {{
+    const li = document.createElement("li");
+    li.textContent = c.title + " (" + c.teacher + ")";
+    ul.appendChild(li);
+  }}
+}});
+document.getElementById("logout").addEventListener("click", async () => {{
+  await fetch("/api/v1/auth/logout", {{method: "POST"}});
+  location.href = "/";
+}});
+</script>
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Headcount demo app (Flask)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    app = create_app()
+    import http.client
+
+    from werkzeug.serving import run_simple
+
+    # The standard library's HTTP server refuses header lines over 64 KiB (431). Real
+    # sites do see huge cookies; let the demo accept them so that the edge is what the
+    # large-cookie tests exercise (Envoy's own limit is max_request_headers_kb).
+    http.client._MAXLINE = max(http.client._MAXLINE, 1 << 20)
+
+    print(f"demo app listening on http://{args.host}:{args.port}/", flush=True)
+    run_simple(args.host, args.port, app, threaded=True, use_reloader=False, use_debugger=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""(j) Whatever the request looks like, the filter never breaks proxying."""
+
+import json
+
+import requests
+
+import helpers
+from helpers import TIMEOUT, login, raw_request, summary, wait_stats
+
+MALFORMED_COOKIES = [
+    "session",
+    "session=",
+    "=session",
+    ";;;",
+    "; ; =; ==",
+    "session=; session=; session=x",
+    'session="unterminated',
+    'session="quoted value"',
+    "a=1;;b=2;=;session",
+    "%%%=%%%; session=%ZZ%",
+    "session=" + "\t \t",
+    "session=a=b=c; session=d",
+    "session=" + "é" * 10,
+]
+
+
+def test_malformed_cookie_headers_are_proxied(envoy):
+    failures = []
+    for cookie in MALFORMED_COOKIES:
+        for path in ("/healthz", "/api/v1/me", "/api/v1/auth/logout"):
+            method = "POST" if path.endswith("logout") else "GET"
+            r = requests.request(method, envoy.url + path, timeout=TIMEOUT,
+                                 headers={"Cookie": cookie.encode("utf-8").decode("latin-1")})
+            if r.headers.get("x-demo-app") != "1" or r.status_code >= 500:
+                failures.append((cookie, method, path, r.status_code))
+    assert not failures, failures
+    assert helpers.stats(envoy.url)["sessions"] == []
+
+
+def test_garbage_around_a_real_session_cookie(envoy):
+    base = envoy.url
+    s = login(base, "student1")
+    value = s.cookies["session"]
+    r = requests.get(base + "/api/v1/me", headers={"Cookie": f";; junk; =x; session={value}; tail="},
+                     timeout=TIMEOUT)
+    assert r.status_code == 200 and r.json()["user"]["username"] == "student1"
+    snap = wait_stats(base, lambda x: x["active_sessions"] == 1)
+    assert snap["active_users"] == 1, summary(snap)
+
+
+NON_UTF8_REQUESTS = [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: session=\xff\xfe\x80\xc3\r\nConnection: close\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Agent: caf\xe9 \xff bot?\r\nConnection: close\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: \xff\xff=\xfe; session=ok\r\n"
+    b"X-Forwarded-For: \xc0\xaf\r\nConnection: close\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n",
+]
+
+
+def test_non_utf8_header_bytes_are_proxied(envoy):
+    failures = []
+    for raw in NON_UTF8_REQUESTS:
+        status, headers, body = raw_request(envoy.listener_port, raw)
+        if status != 200 or headers.get("x-demo-app") != "1":
+            failures.append((raw.split(b"\r\n")[2], status, body[:100]))
+    assert not failures, failures
+
+
+def test_non_utf8_header_bytes_on_the_plugin_routes(envoy):
+    for path in (b"/api/v1/auth/login", b"/api/v1/auth/logout"):
+        body = b"username=\xff\xfe&password=password"
+        raw = (b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nCookie: session=\xff\r\n"
+               b"User-Agent: \xe9\xe9\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        status, headers, resp = raw_request(envoy.listener_port, raw)
+        assert headers.get("x-demo-app") == "1", (path, status, resp[:200])
+        assert status in (200, 401), (path, status)
+    raw = b"GET /__headcount/stats HTTP/1.1\r\nHost: x\r\nCookie: session=\xff\xfe\r\nConnection: close\r\n\r\n"
+    status, headers, _ = raw_request(envoy.listener_port, raw)
+    assert status in (401, 403) and "x-demo-app" not in headers, status
+    # The plugin is still healthy.
+    assert helpers.stats(envoy.url)["active_users"] == 0
+
+
+def test_100kb_cookie_is_proxied(envoy):
+    base = envoy.url
+    big = "x" * 100_000
+    r = requests.get(base + "/healthz", headers={"Cookie": "session=" + big}, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.headers.get("x-demo-app") == "1", r.status_code
+    many = "; ".join(f"c{i}={'y' * 90}" for i in range(1000))  # ~100 KB of cookies
+    r = requests.get(base + "/healthz", headers={"Cookie": many + "; session=" + big[:4000]},
+                     timeout=TIMEOUT)
+    assert r.status_code == 200 and r.headers.get("x-demo-app") == "1", r.status_code
+    # A login carrying a 100 KB cookie still logs in and is counted.
+    s = requests.Session()
+    s.cookies.set("tracking", big)
+    r = s.post(base + "/api/v1/auth/login", json={"username": "teacher1", "password": "password"},
+               timeout=TIMEOUT)
+    assert r.status_code == 200 and r.headers.get("x-demo-app") == "1", r.status_code
+    snap = wait_stats(base, lambda x: x["active_sessions"] == 1)
+    assert [x["username"] for x in snap["sessions"]] == ["teacher1"], summary(snap)
+
+
+def test_large_login_bodies_still_reach_the_app(envoy):
+    base = envoy.url
+    padding = "p" * (3 * 1024 * 1024)  # larger than Envoy's default 1 MiB buffer
+    payload = json.dumps({"username": "student2", "password": "password", "padding": padding})
+    r = requests.post(base + "/api/v1/auth/login", data=payload,
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 200 and r.headers.get("x-demo-app") == "1", (r.status_code, r.text[:200])
+    assert r.json()["user"]["username"] == "student2"
+    snap = wait_stats(base, lambda x: x["active_sessions"] == 1)
+    assert [x["username"] for x in snap["sessions"]] == ["student2"], summary(snap)
+
+
+def test_unusual_methods_and_paths_are_proxied(envoy):
+    base = envoy.url
+    cases = [("GET", "/api/v1/auth/login"), ("PUT", "/api/v1/auth/login"), ("GET", "/api/v1/auth/logout"),
+             ("POST", "/api/v1/auth/login?next=/dashboard"), ("GET", "/__headcountX/stats"),
+             ("GET", "/healthz?" + "q=" + "z" * 8000), ("OPTIONS", "/")]
+    for method, path in cases:
+        r = requests.request(method, base + path, timeout=TIMEOUT, data=b"" if method != "GET" else None)
+        assert r.headers.get("x-demo-app") == "1", (method, path, r.status_code)
+
+
+def test_upstream_down_local_replies(start_envoy):
+    """With nothing behind Envoy, its own 503s pass through the filter; nobody is counted."""
+    import conftest
+
+    ep = start_envoy(helpers.PLUGIN_CONFIG, app_port=conftest.free_port())
+    r = requests.post(ep.url + "/api/v1/auth/login", json={"username": "admin_user", "password": "password"},
+                      timeout=TIMEOUT)
+    assert r.status_code == 503 and "x-demo-app" not in r.headers, r.status_code
+    r = requests.post(ep.url + "/api/v1/auth/logout", cookies={"session": "abc"}, timeout=TIMEOUT)
+    assert r.status_code == 503
+    r = requests.get(ep.url + "/api/v1/me", cookies={"session": "abc"}, timeout=TIMEOUT)
+    assert r.status_code == 503
+    snap = wait_stats(ep.url, lambda x: x["traffic"]["requests_today"] >= 3)
+    assert snap["active_users"] == 0 and snap["sessions"] == [], summary(snap)
+    assert snap["traffic"]["requests_today"] == 3, summary(snap)
