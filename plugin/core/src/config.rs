@@ -50,6 +50,7 @@ struct RawConfig {
     default_role: Option<String>,
     admin_roles: Option<Vec<String>>,
     admin_token: Option<String>,
+    metrics_token: Option<String>,
     active_window_seconds: Option<u64>,
     idle_timeout_seconds: Option<u64>,
     max_lifetime_seconds: Option<u64>,
@@ -82,6 +83,8 @@ pub struct Config {
     pub default_role: String,
     pub admin_roles: Vec<String>,
     pub admin_token: Option<String>,
+    /// Bearer token that may read `/metrics` only (for Prometheus scrapers).
+    pub metrics_token: Option<String>,
     pub active_window_ms: u64,
     pub idle_timeout_ms: u64,
     pub max_lifetime_ms: u64,
@@ -114,6 +117,7 @@ impl Default for Config {
             default_role: "unknown".into(),
             admin_roles: vec!["admin".into()],
             admin_token: None,
+            metrics_token: None,
             active_window_ms: 300_000,
             idle_timeout_ms: 1_800_000,
             max_lifetime_ms: 43_200_000,
@@ -249,12 +253,17 @@ impl Config {
         if route_prefix == "/" || route_prefix.ends_with('/') {
             return Err(err("route_prefix", "must not be \"/\" or end with '/'"));
         }
-        if let Some(t) = &raw.admin_token {
-            if t.len() < 8 || t.len() > MAX_TEXT || !t.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(err(
-                    "admin_token",
-                    "must be 8 to 256 printable ASCII characters without spaces",
-                ));
+        for (field, value) in [
+            ("admin_token", &raw.admin_token),
+            ("metrics_token", &raw.metrics_token),
+        ] {
+            if let Some(t) = value {
+                if t.len() < 8 || t.len() > MAX_TEXT || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(err(
+                        field,
+                        "must be 8 to 256 printable ASCII characters without spaces",
+                    ));
+                }
             }
         }
         if let Some(s) = &raw.cookie_hash_secret {
@@ -333,6 +342,7 @@ impl Config {
             default_role,
             admin_roles,
             admin_token: raw.admin_token,
+            metrics_token: raw.metrics_token,
             active_window_ms,
             idle_timeout_ms,
             max_lifetime_ms,

@@ -17,7 +17,12 @@ pub enum Route {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminRoute {
+    /// The dashboard page: static, carries no data, served to anyone.
+    Dashboard,
     Stats,
+    History,
+    Events,
+    Metrics,
     MethodNotAllowed,
     NotFound,
 }
@@ -31,10 +36,19 @@ pub fn route(cfg: &Config, method: &[u8], path: &[u8]) -> Route {
     let prefix = cfg.route_prefix.as_bytes();
     if let Some(rest) = path.strip_prefix(prefix) {
         if rest.is_empty() || rest.starts_with(b"/") {
-            return Route::Admin(match rest {
-                b"/stats" if method == b"GET" || method == b"HEAD" => AdminRoute::Stats,
-                b"/stats" => AdminRoute::MethodNotAllowed,
-                _ => AdminRoute::NotFound,
+            let admin = match rest {
+                b"" | b"/" => AdminRoute::Dashboard,
+                b"/stats" => AdminRoute::Stats,
+                b"/history" => AdminRoute::History,
+                b"/events" => AdminRoute::Events,
+                b"/metrics" => AdminRoute::Metrics,
+                _ => return Route::Admin(AdminRoute::NotFound),
+            };
+            let read = method == b"GET" || method == b"HEAD";
+            return Route::Admin(if read {
+                admin
+            } else {
+                AdminRoute::MethodNotAllowed
             });
         }
     }
@@ -140,17 +154,21 @@ pub fn bearer(authorization: &[u8]) -> Option<&[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Stats access: the admin token (compared in constant time) or a live admin-role session.
+/// Data access for `route`: the admin token (compared in constant time), a live
+/// admin-role session, or for `/metrics` also the `metrics_token`.
 pub fn authorize(
     cfg: &Config,
+    route: AdminRoute,
     token: Option<&[u8]>,
     session: Option<&Session>,
     now: u64,
 ) -> Access {
-    let token_ok = match (token, cfg.admin_token.as_deref()) {
+    let matches = |want: Option<&str>| match (token, want) {
         (Some(t), Some(want)) => bool::from(t.ct_eq(want.as_bytes())),
         _ => false,
     };
+    let token_ok = matches(cfg.admin_token.as_deref())
+        || (route == AdminRoute::Metrics && matches(cfg.metrics_token.as_deref()));
     let live = session.filter(|s| !s.is_expired(now, cfg));
     let session_ok = live.is_some_and(|s| cfg.is_admin_role(&s.role));
     if token_ok || session_ok {
@@ -160,6 +178,13 @@ pub fn authorize(
     } else {
         Access::Unauthenticated
     }
+}
+
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+/// The dashboard page with the route prefix filled in.
+pub fn dashboard_html(cfg: &Config) -> String {
+    DASHBOARD.replace("{{PREFIX}}", &cfg.route_prefix)
 }
 
 /// A JSON error body that says nothing about sessions.
@@ -190,6 +215,15 @@ mod tests {
             route(&cfg, b"POST", b"/__headcount/stats"),
             Route::Admin(AdminRoute::MethodNotAllowed)
         );
+        for (path, want) in [
+            (&b"/__headcount"[..], AdminRoute::Dashboard),
+            (b"/__headcount/", AdminRoute::Dashboard),
+            (b"/__headcount/history", AdminRoute::History),
+            (b"/__headcount/events?after=3", AdminRoute::Events),
+            (b"/__headcount/metrics", AdminRoute::Metrics),
+        ] {
+            assert_eq!(route(&cfg, b"GET", path), Route::Admin(want));
+        }
         assert_eq!(
             route(&cfg, b"GET", b"/__headcount/nope"),
             Route::Admin(AdminRoute::NotFound)
@@ -258,20 +292,29 @@ mod tests {
                 random: [1; 16],
             },
         );
-        assert_eq!(authorize(&cfg, None, None, 0), Access::Unauthenticated);
         assert_eq!(
-            authorize(&cfg, Some(b"s3cret-token"), None, 0),
+            authorize(&cfg, AdminRoute::Stats, None, None, 0),
+            Access::Unauthenticated
+        );
+        assert_eq!(
+            authorize(&cfg, AdminRoute::Stats, Some(b"s3cret-token"), None, 0),
             Access::Allowed
         );
         assert_eq!(
-            authorize(&cfg, Some(b"s3cret-tokem"), None, 0),
+            authorize(&cfg, AdminRoute::Stats, Some(b"s3cret-tokem"), None, 0),
             Access::Forbidden
         );
-        assert_eq!(authorize(&cfg, None, admin.as_ref(), 0), Access::Allowed);
+        assert_eq!(
+            authorize(&cfg, AdminRoute::Stats, None, admin.as_ref(), 0),
+            Access::Allowed
+        );
         if let Some(s) = admin.as_mut() {
             s.role = "student".into();
         }
-        assert_eq!(authorize(&cfg, None, admin.as_ref(), 0), Access::Forbidden);
+        assert_eq!(
+            authorize(&cfg, AdminRoute::Stats, None, admin.as_ref(), 0),
+            Access::Forbidden
+        );
         assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
         assert_eq!(bearer(b"Basic abc"), None);
         assert_eq!(bearer(b"Bear"), None);

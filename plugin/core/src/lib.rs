@@ -7,9 +7,14 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod device;
+pub mod events;
 pub mod gateway;
+pub mod history;
 pub mod identity;
 pub mod memory;
+pub mod prometheus;
+pub mod record;
 pub mod session;
 pub mod stats;
 pub mod table;

@@ -14,6 +14,8 @@ pub struct SessionView {
     pub role: String,
     pub ip: String,
     pub user_agent: String,
+    /// Browser and OS from the user agent, e.g. "Chrome 148 on Linux".
+    pub device: String,
     pub login_time: String,
     pub last_activity: String,
     pub duration_seconds: u64,
@@ -91,6 +93,7 @@ pub fn report(sessions: Vec<Session>, traffic: TrafficFigures, now: u64, cfg: &C
                 role: s.role.clone(),
                 ip: s.ip.clone(),
                 user_agent: s.user_agent.clone(),
+                device: crate::device::describe(&s.user_agent),
                 login_time: rfc3339(s.login_ms),
                 last_activity: rfc3339(s.last_ms),
                 duration_seconds: now.saturating_sub(s.login_ms) / 1000,

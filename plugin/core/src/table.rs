@@ -12,6 +12,7 @@
 //! value the app handed out recently resolves in two reads, however fast it rotates.
 
 use crate::config::Config;
+use crate::record::{self, MAX_RETRIES};
 use crate::session::{CookieHash, Session, MAX_ALIASES};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,9 +25,6 @@ pub const SHARDS: usize = 512;
 /// How long a cookie value rotated away (beyond the newest `MAX_ALIASES`) keeps
 /// resolving: requests still in flight, or buffered activity not yet flushed.
 pub const ROTATION_GRACE_MS: u64 = 30_000;
-
-/// Attempts of one CAS read-modify-write before giving up.
-const MAX_RETRIES: usize = 64;
 
 /// What the table needs from a host: a shared byte store with compare-and-swap.
 pub trait SharedStore {
@@ -117,42 +115,18 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         Self { store }
     }
 
-    /// Reads one shard; an undecodable value (e.g. from another version) reads as
-    /// empty and is replaced by the next write.
     fn read<T: DeserializeOwned + Default>(
         &self,
         key: &str,
     ) -> Result<(T, Option<u32>), TableError> {
-        match self.store.get(key)? {
-            None => Ok((T::default(), None)),
-            Some((bytes, cas)) => Ok((postcard::from_bytes(&bytes).unwrap_or_default(), Some(cas))),
-        }
+        Ok(record::load(self.store, key)?)
     }
 
-    /// CAS read-modify-write of one shard. `f` returns whether it changed anything.
-    fn update<T, R>(
-        &self,
-        key: &str,
-        mut f: impl FnMut(&mut T) -> (bool, R),
-    ) -> Result<R, TableError>
+    fn update<T, R>(&self, key: &str, f: impl FnMut(&mut T) -> (bool, R)) -> Result<R, TableError>
     where
         T: DeserializeOwned + Serialize + Default,
     {
-        for _ in 0..MAX_RETRIES {
-            let (mut shard, cas) = self.read::<T>(key)?;
-            let (changed, out) = f(&mut shard);
-            if !changed {
-                return Ok(out);
-            }
-            let bytes =
-                postcard::to_allocvec(&shard).map_err(|e| StoreError::Host(e.to_string()))?;
-            match self.store.set(key, &bytes, cas) {
-                Ok(()) => return Ok(out),
-                Err(StoreError::CasMismatch) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(TableError::Contended(key.to_string()))
+        record::update(self.store, key, f)
     }
 
     fn cookie_ref(&self, hash: &CookieHash, now: u64) -> Result<Option<CookieRef>, TableError> {

@@ -1,5 +1,6 @@
 //! Traffic figures: counted locally per VM, merged into one shared record on flush.
 
+use crate::record;
 use crate::table::{SharedStore, StoreError, TableError};
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +141,19 @@ pub struct TrafficFigures {
     pub anonymous_requests_today: u64,
 }
 
+/// Reads the shared traffic record (empty if never written or unreadable).
+pub fn load(store: &impl SharedStore) -> Result<Traffic, StoreError> {
+    Ok(record::load(store, TRAFFIC_KEY)?.0)
+}
+
+/// Adds a VM's delta to the shared record.
+pub fn add(store: &impl SharedStore, delta: &TrafficDelta, now_ms: u64) -> Result<(), TableError> {
+    record::update(store, TRAFFIC_KEY, |t: &mut Traffic| {
+        t.merge(delta, now_ms);
+        (true, ())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,33 +193,4 @@ mod tests {
         t.merge(&d, DAY_MS * 6 + 30);
         assert_eq!(t.figures(DAY_MS * 6 + 40).requests_today, 1);
     }
-}
-
-/// Reads the shared traffic record (empty if never written or unreadable).
-pub fn load(store: &impl SharedStore) -> Result<Traffic, StoreError> {
-    Ok(match store.get(TRAFFIC_KEY)? {
-        Some((v, _)) => postcard::from_bytes(&v).unwrap_or_default(),
-        None => Traffic::default(),
-    })
-}
-
-/// Adds a VM's delta to the shared record with CAS retries.
-pub fn add(store: &impl SharedStore, delta: &TrafficDelta, now_ms: u64) -> Result<(), TableError> {
-    for _ in 0..64 {
-        let (mut traffic, cas) = match store.get(TRAFFIC_KEY)? {
-            Some((v, cas)) => (
-                postcard::from_bytes::<Traffic>(&v).unwrap_or_default(),
-                Some(cas),
-            ),
-            None => (Traffic::default(), None),
-        };
-        traffic.merge(delta, now_ms);
-        let bytes = postcard::to_allocvec(&traffic).map_err(|e| StoreError::Host(e.to_string()))?;
-        match store.set(TRAFFIC_KEY, &bytes, cas) {
-            Ok(()) => return Ok(()),
-            Err(StoreError::CasMismatch) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(TableError::Contended(TRAFFIC_KEY.into()))
 }

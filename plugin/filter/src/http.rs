@@ -3,6 +3,7 @@
 
 use crate::host;
 use crate::vm::{Requester, Vm};
+use headcount_core::events::Kind;
 use headcount_core::gateway::{self, Access, AdminRoute, LoginFacts, Route, Transition};
 use headcount_core::identity::{self, CookieChange, Identity, MAX_BODY};
 use headcount_core::CookieHash;
@@ -49,51 +50,46 @@ impl Stream {
         }
     }
 
-    fn handle_admin(&self, route: AdminRoute) {
+    /// Answers a `route_prefix` route locally. Data routes need the admin token or
+    /// an admin-role session; the dashboard page itself carries no data.
+    fn handle_admin(&self, route: AdminRoute, path: &[u8]) {
+        const JSON: &str = "application/json";
         let now = self.start_us / 1000;
         let cfg = &self.vm.cfg;
-        match route {
-            AdminRoute::NotFound => host::respond(
-                404,
-                "application/json",
-                &gateway::error_body("no such headcount route"),
+        let (status, content_type, body) = match route {
+            AdminRoute::NotFound => (404, JSON, gateway::error_body("no such headcount route")),
+            AdminRoute::MethodNotAllowed => (405, JSON, gateway::error_body("method not allowed")),
+            AdminRoute::Dashboard => (
+                200,
+                "text/html; charset=utf-8",
+                gateway::dashboard_html(cfg).into_bytes(),
             ),
-            AdminRoute::MethodNotAllowed => host::respond(
-                405,
-                "application/json",
-                &gateway::error_body("method not allowed"),
-            ),
-            AdminRoute::Stats => {
+            data => {
                 let auth = host::header(MapType::HttpRequestHeaders, "authorization");
                 let token = auth.as_deref().and_then(gateway::bearer);
                 let session = self
                     .cookie
                     .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten());
-                match gateway::authorize(cfg, token, session.as_ref(), now) {
-                    Access::Unauthenticated => host::respond(
+                match gateway::authorize(cfg, data, token, session.as_ref(), now) {
+                    Access::Unauthenticated => (
                         401,
-                        "application/json",
-                        &gateway::error_body(
+                        JSON,
+                        gateway::error_body(
                             "authentication required: admin session or bearer token",
                         ),
                     ),
-                    Access::Forbidden => {
-                        host::respond(403, "application/json", &gateway::error_body("not allowed"))
-                    }
-                    Access::Allowed => match self.vm.stats_json(now) {
-                        Ok(body) => host::respond(200, "application/json", &body),
+                    Access::Forbidden => (403, JSON, gateway::error_body("not allowed")),
+                    Access::Allowed => match self.vm.admin_data(data, path, now) {
+                        Ok((content_type, body)) => (200, content_type, body),
                         Err(e) => {
-                            host::error(&format!("stats failed: {e}"));
-                            host::respond(
-                                503,
-                                "application/json",
-                                &gateway::error_body("stats unavailable"),
-                            )
+                            host::error(&format!("{route:?} failed: {e}"));
+                            (503, JSON, gateway::error_body("headcount data unavailable"))
                         }
                     },
                 }
             }
-        }
+        };
+        host::respond(status, content_type, &body);
     }
 
     /// Applies what the upstream's answer means for the session.
@@ -108,6 +104,7 @@ impl Stream {
                     Ok(Some(s)) => {
                         self.ended = true;
                         host::add_counter(self.vm.metrics.logouts, 1);
+                        self.vm.events(Kind::Logout, std::slice::from_ref(&s), now);
                         host::info(&format!("logout {} ({})", s.username, s.uuid()));
                     }
                     Ok(None) => {}
@@ -171,6 +168,8 @@ impl Stream {
                 // The login request itself is the new session's first activity.
                 self.cookie = Some(cookie);
                 host::add_counter(self.vm.metrics.logins, 1);
+                self.vm
+                    .events(Kind::Login, std::slice::from_ref(&session), now);
                 host::info(&format!(
                     "login {} as {} ({})",
                     session.username,
@@ -208,7 +207,7 @@ impl HttpContext for Stream {
         }
         match self.route {
             Route::Admin(admin) => {
-                self.handle_admin(admin);
+                self.handle_admin(admin, &path);
                 Action::Pause
             }
             Route::Login if !self.ignored => {

@@ -2,8 +2,14 @@
 //! flushed. Touches are coalesced here so the request path never writes shared data.
 
 use crate::host::{self, EnvoyStore};
+use headcount_core::events::{self, Events, Kind, EVENTS_KEY};
+use headcount_core::gateway::AdminRoute;
+use headcount_core::history::{History, HISTORY_KEY};
+use headcount_core::stats::Counts;
+use headcount_core::table::TableError;
 use headcount_core::table::{SessionTable, SharedStore, StoreError, SHARDS};
 use headcount_core::traffic::{self, TrafficDelta};
+use headcount_core::{prometheus, record};
 use headcount_core::{stats, Config, CookieHash, CookieHasher, Session};
 use proxy_wasm::types::MetricType;
 use std::cell::RefCell;
@@ -203,17 +209,29 @@ impl Vm {
     fn sweep(&self, now: u64) {
         let table = self.table();
         match table.sweep(0..SWEEP_SHARDS, now, &self.cfg) {
-            Ok(ended) => host::add_counter(self.metrics.expiries, ended.len() as u64),
+            Ok(ended) => {
+                host::add_counter(self.metrics.expiries, ended.len() as u64);
+                self.events(Kind::Expiry, &ended, now);
+            }
             Err(e) => host::warn(&format!("sweep failed: {e}")),
         }
         match table.sessions() {
-            Ok(all) => self.publish(&stats::active_sessions(all, now, &self.cfg)),
+            Ok(all) => {
+                let counts = stats::counts(&stats::active_sessions(all, now, &self.cfg), &self.cfg);
+                self.publish(&counts);
+                let sampled = record::update(&EnvoyStore, HISTORY_KEY, |h: &mut History| {
+                    h.record(&counts, now);
+                    (true, ())
+                });
+                if let Err(e) = sampled {
+                    host::warn(&format!("history not recorded: {e}"));
+                }
+            }
             Err(e) => host::warn(&format!("gauge update failed: {e}")),
         }
     }
 
-    fn publish(&self, active: &[Session]) {
-        let c = stats::counts(active, &self.cfg);
+    fn publish(&self, c: &Counts) {
         host::set_gauge(self.metrics.active_users, c.active_users as u64);
         host::set_gauge(self.metrics.active_sessions, c.active_sessions as u64);
         for (role, id) in &self.metrics.roles {
@@ -221,13 +239,64 @@ impl Vm {
         }
     }
 
-    /// The stats report as JSON; flushes this VM first so its own activity shows.
-    pub fn stats_json(&self, now: u64) -> Result<Vec<u8>, String> {
+    /// The body of a data route; flushes this VM first so its own activity shows.
+    pub fn admin_data(
+        &self,
+        route: AdminRoute,
+        path: &[u8],
+        now: u64,
+    ) -> Result<(&'static str, Vec<u8>), String> {
+        const JSON: &str = "application/json";
         self.flush(now);
-        let sessions = self.table().sessions().map_err(|e| e.to_string())?;
-        let traffic = traffic::load(&EnvoyStore).map_err(|e| e.to_string())?;
-        Ok(stats::report(sessions, traffic.figures(now), now, &self.cfg).to_json())
+        let store = EnvoyStore;
+        let e = |e: TableError| e.to_string();
+        let s = |e: StoreError| e.to_string();
+        Ok(match route {
+            AdminRoute::History => {
+                let (h, _) = record::load::<History>(&store, HISTORY_KEY).map_err(s)?;
+                (JSON, to_json(&h.view(now)))
+            }
+            AdminRoute::Events => {
+                let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
+                (JSON, to_json(&ev.view(events::after_param(path))))
+            }
+            AdminRoute::Metrics => {
+                let active =
+                    stats::active_sessions(self.table().sessions().map_err(e)?, now, &self.cfg);
+                let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
+                (
+                    prometheus::CONTENT_TYPE,
+                    prometheus::render(&stats::counts(&active, &self.cfg), &ev).into_bytes(),
+                )
+            }
+            _ => {
+                let sessions = self.table().sessions().map_err(e)?;
+                let traffic = traffic::load(&store).map_err(s)?;
+                (
+                    JSON,
+                    stats::report(sessions, traffic.figures(now), now, &self.cfg).to_json(),
+                )
+            }
+        })
     }
+
+    /// Adds session events to the shared feed (and its lifetime counters).
+    pub fn events(&self, kind: Kind, sessions: &[Session], now: u64) {
+        if sessions.is_empty() {
+            return;
+        }
+        let pushed = record::update(&EnvoyStore, EVENTS_KEY, |ev: &mut Events| {
+            sessions.iter().for_each(|s| ev.push(kind, s, now));
+            (true, ())
+        });
+        if let Err(e) = pushed {
+            host::warn(&format!("{} event not recorded: {e}", kind.name()));
+        }
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
 }
 
 fn u64_from(bytes: &[u8]) -> u64 {

@@ -1,0 +1,185 @@
+//! A bounded feed of recent session events and the lifetime counters behind the
+//! Prometheus metrics.
+
+use crate::session::Session;
+use crate::stats::rfc3339;
+use serde::{Deserialize, Serialize};
+
+pub const EVENTS_KEY: &str = "headcount.v1.events";
+/// Events kept; older ones fall off.
+pub const MAX_EVENTS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Login,
+    Logout,
+    Expiry,
+    Eviction,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Login => "login",
+            Kind::Logout => "logout",
+            Kind::Expiry => "expiry",
+            Kind::Eviction => "eviction",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub kind: Kind,
+    pub at_ms: u64,
+    pub username: String,
+    pub role: String,
+    pub session_id: [u8; 16],
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Events {
+    pub next_seq: u64,
+    pub logins_total: u64,
+    pub logouts_total: u64,
+    pub expiries_total: u64,
+    pub evictions_total: u64,
+    /// Oldest first.
+    pub recent: Vec<Event>,
+}
+
+impl Events {
+    pub fn push(&mut self, kind: Kind, session: &Session, at_ms: u64) {
+        let counter = match kind {
+            Kind::Login => &mut self.logins_total,
+            Kind::Logout => &mut self.logouts_total,
+            Kind::Expiry => &mut self.expiries_total,
+            Kind::Eviction => &mut self.evictions_total,
+        };
+        *counter += 1;
+        self.recent.push(Event {
+            seq: self.next_seq,
+            kind,
+            at_ms,
+            username: session.username.clone(),
+            role: session.role.clone(),
+            session_id: session.id,
+        });
+        self.next_seq += 1;
+        if self.recent.len() > MAX_EVENTS {
+            let extra = self.recent.len() - MAX_EVENTS;
+            self.recent.drain(..extra);
+        }
+    }
+
+    /// Events with `seq >= after`, newest first.
+    pub fn view(&self, after: u64) -> EventsView {
+        EventsView {
+            events: self
+                .recent
+                .iter()
+                .rev()
+                .filter(|e| e.seq >= after)
+                .map(|e| EventView {
+                    seq: e.seq,
+                    kind: e.kind.name(),
+                    at: rfc3339(e.at_ms),
+                    username: e.username.clone(),
+                    role: e.role.clone(),
+                    session_id: uuid::Uuid::from_bytes(e.session_id)
+                        .hyphenated()
+                        .to_string(),
+                })
+                .collect(),
+            next: self.next_seq,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventView {
+    pub seq: u64,
+    pub kind: &'static str,
+    pub at: String,
+    pub username: String,
+    pub role: String,
+    pub session_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventsView {
+    pub events: Vec<EventView>,
+    pub next: u64,
+}
+
+/// `after=N` from a request path's query string (0 when absent or malformed).
+pub fn after_param(path: &[u8]) -> u64 {
+    let Some(q) = path
+        .iter()
+        .position(|b| *b == b'?')
+        .and_then(|i| path.get(i + 1..))
+    else {
+        return 0;
+    };
+    form_urlencoded::parse(q)
+        .find(|(k, _)| k == "after")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(name: &str) -> Session {
+        Session {
+            id: [7; 16],
+            user_id: name.into(),
+            username: name.into(),
+            role: "student".into(),
+            ip: String::new(),
+            user_agent: String::new(),
+            login_ms: 0,
+            last_ms: 0,
+            cookie: [0; 16],
+            aliases: vec![],
+        }
+    }
+
+    #[test]
+    fn bounded_newest_first_with_counters() {
+        let mut e = Events::default();
+        for i in 0..150 {
+            e.push(
+                if i % 2 == 0 {
+                    Kind::Login
+                } else {
+                    Kind::Logout
+                },
+                &s("a"),
+                i,
+            );
+        }
+        e.push(Kind::Expiry, &s("b"), 200);
+        assert_eq!(e.recent.len(), MAX_EVENTS);
+        assert_eq!(
+            (e.logins_total, e.logouts_total, e.expiries_total),
+            (75, 75, 1)
+        );
+        let v = e.view(148);
+        assert_eq!(
+            v.events.iter().map(|x| x.seq).collect::<Vec<_>>(),
+            vec![150, 149, 148]
+        );
+        assert_eq!(v.events[0].kind, "expiry");
+        assert_eq!(v.next, 151);
+    }
+
+    #[test]
+    fn after_param_parses_or_defaults() {
+        assert_eq!(after_param(b"/__headcount/events?after=12"), 12);
+        assert_eq!(after_param(b"/__headcount/events?after=x"), 0);
+        assert_eq!(after_param(b"/__headcount/events"), 0);
+    }
+}
