@@ -61,6 +61,76 @@ struct RawConfig {
     cookie_hash_secret: Option<String>,
     flush_interval_ms: Option<u64>,
     sweep_interval_seconds: Option<u64>,
+    login_routes: Option<Vec<RawLoginRoute>>,
+    max_sessions: Option<u64>,
+    max_sessions_per_user: Option<u32>,
+    enforce_revocation: Option<bool>,
+    anonymize_ip: Option<bool>,
+    reduce_user_agent: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoginRoute {
+    method: Option<String>,
+    path: String,
+    success_statuses: Option<Vec<u16>>,
+    success_location_prefix: Option<String>,
+    identity: Option<Vec<IdentitySource>>,
+}
+
+/// Where a login route's identity may come from, in the order listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// Trusted upstream response headers (`user_id_header` ...).
+    Headers,
+    /// JSON pointers into the login response body.
+    ResponseBody,
+    /// The username field of the login request (form or JSON).
+    RequestBody,
+}
+
+/// One login route and what counts as success there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRoute {
+    pub method: String,
+    pub path: String,
+    /// Empty means any 2xx or 3xx.
+    pub success_statuses: Vec<u16>,
+    /// If set, a redirect must point under this prefix (form logins that bounce
+    /// back to the login page on failure).
+    pub success_location_prefix: Option<String>,
+    pub identity: Vec<IdentitySource>,
+}
+
+impl LoginRoute {
+    pub fn succeeded(&self, status: u16, location: Option<&[u8]>) -> bool {
+        let status_ok = if self.success_statuses.is_empty() {
+            (200..400).contains(&status)
+        } else {
+            self.success_statuses.contains(&status)
+        };
+        let location_ok = match (&self.success_location_prefix, (300..400).contains(&status)) {
+            (Some(prefix), true) => {
+                location.is_some_and(|l| location_path(l).starts_with(prefix.as_bytes()))
+            }
+            _ => true,
+        };
+        status_ok && location_ok
+    }
+}
+
+/// The path of a `Location` value, absolute (`https://host/x`) or relative (`/x`).
+fn location_path(l: &[u8]) -> &[u8] {
+    let Some(scheme_end) = l.windows(3).position(|w| w == b"://") else {
+        return l;
+    };
+    let rest = l.get(scheme_end + 3..).unwrap_or_default();
+    match rest.iter().position(|b| *b == b'/') {
+        Some(i) => rest.get(i..).unwrap_or_default(),
+        None => b"/",
+    }
 }
 
 /// Validated configuration. Durations are kept in milliseconds, the unit of `now`.
@@ -96,6 +166,17 @@ pub struct Config {
     pub cookie_hash_secret: Option<String>,
     pub flush_interval_ms: u64,
     pub sweep_interval_ms: u64,
+    /// The login routes; from `login_routes`, or one built from `login_method`/`login_path`.
+    pub login_routes: Vec<LoginRoute>,
+    /// Hard cap on live sessions: past it the longest-idle session is evicted.
+    pub max_sessions: u64,
+    pub max_sessions_per_user: Option<u32>,
+    /// Answer requests carrying a revoked session's cookie with 401.
+    pub enforce_revocation: bool,
+    /// Keep client IPs truncated to /24 (IPv4) or /48 (IPv6).
+    pub anonymize_ip: bool,
+    /// Keep only "Browser N on OS" instead of the full user agent.
+    pub reduce_user_agent: bool,
 }
 
 impl Default for Config {
@@ -133,9 +214,27 @@ impl Default for Config {
             cookie_hash_secret: None,
             flush_interval_ms: 1000,
             sweep_interval_ms: 5000,
+            login_routes: vec![LoginRoute {
+                method: "POST".into(),
+                path: "/api/v1/auth/login".into(),
+                success_statuses: Vec::new(),
+                success_location_prefix: None,
+                identity: DEFAULT_IDENTITY.to_vec(),
+            }],
+            max_sessions: 100_000,
+            max_sessions_per_user: None,
+            enforce_revocation: false,
+            anonymize_ip: false,
+            reduce_user_agent: false,
         }
     }
 }
+
+const DEFAULT_IDENTITY: [IdentitySource; 3] = [
+    IdentitySource::Headers,
+    IdentitySource::ResponseBody,
+    IdentitySource::RequestBody,
+];
 
 /// Longest user-supplied string we accept in config; keeps log lines and state small.
 const MAX_TEXT: usize = 256;
@@ -321,9 +420,37 @@ impl Config {
         .collect();
         let username_form_field = raw.username_form_field.unwrap_or(d.username_form_field);
         text("username_form_field", &username_form_field)?;
+        let login_method = method("login_method", raw.login_method, d.login_method)?;
+        let login_path = path("login_path", raw.login_path, d.login_path)?;
+        let login_routes = match raw.login_routes {
+            None => vec![LoginRoute {
+                method: login_method.clone(),
+                path: login_path.clone(),
+                success_statuses: Vec::new(),
+                success_location_prefix: None,
+                identity: DEFAULT_IDENTITY.to_vec(),
+            }],
+            Some(routes) => login_routes(routes)?,
+        };
+        let max_sessions = raw.max_sessions.unwrap_or(d.max_sessions);
+        if !(1..=10_000_000).contains(&max_sessions) {
+            return Err(err("max_sessions", "must be between 1 and 10000000"));
+        }
+        if raw
+            .max_sessions_per_user
+            .is_some_and(|n| !(1..=1000).contains(&n))
+        {
+            return Err(err("max_sessions_per_user", "must be between 1 and 1000"));
+        }
         Ok(Config {
-            login_method: method("login_method", raw.login_method, d.login_method)?,
-            login_path: path("login_path", raw.login_path, d.login_path)?,
+            login_method,
+            login_path,
+            login_routes,
+            max_sessions,
+            max_sessions_per_user: raw.max_sessions_per_user,
+            enforce_revocation: raw.enforce_revocation.unwrap_or(d.enforce_revocation),
+            anonymize_ip: raw.anonymize_ip.unwrap_or(d.anonymize_ip),
+            reduce_user_agent: raw.reduce_user_agent.unwrap_or(d.reduce_user_agent),
             logout_method: method("logout_method", raw.logout_method, d.logout_method)?,
             logout_path: path("logout_path", raw.logout_path, d.logout_path)?,
             session_cookie,
@@ -376,6 +503,44 @@ impl Config {
     pub fn is_admin_role(&self, role: &str) -> bool {
         self.admin_roles.iter().any(|r| r == role)
     }
+}
+
+fn login_routes(raw: Vec<RawLoginRoute>) -> Result<Vec<LoginRoute>, ConfigError> {
+    if raw.is_empty() || raw.len() > 16 {
+        return Err(err("login_routes", "must list 1 to 16 routes"));
+    }
+    raw.into_iter()
+        .map(|r| {
+            let statuses = r.success_statuses.unwrap_or_default();
+            if statuses.iter().any(|s| !(200..400).contains(s)) {
+                return Err(err(
+                    "login_routes.success_statuses",
+                    "must be 2xx or 3xx codes",
+                ));
+            }
+            let identity = r.identity.unwrap_or_else(|| DEFAULT_IDENTITY.to_vec());
+            if identity.is_empty() {
+                return Err(err(
+                    "login_routes.identity",
+                    "must name at least one source",
+                ));
+            }
+            Ok(LoginRoute {
+                method: method("login_routes.method", r.method, "POST".into())?,
+                path: path("login_routes.path", Some(r.path), String::new())?,
+                success_statuses: statuses,
+                success_location_prefix: match r.success_location_prefix {
+                    Some(p) => Some(path(
+                        "login_routes.success_location_prefix",
+                        Some(p),
+                        String::new(),
+                    )?),
+                    None => None,
+                },
+                identity,
+            })
+        })
+        .collect()
 }
 
 /// Names the key that failed: unknown keys and type errors both point at it.

@@ -15,6 +15,7 @@ pub enum Kind {
     Logout,
     Expiry,
     Eviction,
+    Revocation,
 }
 
 impl Kind {
@@ -24,6 +25,7 @@ impl Kind {
             Kind::Logout => "logout",
             Kind::Expiry => "expiry",
             Kind::Eviction => "eviction",
+            Kind::Revocation => "revocation",
         }
     }
 }
@@ -45,6 +47,7 @@ pub struct Events {
     pub logouts_total: u64,
     pub expiries_total: u64,
     pub evictions_total: u64,
+    pub revocations_total: u64,
     /// Oldest first.
     pub recent: Vec<Event>,
 }
@@ -56,6 +59,7 @@ impl Events {
             Kind::Logout => &mut self.logouts_total,
             Kind::Expiry => &mut self.expiries_total,
             Kind::Eviction => &mut self.evictions_total,
+            Kind::Revocation => &mut self.revocations_total,
         };
         *counter += 1;
         self.recent.push(Event {

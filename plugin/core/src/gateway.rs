@@ -8,7 +8,8 @@ use subtle::ConstantTimeEq;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    Login,
+    /// The `n`th of `Config::login_routes`.
+    Login(usize),
     Logout,
     /// Under `route_prefix`: answered by the plugin, never proxied.
     Admin(AdminRoute),
@@ -23,6 +24,8 @@ pub enum AdminRoute {
     History,
     Events,
     Metrics,
+    /// `POST {prefix}/sessions/{session_id}/revoke`.
+    Revoke([u8; 16]),
     MethodNotAllowed,
     NotFound,
 }
@@ -36,6 +39,14 @@ pub fn route(cfg: &Config, method: &[u8], path: &[u8]) -> Route {
     let prefix = cfg.route_prefix.as_bytes();
     if let Some(rest) = path.strip_prefix(prefix) {
         if rest.is_empty() || rest.starts_with(b"/") {
+            if let Some(id) = revoke_target(rest) {
+                let post = method == b"POST";
+                return Route::Admin(if post {
+                    AdminRoute::Revoke(id)
+                } else {
+                    AdminRoute::MethodNotAllowed
+                });
+            }
             let admin = match rest {
                 b"" | b"/" => AdminRoute::Dashboard,
                 b"/stats" => AdminRoute::Stats,
@@ -52,15 +63,37 @@ pub fn route(cfg: &Config, method: &[u8], path: &[u8]) -> Route {
             });
         }
     }
-    if method.eq_ignore_ascii_case(cfg.login_method.as_bytes()) && path == cfg.login_path.as_bytes()
+    if let Some(i) = cfg
+        .login_routes
+        .iter()
+        .position(|r| method.eq_ignore_ascii_case(r.method.as_bytes()) && path == r.path.as_bytes())
     {
-        Route::Login
+        Route::Login(i)
     } else if method.eq_ignore_ascii_case(cfg.logout_method.as_bytes())
         && path == cfg.logout_path.as_bytes()
     {
         Route::Logout
     } else {
         Route::App
+    }
+}
+
+/// The session id in `/sessions/{uuid}/revoke`.
+fn revoke_target(rest: &[u8]) -> Option<[u8; 16]> {
+    let id = rest.strip_prefix(b"/sessions/")?.strip_suffix(b"/revoke")?;
+    let id = std::str::from_utf8(id).ok()?;
+    uuid::Uuid::try_parse(id).ok().map(|u| *u.as_bytes())
+}
+
+/// Whether the upstream's answer counts as success for `route`: the login
+/// route's own rule, otherwise any 2xx or 3xx.
+pub fn succeeded(cfg: &Config, route: Route, status: u16, location: Option<&[u8]>) -> bool {
+    match route {
+        Route::Login(i) => cfg
+            .login_routes
+            .get(i)
+            .is_some_and(|r| r.succeeded(status, location)),
+        _ => (200..400).contains(&status),
     }
 }
 
@@ -84,13 +117,12 @@ pub enum Transition {
 /// in the response (the last `Set-Cookie` for our cookie wins, as in a browser).
 pub fn transition(
     route: Route,
-    status: u16,
+    success: bool,
     request_cookie: Option<&[u8]>,
     change: Option<CookieChange>,
 ) -> Transition {
-    let success = (200..400).contains(&status);
     match (route, change) {
-        (Route::Login, Some(CookieChange::Set(v))) if success => Transition::Login { cookie: v },
+        (Route::Login(_), Some(CookieChange::Set(v))) if success => Transition::Login { cookie: v },
         (_, Some(CookieChange::Cleared)) if request_cookie.is_some() => Transition::Logout,
         (Route::Logout, _) if success && request_cookie.is_some() => Transition::Logout,
         (_, Some(CookieChange::Set(v)))
@@ -203,7 +235,7 @@ mod tests {
         let cfg = Config::default();
         assert_eq!(
             route(&cfg, b"POST", b"/api/v1/auth/login?next=/"),
-            Route::Login
+            Route::Login(0)
         );
         assert_eq!(route(&cfg, b"GET", b"/api/v1/auth/login"), Route::App);
         assert_eq!(route(&cfg, b"POST", b"/api/v1/auth/logout"), Route::Logout);
@@ -214,6 +246,21 @@ mod tests {
         assert_eq!(
             route(&cfg, b"POST", b"/__headcount/stats"),
             Route::Admin(AdminRoute::MethodNotAllowed)
+        );
+        let id = "0b7c5d3e-1f2a-4b5c-8d9e-0f1a2b3c4d5e";
+        let revoke = format!("/__headcount/sessions/{id}/revoke");
+        let want = *uuid::Uuid::parse_str(id).unwrap().as_bytes();
+        assert_eq!(
+            route(&cfg, b"POST", revoke.as_bytes()),
+            Route::Admin(AdminRoute::Revoke(want))
+        );
+        assert_eq!(
+            route(&cfg, b"GET", revoke.as_bytes()),
+            Route::Admin(AdminRoute::MethodNotAllowed)
+        );
+        assert_eq!(
+            route(&cfg, b"POST", b"/__headcount/sessions/not-a-uuid/revoke"),
+            Route::Admin(AdminRoute::NotFound)
         );
         for (path, want) in [
             (&b"/__headcount"[..], AdminRoute::Dashboard),
@@ -236,37 +283,37 @@ mod tests {
     fn transitions() {
         let set = |v: &str| Some(CookieChange::Set(v.as_bytes().to_vec()));
         assert_eq!(
-            transition(Route::Login, 200, None, set("a")),
+            transition(Route::Login(0), true, None, set("a")),
             Transition::Login {
                 cookie: b"a".to_vec()
             }
         );
         assert_eq!(
-            transition(Route::Login, 401, None, set("a")),
+            transition(Route::Login(0), false, None, set("a")),
             Transition::None
         );
         assert_eq!(
-            transition(Route::App, 200, Some(b"a"), set("b")),
+            transition(Route::App, true, Some(b"a"), set("b")),
             Transition::Rotate { to: b"b".to_vec() }
         );
         assert_eq!(
-            transition(Route::App, 200, Some(b"a"), set("a")),
+            transition(Route::App, true, Some(b"a"), set("a")),
             Transition::None
         );
         assert_eq!(
-            transition(Route::App, 200, None, set("a")),
+            transition(Route::App, true, None, set("a")),
             Transition::None
         );
         assert_eq!(
-            transition(Route::App, 200, Some(b"a"), Some(CookieChange::Cleared)),
+            transition(Route::App, true, Some(b"a"), Some(CookieChange::Cleared)),
             Transition::Logout
         );
         assert_eq!(
-            transition(Route::Logout, 204, Some(b"a"), None),
+            transition(Route::Logout, true, Some(b"a"), None),
             Transition::Logout
         );
         assert_eq!(
-            transition(Route::Logout, 403, Some(b"a"), None),
+            transition(Route::Logout, false, Some(b"a"), None),
             Transition::None
         );
     }

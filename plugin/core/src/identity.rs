@@ -75,6 +75,39 @@ fn peer_ip(addr: &str) -> Option<IpAddr> {
     addr.parse::<IpAddr>().ok()
 }
 
+/// The address with its host part cut: IPv4 to /24, IPv6 to /48. Anything that
+/// does not parse is dropped rather than stored.
+pub fn anonymize_ip(ip: &str) -> String {
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => {
+            let [a, b, c, _] = v4.octets();
+            std::net::Ipv4Addr::new(a, b, c, 0).to_string()
+        }
+        Ok(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// Identity from the sources a login route allows, in its order of preference.
+pub fn combine(
+    order: &[crate::config::IdentitySource],
+    headers: Identity,
+    body: Identity,
+    request: Identity,
+) -> Identity {
+    use crate::config::IdentitySource;
+    order.iter().fold(Identity::default(), |acc, source| {
+        acc.or(match source {
+            IdentitySource::Headers => headers.clone(),
+            IdentitySource::ResponseBody => body.clone(),
+            IdentitySource::RequestBody => request.clone(),
+        })
+    })
+}
+
 /// Bots and crawlers are never counted, even with a session cookie.
 pub fn is_ignored_agent(cfg: &Config, user_agent: &[u8]) -> bool {
     if cfg.ignore_user_agents.is_empty() {
@@ -280,6 +313,34 @@ mod tests {
             Some(("böb".into(), "böb".into(), "unknown".into()))
         );
         assert_eq!(Identity::default().resolve(&cfg), None);
+    }
+
+    #[test]
+    fn anonymizes_addresses() {
+        assert_eq!(anonymize_ip("203.0.113.77"), "203.0.113.0");
+        assert_eq!(
+            anonymize_ip("2001:db8:85a3:8d3:1319:8a2e:370:7348"),
+            "2001:db8:85a3::"
+        );
+        assert_eq!(anonymize_ip("nonsense"), "");
+    }
+
+    #[test]
+    fn combine_follows_the_route_order() {
+        use crate::config::IdentitySource::*;
+        let named = |n: &str| Identity {
+            username: Some(n.into()),
+            ..Identity::default()
+        };
+        let got = combine(
+            &[RequestBody, ResponseBody],
+            named("h"),
+            named("b"),
+            named("r"),
+        );
+        assert_eq!(got.username.as_deref(), Some("r"));
+        let got = combine(&[ResponseBody], named("h"), Identity::default(), named("r"));
+        assert_eq!(got.username, None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod events;
 pub mod gateway;
 pub mod history;
 pub mod identity;
+pub mod jwt;
 pub mod memory;
 pub mod prometheus;
 pub mod record;

@@ -76,6 +76,13 @@ pub fn render(counts: &Counts, events: &Events) -> String {
         "Sessions evicted by the live-session cap.",
         events.evictions_total,
     );
+    metric(
+        &mut out,
+        "headcount_revocations_total",
+        "counter",
+        "Sessions revoked by an admin.",
+        events.revocations_total,
+    );
     out
 }
 

@@ -98,6 +98,31 @@ pub fn cookie_key(index: usize) -> String {
     format!("headcount.v1.cookies.{index}")
 }
 
+pub fn user_key(index: usize) -> String {
+    format!("headcount.v1.users.{index}")
+}
+
+/// Cookie hashes of revoked sessions with the time they may be forgotten.
+pub const REVOKED_KEY: &str = "headcount.v1.revoked";
+
+/// The live-session count (a postcard `u64`).
+pub const COUNT_KEY: &str = "headcount.v1.count";
+
+/// Session shards sampled for the longest-idle session when over `max_sessions`.
+const EVICTION_SAMPLE: usize = 8;
+
+/// Per-user session lists (only kept when `max_sessions_per_user` is set).
+type UserShard = Vec<([u8; 16], Vec<([u8; 16], u64)>)>;
+
+/// Users are indexed by a plain hash of their id: ids are not secrets.
+fn user_hash(user_id: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(user_id.as_bytes());
+    let mut out = [0u8; 16];
+    out.iter_mut().zip(d.iter()).for_each(|(o, b)| *o = *b);
+    out
+}
+
 /// How a touch batch went: which hashes led to a live session.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TouchOutcome {
@@ -192,15 +217,188 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     }
 
     /// Records a new login under its cookie hash (the session first, so an index
-    /// entry never points at nothing).
-    pub fn insert(&self, session: Session, cfg: &Config) -> Result<(), TableError> {
+    /// entry never points at nothing). Returns the sessions it evicted to stay
+    /// within `max_sessions` and `max_sessions_per_user`.
+    pub fn insert(&self, session: Session, cfg: &Config) -> Result<Vec<Session>, TableError> {
         let (id, cookie, until) = (session.id, session.cookie, session.deadline(cfg));
-        self.update::<SessionShard, _>(&session_key(shard_of(&id)), |shard| {
+        let added = self.update::<SessionShard, _>(&session_key(shard_of(&id)), |shard| {
+            let before = shard.len();
             shard.retain(|s| s.id != id);
             shard.push(session.clone());
-            (true, ())
+            (true, shard.len() > before)
         })?;
-        self.index(&[cookie], id, until)
+        self.index(&[cookie], id, until)?;
+        let mut evicted = Vec::new();
+        if let Some(limit) = cfg.max_sessions_per_user {
+            let older = self.user_index_add(&session, limit)?;
+            for old in older {
+                evicted.extend(self.remove_by_id(&old, cfg)?);
+            }
+        }
+        let live = if added {
+            self.count_add(1)?
+        } else {
+            self.live_count()?
+        };
+        if live > cfg.max_sessions {
+            evicted.extend(self.evict(live - cfg.max_sessions, &id, cfg)?);
+        }
+        Ok(evicted)
+    }
+
+    /// Live sessions as counted on every insert and removal.
+    pub fn live_count(&self) -> Result<u64, TableError> {
+        Ok(record::load::<u64>(self.store, COUNT_KEY)?.0)
+    }
+
+    fn count_add(&self, delta: i64) -> Result<u64, TableError> {
+        self.update::<u64, _>(COUNT_KEY, |n| {
+            *n = n.saturating_add_signed(delta);
+            (delta != 0, *n)
+        })
+    }
+
+    /// Evicts the `n` longest-idle sessions among those in `EVICTION_SAMPLE`
+    /// shards after `keep`'s own (an approximate LRU, as Redis does): exact LRU
+    /// would read every shard on every login at the cap.
+    fn evict(&self, n: u64, keep: &[u8; 16], cfg: &Config) -> Result<Vec<Session>, TableError> {
+        let start = shard_of(keep);
+        let mut candidates: Vec<([u8; 16], u64)> = Vec::new();
+        let want = usize::try_from(n).unwrap_or(usize::MAX);
+        let read = |range: std::ops::Range<usize>,
+                    into: &mut Vec<([u8; 16], u64)>|
+         -> Result<(), TableError> {
+            for i in range {
+                let (shard, _) = self.read::<SessionShard>(&session_key((start + i) % SHARDS))?;
+                into.extend(
+                    shard
+                        .iter()
+                        .filter(|s| s.id != *keep)
+                        .map(|s| (s.id, s.last_ms)),
+                );
+            }
+            Ok(())
+        };
+        read(0..EVICTION_SAMPLE, &mut candidates)?;
+        // Too few sessions in the sample (few sessions, or a small cap): read all.
+        if candidates.len() < want {
+            read(EVICTION_SAMPLE..SHARDS, &mut candidates)?;
+        }
+        candidates.sort_by_key(|(_, last)| *last);
+        let mut evicted = Vec::new();
+        for (id, _) in candidates.into_iter().take(want) {
+            evicted.extend(self.remove_by_id(&id, cfg)?);
+        }
+        Ok(evicted)
+    }
+
+    /// Ends a session by id on an admin's request. With `enforce_revocation`,
+    /// every cookie value known to lead to it (current, kept and recent rotations)
+    /// is remembered as revoked until the session would have ended anyway.
+    pub fn revoke(
+        &self,
+        id: &[u8; 16],
+        now: u64,
+        cfg: &Config,
+    ) -> Result<Option<Session>, TableError> {
+        let mut hashes = Vec::new();
+        if cfg.enforce_revocation {
+            for index in 0..SHARDS {
+                let (shard, _) = self.read::<CookieShard>(&cookie_key(index))?;
+                hashes.extend(
+                    shard
+                        .iter()
+                        .filter(|(_, r)| r.session == *id && r.until >= now)
+                        .map(|(h, _)| *h),
+                );
+            }
+        }
+        let Some(session) = self.remove_by_id(id, cfg)? else {
+            return Ok(None);
+        };
+        if cfg.enforce_revocation {
+            hashes.extend(cookies_of(&session, None));
+            let until = session.deadline(cfg);
+            record::update(self.store, REVOKED_KEY, |r: &mut Vec<(CookieHash, u64)>| {
+                r.retain(|(h, t)| *t >= now && !hashes.contains(h));
+                r.extend(hashes.iter().map(|h| (*h, until)));
+                (true, ())
+            })?;
+        }
+        Ok(Some(session))
+    }
+
+    /// Whether a cookie value belongs to a revoked session (one small read).
+    pub fn is_revoked(&self, hash: &CookieHash, now: u64) -> Result<bool, TableError> {
+        let (revoked, _) = self.read::<Vec<(CookieHash, u64)>>(REVOKED_KEY)?;
+        Ok(revoked.iter().any(|(h, until)| h == hash && *until >= now))
+    }
+
+    /// Removes one session by id and everything that points at it.
+    pub fn remove_by_id(&self, id: &[u8; 16], cfg: &Config) -> Result<Option<Session>, TableError> {
+        let removed = self.update::<SessionShard, _>(&session_key(shard_of(id)), |shard| {
+            match shard.iter().position(|s| s.id == *id) {
+                Some(pos) => (true, Some(shard.remove(pos))),
+                None => (false, None),
+            }
+        })?;
+        if let Some(s) = &removed {
+            self.forget(std::slice::from_ref(s), None, cfg)?;
+        }
+        Ok(removed)
+    }
+
+    /// After sessions left the session shards: their cookie entries, the live
+    /// count and the per-user index.
+    fn forget(
+        &self,
+        gone: &[Session],
+        extra: Option<&CookieHash>,
+        cfg: &Config,
+    ) -> Result<(), TableError> {
+        for s in gone {
+            self.unindex(&cookies_of(s, extra), s.id, None)?;
+            if cfg.max_sessions_per_user.is_some() {
+                self.user_index_remove(s)?;
+            }
+        }
+        if !gone.is_empty() {
+            self.count_add(-i64::try_from(gone.len()).unwrap_or(i64::MAX))?;
+        }
+        Ok(())
+    }
+
+    /// Adds `s` to its user's list; returns the ids of that user's oldest sessions
+    /// beyond `limit` (to be ended).
+    fn user_index_add(&self, s: &Session, limit: u32) -> Result<Vec<[u8; 16]>, TableError> {
+        let user = user_hash(&s.user_id);
+        self.update::<UserShard, _>(&user_key(shard_of(&user)), |shard| {
+            if !shard.iter().any(|(u, _)| *u == user) {
+                shard.push((user, Vec::new()));
+            }
+            let Some((_, list)) = shard.iter_mut().find(|(u, _)| *u == user) else {
+                return (false, Vec::new());
+            };
+            list.retain(|(id, _)| *id != s.id);
+            list.push((s.id, s.login_ms));
+            list.sort_by_key(|(_, login)| *login);
+            let extra = list.len().saturating_sub(limit as usize);
+            let older: Vec<[u8; 16]> = list.drain(..extra).map(|(id, _)| id).collect();
+            (true, older)
+        })
+    }
+
+    fn user_index_remove(&self, s: &Session) -> Result<(), TableError> {
+        let user = user_hash(&s.user_id);
+        self.update::<UserShard, _>(&user_key(shard_of(&user)), |shard| {
+            let before: usize = shard.iter().map(|(_, l)| l.len()).sum();
+            for (_, list) in shard.iter_mut().filter(|(u, _)| *u == user) {
+                list.retain(|(id, _)| *id != s.id);
+            }
+            shard.retain(|(_, l)| !l.is_empty());
+            let after: usize = shard.iter().map(|(_, l)| l.len()).sum();
+            (after != before, ())
+        })
     }
 
     /// Marks the sessions behind `batch` (hash, time seen) as seen: one read per
@@ -303,7 +501,12 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     }
 
     /// Ends the session behind `hash` (logout): removes it and its cookie entries.
-    pub fn end(&self, hash: &CookieHash, now: u64) -> Result<Option<Session>, TableError> {
+    pub fn end(
+        &self,
+        hash: &CookieHash,
+        now: u64,
+        cfg: &Config,
+    ) -> Result<Option<Session>, TableError> {
         let Some(r) = self.cookie_ref(hash, now)? else {
             return Ok(None);
         };
@@ -317,7 +520,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         let Some(session) = removed else {
             return Ok(None);
         };
-        self.unindex(&cookies_of(&session, Some(hash)), session.id, None)?;
+        self.forget(std::slice::from_ref(&session), Some(hash), cfg)?;
         Ok(Some(session))
     }
 
@@ -341,9 +544,12 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             })?;
             ended.extend(gone);
         }
-        for s in &ended {
-            self.unindex(&cookies_of(s, None), s.id, None)?;
-        }
+        self.forget(&ended, None, cfg)?;
+        record::update(self.store, REVOKED_KEY, |r: &mut Vec<(CookieHash, u64)>| {
+            let before = r.len();
+            r.retain(|(_, until)| *until >= now);
+            (r.len() != before, ())
+        })?;
         for index in range {
             self.update::<CookieShard, _>(&cookie_key(index), |shard| {
                 let before = shard.len();
@@ -443,9 +649,9 @@ mod tests {
             t.resolve(&h(1), 5_000).unwrap().map(|s| s.last_ms),
             Some(5_000)
         );
-        assert!(t.end(&h(1), 6_000).unwrap().is_some());
+        assert!(t.end(&h(1), 6_000, &cfg).unwrap().is_some());
         assert_eq!(t.sessions().unwrap(), vec![]);
-        assert!(t.end(&h(1), 6_000).unwrap().is_none());
+        assert!(t.end(&h(1), 6_000, &cfg).unwrap().is_none());
     }
 
     #[test]
@@ -482,7 +688,7 @@ mod tests {
             .unwrap();
         assert_eq!(out.found.len(), 3);
         assert_eq!(t.resolve(&h(99), 60).unwrap().map(|s| s.last_ms), Some(60));
-        assert!(t.end(&h(20), 70).unwrap().is_some());
+        assert!(t.end(&h(20), 70, &cfg).unwrap().is_some());
         for n in (1..=20).chain([99]) {
             assert_eq!(t.resolve(&h(n), 80).unwrap(), None, "value {n}");
         }
@@ -512,7 +718,7 @@ mod tests {
         let (store, cfg) = (MemoryStore::default(), Config::default());
         let t = SessionTable::new(&store);
         assert_eq!(t.rotate(&h(1), &h(2), 0, &cfg).unwrap(), None);
-        assert_eq!(t.end(&h(1), 0).unwrap(), None);
+        assert_eq!(t.end(&h(1), 0, &cfg).unwrap(), None);
         assert_eq!(t.resolve(&h(2), 0).unwrap(), None);
     }
 
@@ -568,5 +774,96 @@ mod tests {
             // Every round ends where the first did: nothing accumulates.
             assert_eq!(*after_first.get_or_insert(after), after, "round {round}");
         }
+    }
+
+    #[test]
+    fn the_cap_evicts_the_longest_idle_and_counts_stay_exact() {
+        let store = MemoryStore::default();
+        let cfg = Config {
+            max_sessions: 3,
+            ..Config::default()
+        };
+        let t = SessionTable::new(&store);
+        for i in 0..3u8 {
+            t.insert(
+                session(i, 100 + i, &format!("u{i}"), u64::from(i) * 10),
+                &cfg,
+            )
+            .unwrap();
+        }
+        t.touch(&[(h(100), 50)], 50).unwrap(); // u0 is now the most recent
+        let evicted = t.insert(session(9, 109, "u9", 60), &cfg).unwrap();
+        assert_eq!(
+            evicted
+                .iter()
+                .map(|s| s.username.as_str())
+                .collect::<Vec<_>>(),
+            vec!["u1"]
+        );
+        assert_eq!(t.live_count().unwrap(), 3);
+        assert_eq!(t.sessions().unwrap().len(), 3);
+        assert_eq!(t.resolve(&h(101), 60).unwrap(), None);
+        t.end(&h(100), 70, &cfg).unwrap();
+        t.sweep(0..SHARDS, 70 + cfg.idle_timeout_ms + 1, &cfg)
+            .unwrap();
+        assert_eq!(t.live_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn per_user_limit_ends_the_oldest_session() {
+        let store = MemoryStore::default();
+        let cfg = Config {
+            max_sessions_per_user: Some(2),
+            ..Config::default()
+        };
+        let t = SessionTable::new(&store);
+        t.insert(session(1, 1, "ann", 10), &cfg).unwrap();
+        t.insert(session(2, 2, "ann", 20), &cfg).unwrap();
+        t.insert(session(3, 3, "bob", 25), &cfg).unwrap();
+        let evicted = t.insert(session(4, 4, "ann", 30), &cfg).unwrap();
+        assert_eq!(
+            evicted.iter().map(|s| s.id).collect::<Vec<_>>(),
+            vec![[1; 16]]
+        );
+        assert_eq!(t.sessions().unwrap().len(), 3);
+        // Ending one frees a slot: no eviction on the next login.
+        t.end(&h(2), 40, &cfg).unwrap();
+        assert!(t.insert(session(5, 5, "ann", 50), &cfg).unwrap().is_empty());
+        assert_eq!(t.live_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn revocation_covers_every_known_value_of_the_session() {
+        let store = MemoryStore::default();
+        let cfg = Config {
+            enforce_revocation: true,
+            ..Config::default()
+        };
+        let t = SessionTable::new(&store);
+        t.insert(session(1, 1, "ann", 0), &cfg).unwrap();
+        for n in 1..6u8 {
+            t.rotate(&h(n), &h(n + 1), u64::from(n), &cfg).unwrap();
+        }
+        t.insert(session(2, 50, "bob", 0), &cfg).unwrap();
+        assert_eq!(
+            t.revoke(&[1; 16], 10, &cfg).unwrap().map(|s| s.username),
+            Some("ann".into())
+        );
+        for n in 1..=6u8 {
+            assert!(t.is_revoked(&h(n), 11).unwrap(), "value {n}");
+            assert_eq!(t.resolve(&h(n), 11).unwrap(), None);
+        }
+        assert!(!t.is_revoked(&h(50), 11).unwrap());
+        assert!(t.revoke(&[1; 16], 12, &cfg).unwrap().is_none());
+        // Forgotten once the session could no longer have been alive.
+        let later = cfg.max_lifetime_ms + 1;
+        t.sweep(0..SHARDS, later, &cfg).unwrap();
+        assert!(!t.is_revoked(&h(6), later).unwrap());
+        assert_eq!(
+            record::load::<Vec<(CookieHash, u64)>>(&store, REVOKED_KEY)
+                .unwrap()
+                .0,
+            vec![]
+        );
     }
 }

@@ -80,7 +80,7 @@ impl Stream {
                     ),
                     Access::Forbidden => (403, JSON, gateway::error_body("not allowed")),
                     Access::Allowed => match self.vm.admin_data(data, path, now) {
-                        Ok((content_type, body)) => (200, content_type, body),
+                        Ok(answer) => answer,
                         Err(e) => {
                             host::error(&format!("{route:?} failed: {e}"));
                             (503, JSON, gateway::error_body("headcount data unavailable"))
@@ -100,7 +100,7 @@ impl Stream {
             Transition::Logout => {
                 let Some(old) = self.cookie else { return };
                 self.vm.forget(&old);
-                match table.end(&old, now) {
+                match table.end(&old, now, &self.vm.cfg) {
                     Ok(Some(s)) => {
                         self.ended = true;
                         host::add_counter(self.vm.metrics.logouts, 1);
@@ -140,7 +140,21 @@ impl Stream {
         let from_body = body
             .map(|b| identity::from_response_body(&self.vm.cfg, b))
             .unwrap_or_default();
-        let who = from_headers.or(from_body).or(attempt.claimed);
+        let order = match self.route {
+            Route::Login(i) => self
+                .vm
+                .cfg
+                .login_routes
+                .get(i)
+                .map(|r| r.identity.as_slice()),
+            _ => None,
+        };
+        let who = identity::combine(
+            order.unwrap_or_default(),
+            from_headers,
+            from_body,
+            attempt.claimed,
+        );
         let Some(random) = host::random16() else {
             host::error("no randomness for a session id; login not recorded");
             return;
@@ -164,7 +178,11 @@ impl Stream {
             self.apply(Transition::Logout, now);
         }
         match self.vm.table().insert(session.clone(), &self.vm.cfg) {
-            Ok(()) => {
+            Ok(evicted) => {
+                if !evicted.is_empty() {
+                    host::add_counter(self.vm.metrics.evictions, evicted.len() as u64);
+                    self.vm.events(Kind::Eviction, &evicted, now);
+                }
                 // The login request itself is the new session's first activity.
                 self.cookie = Some(cookie);
                 host::add_counter(self.vm.metrics.logins, 1);
@@ -200,17 +218,30 @@ impl HttpContext for Stream {
         let user_agent =
             host::header(MapType::HttpRequestHeaders, "user-agent").unwrap_or_default();
         self.ignored = identity::is_ignored_agent(cfg, &user_agent);
-        if !self.ignored {
-            self.cookie = host::header(MapType::HttpRequestHeaders, "cookie").and_then(|c| {
-                identity::request_cookie(&c, &cfg.session_cookie).map(|v| self.vm.hasher.hash(v))
-            });
+        let cookie = host::header(MapType::HttpRequestHeaders, "cookie").and_then(|c| {
+            identity::request_cookie(&c, &cfg.session_cookie).map(|v| self.vm.hasher.hash(v))
+        });
+        if cfg.enforce_revocation && !matches!(self.route, Route::Admin(_)) {
+            let now = self.start_us / 1000;
+            if cookie.is_some_and(|h| self.vm.table().is_revoked(&h, now).unwrap_or(false)) {
+                // Blocked before the app: neither traffic nor activity.
+                self.route = Route::Admin(AdminRoute::NotFound);
+                host::respond(
+                    401,
+                    "application/json",
+                    &gateway::error_body("session revoked"),
+                );
+                return Action::Pause;
+            }
         }
+        // Bots are proxied but never followed, even with a session cookie.
+        self.cookie = cookie.filter(|_| !self.ignored);
         match self.route {
             Route::Admin(admin) => {
                 self.handle_admin(admin, &path);
                 Action::Pause
             }
-            Route::Login if !self.ignored => {
+            Route::Login(_) if !self.ignored => {
                 let forwarded = cfg
                     .client_ip_header
                     .as_deref()
@@ -278,12 +309,12 @@ impl HttpContext for Stream {
                 CookieChange::Cleared => CookieChange::Cleared,
             });
         let old = self.cookie.map(|h| h.to_vec());
-        let route = if self.login.is_some() {
-            Route::Login
-        } else {
-            self.route
+        let location = match self.route {
+            Route::Login(_) => host::header(MapType::HttpResponseHeaders, "location"),
+            _ => None,
         };
-        match gateway::transition(route, status, old.as_deref(), change) {
+        let success = gateway::succeeded(cfg, self.route, status, location.as_deref());
+        match gateway::transition(self.route, success, old.as_deref(), change) {
             Transition::Login { cookie } => {
                 let Ok(cookie) = <CookieHash>::try_from(cookie.as_slice()) else {
                     return Action::Continue;

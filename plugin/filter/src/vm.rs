@@ -3,7 +3,7 @@
 
 use crate::host::{self, EnvoyStore};
 use headcount_core::events::{self, Events, Kind, EVENTS_KEY};
-use headcount_core::gateway::AdminRoute;
+use headcount_core::gateway::{self, AdminRoute};
 use headcount_core::history::{History, HISTORY_KEY};
 use headcount_core::stats::Counts;
 use headcount_core::table::TableError;
@@ -49,6 +49,7 @@ pub struct Metrics {
     pub logins: Option<u32>,
     pub logouts: Option<u32>,
     expiries: Option<u32>,
+    pub evictions: Option<u32>,
 }
 
 pub struct Vm {
@@ -87,6 +88,7 @@ impl Vm {
             logins: counter("headcount_logins_total"),
             logouts: counter("headcount_logouts_total"),
             expiries: counter("headcount_expiries_total"),
+            evictions: counter("headcount_evictions_total"),
         };
         host::info(&format!(
             "configured (login {} {}, cookie `{}`, window {} s)",
@@ -245,26 +247,53 @@ impl Vm {
         route: AdminRoute,
         path: &[u8],
         now: u64,
-    ) -> Result<(&'static str, Vec<u8>), String> {
+    ) -> Result<(u32, &'static str, Vec<u8>), String> {
         const JSON: &str = "application/json";
         self.flush(now);
+        if let AdminRoute::Revoke(id) = route {
+            return Ok(
+                match self
+                    .table()
+                    .revoke(&id, now, &self.cfg)
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(session) => {
+                        host::info(&format!(
+                            "revoked {} ({})",
+                            session.username,
+                            session.uuid()
+                        ));
+                        self.events(Kind::Revocation, std::slice::from_ref(&session), now);
+                        (
+                            200,
+                            JSON,
+                            to_json(
+                                &serde_json::json!({"revoked": true, "session_id": session.uuid()}),
+                            ),
+                        )
+                    }
+                    None => (404, JSON, gateway::error_body("no such live session")),
+                },
+            );
+        }
         let store = EnvoyStore;
         let e = |e: TableError| e.to_string();
         let s = |e: StoreError| e.to_string();
         Ok(match route {
             AdminRoute::History => {
                 let (h, _) = record::load::<History>(&store, HISTORY_KEY).map_err(s)?;
-                (JSON, to_json(&h.view(now)))
+                (200, JSON, to_json(&h.view(now)))
             }
             AdminRoute::Events => {
                 let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
-                (JSON, to_json(&ev.view(events::after_param(path))))
+                (200, JSON, to_json(&ev.view(events::after_param(path))))
             }
             AdminRoute::Metrics => {
                 let active =
                     stats::active_sessions(self.table().sessions().map_err(e)?, now, &self.cfg);
                 let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
                 (
+                    200,
                     prometheus::CONTENT_TYPE,
                     prometheus::render(&stats::counts(&active, &self.cfg), &ev).into_bytes(),
                 )
@@ -273,6 +302,7 @@ impl Vm {
                 let sessions = self.table().sessions().map_err(e)?;
                 let traffic = traffic::load(&store).map_err(s)?;
                 (
+                    200,
                     JSON,
                     stats::report(sessions, traffic.figures(now), now, &self.cfg).to_json(),
                 )

@@ -1,0 +1,1 @@
+//! JWT verification (placeholder until the verifier lands).
