@@ -50,7 +50,7 @@ COURSES = [
 ]
 
 # Paths whose handler manages the session itself: the counter is not bumped there.
-_AUTH_PATHS = {"/api/v1/auth/login", "/api/v1/auth/logout"}
+_AUTH_PATHS = {"/api/v1/auth/login", "/api/v1/auth/logout", "/login"}
 
 
 def create_app(secret_key: str | None = None) -> Flask:
@@ -124,6 +124,25 @@ def create_app(secret_key: str | None = None) -> Flask:
         resp.headers["X-Demo-Username"] = user["username"]
         resp.headers["X-Demo-Role"] = user["role"]
         return resp
+
+    @app.post("/login")
+    def form_login():
+        # A classic HTML form login: a redirect either way, and a failed attempt
+        # stores a message in the session (so it sets a cookie too): only the
+        # redirect target tells success from failure.
+        username = request.form.get("username", "")
+        user = USERS.get(username)
+        if user is None or not secrets.compare_digest(
+            request.form.get("password", "").encode(), PASSWORD.encode()
+        ):
+            session["flash"] = "invalid credentials"
+            return redirect("/?error=1", code=302)
+        session.clear()
+        session.permanent = True
+        session["uid"] = user["id"]
+        session["n"] = 0
+        session["nonce"] = secrets.token_hex(8)
+        return redirect("/dashboard", code=302)
 
     @app.post("/api/v1/auth/logout")
     def logout():

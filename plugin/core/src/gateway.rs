@@ -153,6 +153,16 @@ pub fn new_session(cfg: &Config, identity: Identity, login: LoginFacts) -> Optio
         now,
         random,
     } = login;
+    let ip = if cfg.anonymize_ip {
+        crate::identity::anonymize_ip(&ip)
+    } else {
+        ip
+    };
+    let user_agent = if cfg.reduce_user_agent {
+        crate::device::describe(&user_agent)
+    } else {
+        user_agent
+    };
     let (user_id, username, role) = identity.resolve(cfg)?;
     Some(Session {
         id: session_id_from_random(random),

@@ -1,0 +1,65 @@
+"""Playwright helpers for the dashboard browser tests: the system Chromium, never a download.
+
+Chromium comes from the distribution (``apt-get install -y chromium`` gives /usr/bin/chromium);
+``CHROMIUM_BIN`` points elsewhere. Missing Chromium or Playwright fails the tests, never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = Path(os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium"))
+INSTALL_HINT = "install it with: apt-get update && apt-get install -y chromium (or set CHROMIUM_BIN)"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+# Never let Playwright fetch a browser of its own.
+os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+
+
+def sync_playwright():
+    try:
+        from playwright.sync_api import sync_playwright as sp
+    except ImportError:
+        pytest.fail("Playwright missing: .venv/bin/pip install -r envoy/requirements.txt", pytrace=False)
+    return sp()
+
+
+def launch(pw):
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(f"Chromium not found at {CHROMIUM}; {INSTALL_HINT}", pytrace=False)
+    return pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+
+
+def norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def wait_text(page, selector: str, expected: str, deadline: float) -> float:
+    """Wait (polling every 25 ms in the page) until the element's whitespace-normalised
+    textContent equals ``expected``; returns the time.monotonic() when it did.
+
+    Fails with the text actually shown when ``deadline`` (a time.monotonic() value) passes.
+    """
+    remaining_ms = max(1.0, (deadline - time.monotonic()) * 1000)
+    try:
+        page.wait_for_function(
+            """([sel, want]) => {
+                 const e = document.querySelector(sel);
+                 return !!e && e.textContent.replace(/\\s+/g, " ").trim() === want;
+               }""",
+            arg=[selector, expected], polling=25, timeout=remaining_ms)
+    except Exception as e:  # playwright TimeoutError: say what the page showed instead
+        shown = page.evaluate("(s) => { const e = document.querySelector(s); return e ? e.textContent : null; }",
+                              selector)
+        raise AssertionError(f"{selector}: wanted {expected!r}, page shows {norm(shown or '')!r} "
+                             f"(status pill: {norm(page.text_content('#status') or '')!r})") from e
+    return time.monotonic()
