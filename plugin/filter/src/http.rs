@@ -99,9 +99,9 @@ impl Stream {
             Transition::Login { .. } | Transition::None => {}
             Transition::Logout => {
                 let Some(old) = self.cookie else { return };
-                self.vm.forget(&old);
                 match table.end(&old, now, &self.vm.cfg) {
                     Ok(Some(s)) => {
+                        self.vm.forget(&s, &old);
                         self.ended = true;
                         host::add_counter(self.vm.metrics.logouts, 1);
                         self.vm.events(Kind::Logout, std::slice::from_ref(&s), now);

@@ -13,7 +13,7 @@ use headcount_core::{prometheus, record};
 use headcount_core::{stats, Config, CookieHash, CookieHasher, Session};
 use proxy_wasm::types::MetricType;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 const SECRET_KEY: &str = "headcount.v1.secret";
 const SWEEP_KEY: &str = "headcount.v1.next_sweep";
@@ -139,10 +139,18 @@ impl Vm {
         }
     }
 
-    /// Drops buffered activity for a cookie whose session just ended.
-    pub fn forget(&self, cookie: &CookieHash) {
-        if let Some(p) = self.pending.borrow_mut().remove(cookie) {
-            self.traffic.borrow_mut().authenticated += p.requests;
+    /// Settles buffered activity of a session that just ended, under any of its
+    /// cookie values: those requests were authenticated when they were made.
+    pub fn forget(&self, session: &Session, request_cookie: &CookieHash) {
+        let mut pending = self.pending.borrow_mut();
+        let mut traffic = self.traffic.borrow_mut();
+        let values = std::iter::once(&session.cookie)
+            .chain(&session.aliases)
+            .chain([request_cookie]);
+        for h in values {
+            if let Some(p) = pending.remove(h) {
+                traffic.authenticated += p.requests;
+            }
         }
     }
 
@@ -161,10 +169,11 @@ impl Vm {
                 batch.iter().map(|(h, p)| (*h, p.last_ms)).collect();
             match self.table().touch(&touches, now) {
                 Ok(outcome) => {
+                    let found: HashSet<CookieHash> = outcome.found.into_iter().collect();
                     let mut traffic = self.traffic.borrow_mut();
                     let mut pending = self.pending.borrow_mut();
                     for (h, p) in batch {
-                        if outcome.found.contains(&h) {
+                        if found.contains(&h) {
                             traffic.authenticated += p.requests;
                         } else if !p.retried {
                             // The VM is single-threaded: nothing arrived for `h` since the drain.

@@ -1,0 +1,201 @@
+//! Cost per request of the built filter, at 1k, 10k and 100k live sessions.
+//!
+//! ```sh
+//! cargo build --release --target wasm32-wasip1 -p headcount
+//! CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 \
+//!     cargo bench -p host-tests --bench requests
+//! ```
+//!
+//! (The two variables skip fat LTO and single-unit codegen of wasmtime, which the workspace's
+//! release profile would otherwise apply to the bench build and which make it take many
+//! minutes; the figures don't depend on them. The run itself takes about a minute.) Set `HEADCOUNT_BENCH_SIZES`
+//! (e.g. `1000,10000`) to run fewer sizes.
+//!
+//! Two figures per operation: wall time through the harness (wasmtime + host calls + the
+//! harness's own bookkeeping, so an upper bound of what Envoy would spend) and fuel, i.e.
+//! wasm instructions executed by the filter, which does not depend on the machine.
+
+#![allow(
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
+use host_tests::{Exchange, Host, Vm};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "bench-admin-token-0123456789";
+const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) Bench/1.0";
+
+fn login(vm: &Vm, n: usize) -> Exchange {
+    let body = format!(r#"{{"username":"user{n}","password":"pw"}}"#);
+    let reply = format!(
+        r#"{{"user":{{"id":{n},"username":"user{n}","role":"{}"}}}}"#,
+        ["admin", "teacher", "student"][n % 3]
+    );
+    let cookie = format!("session=bench-session-{n:08}-0123456789abcdef; Path=/; HttpOnly");
+    vm.post("/api/v1/auth/login")
+        .header("content-type", "application/json")
+        .body(body)
+        .user_agent(UA)
+        .from_ip("10.1.2.3")
+        .respond(200, &[("set-cookie", cookie.as_str())], reply)
+        .unwrap_or_else(|e| panic!("login {n}: {e}"))
+}
+
+fn authenticated(vm: &Vm, n: usize) -> Exchange {
+    vm.get("/api/v1/courses?page=2")
+        .cookie("session", &format!("bench-session-{n:08}-0123456789abcdef"))
+        .user_agent(UA)
+        .respond(200, &[("content-type", "application/json")], "[]")
+        .unwrap_or_else(|e| panic!("authenticated: {e}"))
+}
+
+fn anonymous(vm: &Vm) -> Exchange {
+    vm.get("/static/app.js")
+        .user_agent(UA)
+        .respond(200, &[("content-type", "text/javascript")], "x")
+        .unwrap_or_else(|e| panic!("anonymous: {e}"))
+}
+
+fn stats(vm: &Vm) -> Exchange {
+    let ex = vm
+        .get("/__headcount/stats")
+        .bearer(TOKEN)
+        .send()
+        .unwrap_or_else(|e| panic!("stats: {e}"));
+    assert_eq!(ex.status, 200, "{}", ex.text());
+    ex
+}
+
+struct Row {
+    what: &'static str,
+    sessions: usize,
+    iterations: usize,
+    wall: Duration,
+    fuel: u64,
+}
+
+fn measure(
+    what: &'static str,
+    sessions: usize,
+    iterations: usize,
+    mut f: impl FnMut(usize) -> Exchange,
+) -> Row {
+    let mut fuel = 0;
+    let started = Instant::now();
+    for i in 0..iterations {
+        fuel += f(i).fuel;
+    }
+    Row {
+        what,
+        sessions,
+        iterations,
+        wall: started.elapsed(),
+        fuel,
+    }
+}
+
+/// A small xorshift so the authenticated requests hit sessions all over the table.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self, below: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % below as u64) as usize
+    }
+}
+
+fn run(sessions: usize) -> Vec<Row> {
+    let host = Host::new();
+    let config = format!(r#"{{"admin_token":"{TOKEN}"}}"#);
+    let vm = host.vm(&config).unwrap_or_else(|e| panic!("{e}"));
+    // Fill the table like a busy site would: 500 logins a second, the worker ticking every
+    // second (flushing that second's activity, sweeping every 5 s), all within the active
+    // window.
+    let started = Instant::now();
+    let mut fill_fuel = 0;
+    for n in 0..sessions {
+        fill_fuel += login(&vm, n).fuel;
+        host.advance(Duration::from_millis(2));
+        if (n + 1) % 500 == 0 {
+            vm.tick().unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    vm.tick().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "  {sessions} sessions logged in in {:.1} s ({} fuel per login on average, ticks \
+         included: {}); shared data {:.1} MiB in {} keys",
+        started.elapsed().as_secs_f64(),
+        fill_fuel / sessions as u64,
+        vm.fuel_consumed() / sessions as u64,
+        host.shared_data_bytes() as f64 / (1 << 20) as f64,
+        host.shared_data_len()
+    );
+    let mut rows = Vec::new();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    rows.push(measure("anonymous request", sessions, 3000, |_| {
+        anonymous(&vm)
+    }));
+    rows.push(measure("authenticated request", sessions, 3000, |_| {
+        authenticated(&vm, rng.next(sessions))
+    }));
+    // What the buffered activity costs when the tick writes it (per request buffered).
+    let buffered = 1000;
+    for _ in 0..buffered {
+        authenticated(&vm, rng.next(sessions));
+    }
+    host.advance(Duration::from_millis(1)); // make every touch a real write
+    let fuel_before = vm.fuel_consumed();
+    let t = Instant::now();
+    vm.tick().unwrap_or_else(|e| panic!("{e}"));
+    rows.push(Row {
+        what: "flush, per buffered request",
+        sessions,
+        iterations: buffered,
+        wall: t.elapsed(),
+        fuel: vm.fuel_consumed() - fuel_before,
+    });
+    rows.push(measure("login", sessions, 300, |i| {
+        login(&vm, sessions + i)
+    }));
+    let reads = if sessions >= 100_000 { 3 } else { 20 };
+    rows.push(measure("stats read", sessions, reads, |_| stats(&vm)));
+    eprintln!(
+        "  linear memory after the stats reads: {:.1} MiB",
+        vm.memory_bytes() as f64 / (1 << 20) as f64
+    );
+    rows
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else is ignored.
+    let sizes: Vec<usize> = std::env::var("HEADCOUNT_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
+    eprintln!("module: {}", host_tests::default_module_path().display());
+    let mut all = Vec::new();
+    for n in sizes {
+        eprintln!("{n} live sessions:");
+        all.extend(run(n));
+    }
+    println!();
+    println!(
+        "{:<30} {:>9} {:>7} {:>14} {:>14}",
+        "operation", "sessions", "runs", "ns/request", "fuel/request"
+    );
+    for r in &all {
+        let n = r.iterations.max(1) as u128;
+        println!(
+            "{:<30} {:>9} {:>7} {:>14} {:>14}",
+            r.what,
+            r.sessions,
+            r.iterations,
+            r.wall.as_nanos() / n,
+            u128::from(r.fuel) / n
+        );
+    }
+}

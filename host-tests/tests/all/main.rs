@@ -1,0 +1,22 @@
+//! Integration tests: the built headcount.wasm driven through the harness host.
+//!
+//! Build the filter first: `cargo build --release --target wasm32-wasip1 -p headcount`
+//! (or point HEADCOUNT_WASM at a .wasm). A missing or corrupt module fails every test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod bad_input;
+mod common;
+mod concurrency;
+mod expiry;
+mod filter;
+mod login;
+mod logout;
+mod memory;
+mod rotation;
+mod stats;
+mod traffic;
