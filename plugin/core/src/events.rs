@@ -119,17 +119,7 @@ pub struct EventsView {
 
 /// `after=N` from a request path's query string (0 when absent or malformed).
 pub fn after_param(path: &[u8]) -> u64 {
-    let Some(q) = path
-        .iter()
-        .position(|b| *b == b'?')
-        .and_then(|i| path.get(i + 1..))
-    else {
-        return 0;
-    };
-    form_urlencoded::parse(q)
-        .find(|(k, _)| k == "after")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+    crate::gateway::query_param(path, "after").unwrap_or(0)
 }
 
 #[cfg(test)]

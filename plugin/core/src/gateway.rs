@@ -78,6 +78,17 @@ pub fn route(cfg: &Config, method: &[u8], path: &[u8]) -> Route {
     }
 }
 
+/// A numeric query parameter (`?limit=50`), if present and well-formed.
+pub fn query_param(path: &[u8], name: &str) -> Option<u64> {
+    let query = path
+        .iter()
+        .position(|b| *b == b'?')
+        .and_then(|i| path.get(i + 1..))?;
+    form_urlencoded::parse(query)
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 /// The session id in `/sessions/{uuid}/revoke`.
 fn revoke_target(rest: &[u8]) -> Option<[u8; 16]> {
     let id = rest.strip_prefix(b"/sessions/")?.strip_suffix(b"/revoke")?;

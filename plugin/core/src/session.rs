@@ -69,16 +69,76 @@ pub struct Session {
     pub aliases: Vec<CookieHash>,
 }
 
-impl Session {
-    /// Seen within the window (inclusive: at exactly `window` ms it still counts) and not over.
+/// Seen within the window (inclusive: at exactly `window` ms it still counts) and not over.
+fn active(login_ms: u64, last_ms: u64, now: u64, cfg: &Config) -> bool {
+    now.saturating_sub(last_ms) <= cfg.active_window_ms && !expired(login_ms, last_ms, now, cfg)
+}
+
+/// Idle past the timeout, or older than the maximum lifetime.
+fn expired(login_ms: u64, last_ms: u64, now: u64, cfg: &Config) -> bool {
+    now.saturating_sub(last_ms) > cfg.idle_timeout_ms
+        || now.saturating_sub(login_ms) > cfg.max_lifetime_ms
+}
+
+/// A session borrowed from its encoded shard: same layout as `Session`, so a scan
+/// of every session allocates nothing for strings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SessionRef<'a> {
+    pub id: [u8; 16],
+    pub user_id: &'a str,
+    pub username: &'a str,
+    pub role: &'a str,
+    pub ip: &'a str,
+    pub user_agent: &'a str,
+    pub login_ms: u64,
+    pub last_ms: u64,
+    pub cookie: CookieHash,
+    pub aliases: Vec<CookieHash>,
+}
+
+impl SessionRef<'_> {
     pub fn is_active(&self, now: u64, cfg: &Config) -> bool {
-        now.saturating_sub(self.last_ms) <= cfg.active_window_ms && !self.is_expired(now, cfg)
+        active(self.login_ms, self.last_ms, now, cfg)
     }
 
-    /// Idle past the timeout, or older than the maximum lifetime.
+    pub fn to_session(&self) -> Session {
+        Session {
+            id: self.id,
+            user_id: self.user_id.to_string(),
+            username: self.username.to_string(),
+            role: self.role.to_string(),
+            ip: self.ip.to_string(),
+            user_agent: self.user_agent.to_string(),
+            login_ms: self.login_ms,
+            last_ms: self.last_ms,
+            cookie: self.cookie,
+            aliases: self.aliases.clone(),
+        }
+    }
+}
+
+impl Session {
+    pub fn is_active(&self, now: u64, cfg: &Config) -> bool {
+        active(self.login_ms, self.last_ms, now, cfg)
+    }
+
     pub fn is_expired(&self, now: u64, cfg: &Config) -> bool {
-        now.saturating_sub(self.last_ms) > cfg.idle_timeout_ms
-            || now.saturating_sub(self.login_ms) > cfg.max_lifetime_ms
+        expired(self.login_ms, self.last_ms, now, cfg)
+    }
+
+    pub fn as_ref(&self) -> SessionRef<'_> {
+        SessionRef {
+            id: self.id,
+            user_id: &self.user_id,
+            username: &self.username,
+            role: &self.role,
+            ip: &self.ip,
+            user_agent: &self.user_agent,
+            login_ms: self.login_ms,
+            last_ms: self.last_ms,
+            cookie: self.cookie,
+            aliases: self.aliases.clone(),
+        }
     }
 
     /// The latest time this session can still be alive; aliases need not outlive it.

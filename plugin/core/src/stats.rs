@@ -1,10 +1,10 @@
 //! The stats report: who is active now, by role, with per-session details.
 
 use crate::config::Config;
-use crate::session::Session;
+use crate::session::{Session, SessionRef};
 use crate::traffic::TrafficFigures;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SessionView {
@@ -41,67 +41,136 @@ pub struct Counts {
     pub by_role: BTreeMap<String, usize>,
 }
 
-/// Active sessions, one per session id (a session mid-rotation is counted once),
-/// most recently active first.
-pub fn active_sessions(sessions: Vec<Session>, now: u64, cfg: &Config) -> Vec<Session> {
-    let mut seen = HashSet::new();
-    let mut active: Vec<Session> = sessions
-        .into_iter()
-        .filter(|s| s.is_active(now, cfg))
-        .filter(|s| seen.insert(s.id))
-        .collect();
-    active.sort_by(|a, b| b.last_ms.cmp(&a.last_ms).then(a.username.cmp(&b.username)));
-    active
+/// Default and largest number of sessions listed in a report; counts always
+/// cover every session. A listing of 100k sessions would be megabytes of JSON
+/// that no dashboard shows, and its cost would block the worker serving it.
+pub const DEFAULT_LISTED: usize = 1000;
+pub const MAX_LISTED: usize = 10_000;
+
+/// Streams sessions (borrowed straight from shared data, no allocation for the
+/// ones not listed) into the counts and the `limit` most recently active.
+pub struct Collector<'c> {
+    cfg: &'c Config,
+    now: u64,
+    limit: usize,
+    active: usize,
+    users: HashSet<u64>,
+    roles: BTreeMap<String, HashSet<u64>>,
+    listed: Vec<Session>,
+    /// Sessions at or below this last activity cannot enter the listing any more.
+    floor: u64,
 }
 
-/// Distinct users overall and per role. A user is identified by user id; if one
-/// user has sessions under two roles, each role counts them once.
-pub fn counts(active: &[Session], cfg: &Config) -> Counts {
-    let users: BTreeSet<&str> = active.iter().map(|s| s.user_id.as_str()).collect();
-    let mut per_role: BTreeMap<String, BTreeSet<&str>> = cfg
-        .roles
-        .iter()
-        .map(|r| (r.clone(), BTreeSet::new()))
-        .collect();
-    for s in active {
-        per_role
-            .entry(s.role.clone())
-            .or_default()
-            .insert(&s.user_id);
+fn user_key(user_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    user_id.hash(&mut h);
+    h.finish()
+}
+
+impl<'c> Collector<'c> {
+    pub fn new(cfg: &'c Config, now: u64, limit: usize) -> Self {
+        Collector {
+            cfg,
+            now,
+            limit: limit.min(MAX_LISTED),
+            active: 0,
+            users: HashSet::new(),
+            roles: cfg
+                .roles
+                .iter()
+                .map(|r| (r.clone(), HashSet::new()))
+                .collect(),
+            listed: Vec::new(),
+            floor: 0,
+        }
     }
-    Counts {
-        active_users: users.len(),
-        active_sessions: active.len(),
-        by_role: per_role.into_iter().map(|(r, u)| (r, u.len())).collect(),
+
+    pub fn visit(&mut self, s: &SessionRef<'_>) {
+        if !s.is_active(self.now, self.cfg) {
+            return;
+        }
+        self.active += 1;
+        let user = user_key(s.user_id);
+        self.users.insert(user);
+        match self.roles.get_mut(s.role) {
+            Some(set) => {
+                set.insert(user);
+            }
+            None => {
+                self.roles.insert(s.role.to_string(), HashSet::from([user]));
+            }
+        }
+        if self.limit > 0 && (s.last_ms > self.floor || self.listed.len() < self.limit) {
+            self.listed.push(s.to_session());
+            if self.listed.len() >= 2 * self.limit {
+                self.trim();
+                self.floor = self.listed.last().map_or(0, |x| x.last_ms);
+            }
+        }
+    }
+
+    fn trim(&mut self) {
+        self.listed
+            .sort_by(|a, b| b.last_ms.cmp(&a.last_ms).then(a.username.cmp(&b.username)));
+        self.listed.truncate(self.limit);
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            active_users: self.users.len(),
+            active_sessions: self.active,
+            by_role: self
+                .roles
+                .iter()
+                .map(|(r, u)| (r.clone(), u.len()))
+                .collect(),
+        }
+    }
+
+    pub fn report(mut self, traffic: TrafficFigures) -> Stats {
+        self.trim();
+        let c = self.counts();
+        let now = self.now;
+        Stats {
+            active_users: c.active_users,
+            active_sessions: c.active_sessions,
+            window_seconds: self.cfg.active_window_ms / 1000,
+            by_role: c.by_role,
+            sessions: self.listed.iter().map(|s| view(s, now)).collect(),
+            traffic,
+            generated_at: rfc3339(now),
+        }
     }
 }
 
+fn view(s: &Session, now: u64) -> SessionView {
+    SessionView {
+        session_id: s.uuid(),
+        user_id: s.user_id.clone(),
+        username: s.username.clone(),
+        role: s.role.clone(),
+        ip: s.ip.clone(),
+        user_agent: s.user_agent.clone(),
+        device: crate::device::describe(&s.user_agent),
+        login_time: rfc3339(s.login_ms),
+        last_activity: rfc3339(s.last_ms),
+        duration_seconds: now.saturating_sub(s.login_ms) / 1000,
+    }
+}
+
+/// Counts over owned sessions (hosts that keep sessions elsewhere, and tests).
+pub fn counts(sessions: &[Session], now: u64, cfg: &Config) -> Counts {
+    let mut c = Collector::new(cfg, now, 0);
+    sessions.iter().for_each(|s| c.visit(&s.as_ref()));
+    c.counts()
+}
+
+/// The full report over owned sessions, listing up to `DEFAULT_LISTED`.
 pub fn report(sessions: Vec<Session>, traffic: TrafficFigures, now: u64, cfg: &Config) -> Stats {
-    let active = active_sessions(sessions, now, cfg);
-    let c = counts(&active, cfg);
-    Stats {
-        active_users: c.active_users,
-        active_sessions: c.active_sessions,
-        window_seconds: cfg.active_window_ms / 1000,
-        by_role: c.by_role,
-        sessions: active
-            .iter()
-            .map(|s| SessionView {
-                session_id: s.uuid(),
-                user_id: s.user_id.clone(),
-                username: s.username.clone(),
-                role: s.role.clone(),
-                ip: s.ip.clone(),
-                user_agent: s.user_agent.clone(),
-                device: crate::device::describe(&s.user_agent),
-                login_time: rfc3339(s.login_ms),
-                last_activity: rfc3339(s.last_ms),
-                duration_seconds: now.saturating_sub(s.login_ms) / 1000,
-            })
-            .collect(),
-        traffic,
-        generated_at: rfc3339(now),
-    }
+    let mut c = Collector::new(cfg, now, DEFAULT_LISTED);
+    sessions.iter().for_each(|s| c.visit(&s.as_ref()));
+    c.report(traffic)
 }
 
 impl Stats {
@@ -150,14 +219,13 @@ mod tests {
     }
 
     #[test]
-    fn counts_distinct_users_roles_with_zeros_and_dedupes_sessions() {
+    fn counts_distinct_users_and_roles_with_zeros() {
         let cfg = Config::default();
         let now = 400_000;
         let all = vec![
             s(1, "admin_user", "admin", now - 10),
             s(2, "student1", "student", now - 20),
             s(3, "student1", "student", now - 30),
-            s(3, "student1", "student", now - 30), // mid-rotation duplicate
             s(4, "student2", "student", now - 300_001), // idle past the window
             s(5, "guest", "auditor", now),
         ];
@@ -173,6 +241,22 @@ mod tests {
             Some("guest")
         );
         assert_eq!(stats.window_seconds, 300);
+    }
+
+    #[test]
+    fn listing_is_bounded_but_counts_cover_everyone() {
+        let cfg = Config::default();
+        let now = 1_000_000;
+        let mut c = Collector::new(&cfg, now, 3);
+        let all: Vec<Session> = (0..50u8)
+            .map(|i| s(i, &format!("u{i}"), "student", now - 1000 + u64::from(i)))
+            .collect();
+        all.iter().for_each(|x| c.visit(&x.as_ref()));
+        assert_eq!(c.counts().active_users, 50);
+        let r = c.report(Traffic::default().figures(now));
+        assert_eq!(r.active_sessions, 50);
+        let names: Vec<&str> = r.sessions.iter().map(|v| v.username.as_str()).collect();
+        assert_eq!(names, vec!["u49", "u48", "u47"]);
     }
 
     #[test]

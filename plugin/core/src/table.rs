@@ -13,7 +13,7 @@
 
 use crate::config::Config;
 use crate::record::{self, MAX_RETRIES};
-use crate::session::{CookieHash, Session, MAX_ALIASES};
+use crate::session::{CookieHash, Session, SessionRef, MAX_ALIASES};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -568,6 +568,18 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             out.extend(shard);
         }
         Ok(out)
+    }
+
+    /// Visits every session without decoding its strings into owned memory.
+    pub fn scan(&self, mut visit: impl FnMut(&SessionRef<'_>)) -> Result<(), TableError> {
+        for index in 0..SHARDS {
+            if let Some((bytes, _)) = self.store.get(&session_key(index))? {
+                // Undecodable (another version): skipped, as `read` would.
+                let shard: Vec<SessionRef<'_>> = postcard::from_bytes(&bytes).unwrap_or_default();
+                shard.iter().for_each(&mut visit);
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of shared data the table holds (keys and values), for memory checks.

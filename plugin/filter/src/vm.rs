@@ -226,9 +226,9 @@ impl Vm {
             }
             Err(e) => host::warn(&format!("sweep failed: {e}")),
         }
-        match table.sessions() {
-            Ok(all) => {
-                let counts = stats::counts(&stats::active_sessions(all, now, &self.cfg), &self.cfg);
+        match self.collect(now, 0) {
+            Ok(collector) => {
+                let counts = collector.counts();
                 self.publish(&counts);
                 let sampled = record::update(&EnvoyStore, HISTORY_KEY, |h: &mut History| {
                     h.record(&counts, now);
@@ -240,6 +240,13 @@ impl Vm {
             }
             Err(e) => host::warn(&format!("gauge update failed: {e}")),
         }
+    }
+
+    /// One pass over every session: counts, and the `limit` most recent for listing.
+    fn collect(&self, now: u64, limit: usize) -> Result<stats::Collector<'_>, TableError> {
+        let mut collector = stats::Collector::new(&self.cfg, now, limit);
+        self.table().scan(|s| collector.visit(s))?;
+        Ok(collector)
     }
 
     fn publish(&self, c: &Counts) {
@@ -298,23 +305,22 @@ impl Vm {
                 (200, JSON, to_json(&ev.view(events::after_param(path))))
             }
             AdminRoute::Metrics => {
-                let active =
-                    stats::active_sessions(self.table().sessions().map_err(e)?, now, &self.cfg);
+                let counts = self.collect(now, 0).map_err(e)?.counts();
                 let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
                 (
                     200,
                     prometheus::CONTENT_TYPE,
-                    prometheus::render(&stats::counts(&active, &self.cfg), &ev).into_bytes(),
+                    prometheus::render(&counts, &ev).into_bytes(),
                 )
             }
             _ => {
-                let sessions = self.table().sessions().map_err(e)?;
+                let limit = gateway::query_param(path, "limit")
+                    .map_or(stats::DEFAULT_LISTED, |n| {
+                        usize::try_from(n).unwrap_or(stats::MAX_LISTED)
+                    });
+                let collector = self.collect(now, limit).map_err(e)?;
                 let traffic = traffic::load(&store).map_err(s)?;
-                (
-                    200,
-                    JSON,
-                    stats::report(sessions, traffic.figures(now), now, &self.cfg).to_json(),
-                )
+                (200, JSON, collector.report(traffic.figures(now)).to_json())
             }
         })
     }
