@@ -28,9 +28,9 @@ impl CookieHasher {
         // zero-padded to the block size; doing it here makes construction infallible.
         let mut key = [0u8; 64];
         let digest;
-        let short = if secret.len() > key.len() {
+        let short: &[u8] = if secret.len() > key.len() {
             digest = Sha256::digest(secret);
-            digest.as_slice()
+            &digest
         } else {
             secret
         };

@@ -1,0 +1,39 @@
+//! Login bodies: identity from the response JSON (JSON pointers) and from the
+//! request body (JSON or form). The input is `content-type \n body`.
+#![no_main]
+
+use headcount_core::{identity, Config};
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+fn configs() -> &'static [Config; 2] {
+    static CONFIGS: OnceLock<[Config; 2]> = OnceLock::new();
+    CONFIGS.get_or_init(|| {
+        let pointers = Config::from_json(
+            br#"{"user_id_pointer": "/data/0/id", "username_pointer": "/a~1b/~0c",
+                 "role_pointer": "", "username_form_field": "email"}"#,
+        )
+        .unwrap_or_default();
+        [Config::default(), pointers]
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let split = data.iter().position(|b| *b == b'\n');
+    let (content_type, body) = match split {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&b""[..], data),
+    };
+    for cfg in configs() {
+        let response = identity::from_response_body(cfg, body);
+        let _ = response.clone().resolve(cfg);
+        for ct in [
+            content_type,
+            b"application/json",
+            b"application/x-www-form-urlencoded; charset=utf-8",
+        ] {
+            let request = identity::from_request_body(cfg, ct, body);
+            let _ = response.clone().or(request).resolve(cfg);
+        }
+    }
+});
