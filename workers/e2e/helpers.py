@@ -1,0 +1,149 @@
+"""Client helpers for the Worker end-to-end tests (plain HTTP against `wrangler dev`).
+
+The same calls as envoy/e2e/helpers.py, plus reading the Worker's debug header.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import requests
+
+TIMEOUT = 10  # seconds, for every HTTP call (the first request of an isolate is slower)
+PASSWORD = "password"
+ADMIN_TOKEN = "e2e-admin-token"
+STATS_PATH = "/__headcount/stats"
+
+# The standard plugin configuration of the tests: a long activity window (nothing expires while a
+# test runs) and fast flushing/sweeping so that the Durable Object catches up quickly.
+PLUGIN_CONFIG = {
+    "admin_token": ADMIN_TOKEN,
+    "active_window_seconds": 60,
+    "idle_timeout_seconds": 120,
+    "flush_interval_ms": 200,
+    "sweep_interval_seconds": 1,
+}
+
+# For the tests about time: short windows.
+SHORT_WINDOWS = dict(PLUGIN_CONFIG, active_window_seconds=3, idle_timeout_seconds=6)
+
+# Identity of the demo users (envoy/demo/app.py).
+USERS = {
+    "admin_user": ("1", "admin"),
+    "teacher1": ("2", "teacher"),
+    "student1": ("3", "student"),
+    "student2": ("4", "student"),
+    "student3": ("5", "student"),
+}
+
+NOBODY_BY_ROLE = {"admin": 0, "teacher": 0, "student": 0}
+
+BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) HeadcountE2E/1.0 Firefox/140.0"
+
+
+def ua(tag: str) -> str:
+    """A distinct, browser-like user agent (never matching the bot list)."""
+    return f"Mozilla/5.0 (X11; Linux x86_64) HeadcountE2E/{tag} Firefox/140.0"
+
+
+def login(base_url: str, username: str, user_agent: str = BROWSER_UA, password: str = PASSWORD,
+          form: bool = False, headers: dict[str, str] | None = None) -> requests.Session:
+    """Log a demo user in through the Worker; returns the requests.Session holding its cookie."""
+    s = requests.Session()
+    s.headers["User-Agent"] = user_agent
+    if headers:
+        s.headers.update(headers)
+    url = base_url + "/api/v1/auth/login"
+    if form:
+        r = s.post(url, data={"username": username, "password": password}, timeout=TIMEOUT)
+    else:
+        r = s.post(url, json={"username": username, "password": password}, timeout=TIMEOUT)
+    assert r.status_code == 200, f"login {username}: {r.status_code} {r.text[:300]}"
+    assert r.headers.get("x-demo-app") == "1", "login was not answered by the app"
+    assert r.json()["user"]["username"] == username
+    assert s.cookies.get("session"), f"login {username}: no session cookie in {r.headers}"
+    return s
+
+
+def bearer(token: str = ADMIN_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def stats_response(base_url: str, token: str | None = ADMIN_TOKEN, **kwargs) -> requests.Response:
+    headers = dict(kwargs.pop("headers", {}) or {})
+    if token is not None:
+        headers.update(bearer(token))
+    return requests.get(base_url + STATS_PATH, headers=headers, timeout=TIMEOUT, **kwargs)
+
+
+def stats(base_url: str, token: str = ADMIN_TOKEN) -> dict[str, Any]:
+    """GET the stats route with the bearer token; asserts a 200 answered by the Worker."""
+    r = stats_response(base_url, token)
+    assert r.status_code == 200, f"stats: {r.status_code} {r.text[:500]}"
+    assert "x-demo-app" not in r.headers, "stats route was proxied to the app"
+    return r.json()
+
+
+def debug(base_url: str, token: str = ADMIN_TOKEN) -> dict[str, int]:
+    """The Worker's x-headcount-debug header (HEADCOUNT_DEBUG=1) from a stats request:
+    the isolate's counters as they were before that request, and the rows the shards hold."""
+    r = stats_response(base_url, token)
+    assert r.status_code == 200, f"stats: {r.status_code} {r.text[:500]}"
+    raw = r.headers.get("x-headcount-debug")
+    assert raw, f"no x-headcount-debug header (HEADCOUNT_DEBUG=1?): {dict(r.headers)}"
+    out = {}
+    for part in raw.split(";"):
+        key, _, value = part.strip().partition("=")
+        out[key] = int(value)
+    return out
+
+
+def wait_stats(base_url: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0,
+               token: str = ADMIN_TOKEN, interval: float = 0.1) -> dict[str, Any]:
+    """Poll stats until predicate(stats) holds or the deadline passes; returns the last stats.
+
+    Callers assert exact values on the returned snapshot, so a timeout fails with the full JSON.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = stats(base_url, token)
+        if predicate(snap) or time.monotonic() >= deadline:
+            return snap
+        time.sleep(interval)
+
+
+def wait_debug(base_url: str, predicate: Callable[[dict[str, int]], bool], timeout: float = 5.0,
+               interval: float = 0.2) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        d = debug(base_url)
+        if predicate(d) or time.monotonic() >= deadline:
+            return d
+        time.sleep(interval)
+
+
+def summary(snap: dict[str, Any]) -> str:
+    return json.dumps(snap, indent=1, sort_keys=True)
+
+
+def parse_time(value: str) -> datetime:
+    """RFC 3339 timestamp (UTC, e.g. 2026-11-28T10:30:00.000Z) -> aware datetime."""
+    assert isinstance(value, str) and value.endswith("Z"), f"not an RFC 3339 UTC time: {value!r}"
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    assert dt.tzinfo is not None and dt.utcoffset().total_seconds() == 0
+    return dt
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except (ValueError, AttributeError, TypeError):
+        return False

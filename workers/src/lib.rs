@@ -1,0 +1,26 @@
+//! Headcount as a Cloudflare Worker: a thin host over `headcount-core`.
+//!
+//! The Worker (`proxy.rs`) proxies every request to `ORIGIN` and asks the core what
+//! each one means; session state lives in the `Sessions` Durable Object class
+//! (`object.rs`, SQLite storage), sharded by cookie hash. Activity is coalesced in
+//! the isolate (`buffer.rs`) and written in batches (`flush.rs`), so proxied
+//! requests do not each cost a Durable Object request. See workers/README.md.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod buffer;
+mod flush;
+mod object;
+mod protocol;
+mod proxy;
+mod setup;
+mod shards;
+mod store;
+
+pub use object::Sessions;
+use worker::{event, Context, Env, Request, Response, Result};
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    proxy::handle(req, env, ctx).await
+}
