@@ -99,7 +99,7 @@ fn a_flood_of_forged_cookies_is_bounded() {
     let (host, vm) = start(json!({}));
     let mut memory = Vec::new();
     let mut shared = Vec::new();
-    for round in 0..4 {
+    for round in 0..6 {
         for i in 0..4000 {
             vm.get("/")
                 .cookie("session", &format!("forged-{round}-{i}"))
@@ -113,9 +113,11 @@ fn a_flood_of_forged_cookies_is_bounded() {
         shared.push(host.shared_data_bytes());
     }
     println!("forged-cookie flood: linear memory {memory:?}, shared data {shared:?}");
-    assert_eq!(memory[3], memory[1], "{memory:?}");
-    assert!(shared[3].abs_diff(shared[1]) <= 64, "{shared:?}");
+    // Wasm memory never shrinks; allocator fragmentation may cost a page or two
+    // once, but 16,000 more forged cookies (>= 256 KiB if kept) must not show.
+    assert!(memory[5] <= memory[1] + 2 * 65536, "{memory:?}");
+    assert!(shared[5].abs_diff(shared[1]) <= 64, "{shared:?}");
     let t = &stats(&vm)["traffic"];
-    assert_eq!(t["anonymous_requests_today"], 16000, "{t:#}");
+    assert_eq!(t["anonymous_requests_today"], 24000, "{t:#}");
     assert_eq!(t["authenticated_requests_today"], 0);
 }
