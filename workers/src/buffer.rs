@@ -93,7 +93,10 @@ impl Buffer {
         if let Op::Rotate { from, to, at, .. } = &op {
             if let Some(i) = self.rotation_to.remove(from) {
                 if let Some(Op::Rotate {
-                    via, to: last, at: t, ..
+                    via,
+                    to: last,
+                    at: t,
+                    ..
                 }) = self.ops.get_mut(i)
                 {
                     // from -> ... -> last(= this from) -> to: one op, one write.
@@ -162,7 +165,12 @@ impl Buffer {
         }
         self.traffic.anonymous += traffic.anonymous;
         for b in traffic.buckets {
-            match self.traffic.buckets.iter_mut().find(|x| x.second == b.second) {
+            match self
+                .traffic
+                .buckets
+                .iter_mut()
+                .find(|x| x.second == b.second)
+            {
                 Some(x) => {
                     x.requests += b.requests;
                     x.response_us += b.response_us;

@@ -13,7 +13,9 @@
 
 use crate::buffer::Buffer;
 use crate::object::now_ms;
-use crate::protocol::{Batch, BatchReply, Hash, Op, Resolve, ResolveReply, StatsQuery, StatsReply, TrafficPart};
+use crate::protocol::{
+    Batch, BatchReply, Hash, Op, Resolve, ResolveReply, StatsQuery, StatsReply, TrafficPart,
+};
 use crate::setup::{self, Setup};
 use crate::shards;
 use futures::future::join_all;
@@ -81,7 +83,9 @@ fn learn(op: &Op) {
         Op::Login { session } => know(Hash(session.cookie), Hash(session.id)),
         Op::TouchSession { id, hash, .. } | Op::Index { hash, id, .. } => know(*hash, *id),
         Op::RotateSession { id, via, to, .. } => {
-            via.iter().chain(std::iter::once(to)).for_each(|h| know(*h, *id));
+            via.iter()
+                .chain(std::iter::once(to))
+                .for_each(|h| know(*h, *id));
         }
         Op::EndSession { hash, .. } | Op::Logout { hash, .. } => forget(hash),
         _ => {}
@@ -319,7 +323,12 @@ async fn flush_once(env: &Env, setup: &Setup, rounds: usize) -> Result<(), Strin
 
 /// The live session behind a cookie hash: the cookie's shard knows the session
 /// id, the session's shard the session.
-pub async fn resolve(env: &Env, setup: &Setup, hash: Hash, now: u64) -> Result<Option<Session>, String> {
+pub async fn resolve(
+    env: &Env,
+    setup: &Setup,
+    hash: Hash,
+    now: u64,
+) -> Result<Option<Session>, String> {
     let shard = hash.shard(setup.shards);
     let q = Resolve {
         hash: Some(hash),
@@ -346,7 +355,11 @@ pub async fn resolve(env: &Env, setup: &Setup, hash: Hash, now: u64) -> Result<O
 
 /// Every shard's share of the stats, merged: sessions side by side, traffic added
 /// with the core's own merge.
-pub async fn gather(env: &Env, setup: &Setup, now: u64) -> Result<(Vec<Session>, Traffic, u64, u64), String> {
+pub async fn gather(
+    env: &Env,
+    setup: &Setup,
+    now: u64,
+) -> Result<(Vec<Session>, Traffic, u64, u64), String> {
     let q = StatsQuery { now };
     let replies = join_all(
         (0..setup.shards).map(|shard| shards::call::<_, StatsReply>(env, shard, "/stats", &q)),
@@ -364,7 +377,11 @@ pub async fn gather(env: &Env, setup: &Setup, now: u64) -> Result<(Vec<Session>,
         let t = reply.traffic;
         let counts_today = t.day == today;
         let delta = TrafficDelta {
-            authenticated: if counts_today { t.authenticated_today } else { 0 },
+            authenticated: if counts_today {
+                t.authenticated_today
+            } else {
+                0
+            },
             anonymous: if counts_today { t.anonymous_today } else { 0 },
             buckets: t.ring,
         };

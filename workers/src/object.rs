@@ -276,7 +276,13 @@ impl Sessions {
 
     /// A logout: ends the session behind the cookie, or leaves a tombstone for a
     /// cookie whose entry is still on its way.
-    fn handle_logout(&self, store: &Store, ctx: Ctx, hash: Hash, out: &mut Outcome) -> Result<Vec<Op>> {
+    fn handle_logout(
+        &self,
+        store: &Store,
+        ctx: Ctx,
+        hash: Hash,
+        out: &mut Outcome,
+    ) -> Result<Vec<Op>> {
         match store.cookie(&hash)? {
             Some(CookieRow::Session { id, until }) if until >= ctx.now => {
                 Ok(vec![Op::EndSession { id, hash }])
@@ -370,7 +376,14 @@ impl Sessions {
 
     /// Points a cookie at a session, unless an orphan says that cookie has already
     /// rotated on (the session follows) or logged out (the session ends).
-    fn handle_index(&self, store: &Store, ctx: Ctx, hash: Hash, id: Hash, until: u64) -> Result<Vec<Op>> {
+    fn handle_index(
+        &self,
+        store: &Store,
+        ctx: Ctx,
+        hash: Hash,
+        id: Hash,
+        until: u64,
+    ) -> Result<Vec<Op>> {
         let orphan = match store.cookie(&hash)? {
             Some(CookieRow::Orphan { next, until: t }) if t >= ctx.now => Some(next),
             _ => None,
@@ -398,7 +411,13 @@ impl Sessions {
 
     /// Adds this batch's traffic: the isolate's anonymous count and time buckets,
     /// plus what the ops showed (cookies of live sessions are authenticated).
-    fn handle_traffic(&self, store: &Store, part: TrafficPart, out: &Outcome, now: u64) -> Result<()> {
+    fn handle_traffic(
+        &self,
+        store: &Store,
+        part: TrafficPart,
+        out: &Outcome,
+        now: u64,
+    ) -> Result<()> {
         let delta = TrafficDelta {
             authenticated: out.authenticated,
             anonymous: part.anonymous + out.anonymous,
@@ -507,7 +526,13 @@ impl Sessions {
 
     /// Sets the alarm for the earliest moment something can be removed, but no
     /// sooner than `sweep_interval_seconds` after a sweep; none if the shard is empty.
-    async fn schedule_alarm(&self, store: &Store, cfg: &Config, now: u64, after_sweep: bool) -> Result<()> {
+    async fn schedule_alarm(
+        &self,
+        store: &Store,
+        cfg: &Config,
+        now: u64,
+        after_sweep: bool,
+    ) -> Result<()> {
         let storage = self.state.storage();
         match store.next_expiry(cfg)? {
             None => storage.delete_alarm().await,

@@ -160,9 +160,8 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
     match gateway::transition(effective, success, old.as_deref(), change) {
         Transition::Login { cookie: new } => {
             if let (Ok(new), Some(attempt)) = (CookieHash::try_from(new.as_slice()), login.take()) {
-                let from_headers = identity::from_response_headers(cfg, |name| {
-                    header(resp.headers(), name)
-                });
+                let from_headers =
+                    identity::from_response_headers(cfg, |name| header(resp.headers(), name));
                 let body = login_body(&mut resp);
                 let task = finish_login(
                     env.clone(),
@@ -316,7 +315,12 @@ async fn finish_login(
         Route::Login(i) => cfg.login_routes.get(i).map(|r| r.identity.as_slice()),
         _ => None,
     };
-    let who = identity::combine(order.unwrap_or_default(), from_headers, from_body, attempt.claimed);
+    let who = identity::combine(
+        order.unwrap_or_default(),
+        from_headers,
+        from_body,
+        attempt.claimed,
+    );
 
     let now = now_ms();
     let mut random = [0u8; 16];

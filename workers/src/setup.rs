@@ -78,14 +78,16 @@ impl Setup {
     ) -> Result<Setup, String> {
         let cfg = Config::from_json(config.unwrap_or_default().as_bytes())
             .map_err(|e| format!("HEADCOUNT_CONFIG: {e}"))?;
-        let origin = origin
-            .filter(|o| !o.trim().is_empty())
-            .ok_or("invalid headcount setup: var `ORIGIN` is not set (e.g. https://app.example.com)")?;
+        let origin = origin.filter(|o| !o.trim().is_empty()).ok_or(
+            "invalid headcount setup: var `ORIGIN` is not set (e.g. https://app.example.com)",
+        )?;
         let origin = Url::parse(origin.trim())
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
             .ok_or_else(|| {
-                format!("invalid headcount setup: var `ORIGIN` must be an http(s) URL, got {origin:?}")
+                format!(
+                    "invalid headcount setup: var `ORIGIN` must be an http(s) URL, got {origin:?}"
+                )
             })?;
         let shards = match shards.map(str::trim).filter(|s| !s.is_empty()) {
             None => 1,

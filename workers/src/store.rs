@@ -252,7 +252,10 @@ impl Store {
 
     /// Removes cookie entries past their time; returns how many.
     pub fn delete_cookies_before(&self, now: u64) -> Result<u64> {
-        let n = self.rows("SELECT COUNT(*) FROM cookies WHERE until_ms < ?", vec![int(now)])?;
+        let n = self.rows(
+            "SELECT COUNT(*) FROM cookies WHERE until_ms < ?",
+            vec![int(now)],
+        )?;
         let n = as_u64(n.first().and_then(|r| r.first()));
         if n > 0 {
             self.exec("DELETE FROM cookies WHERE until_ms < ?", vec![int(now)])?;
@@ -273,9 +276,7 @@ impl Store {
     /// Sessions idle past the timeout or older than the maximum lifetime, by index;
     /// the caller decides with `Session::is_expired`.
     pub fn expiry_candidates(&self, now: u64, cfg: &Config) -> Result<Vec<Session>> {
-        let q = format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE last_ms < ? OR login_ms < ?"
-        );
+        let q = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE last_ms < ? OR login_ms < ?");
         Ok(self
             .rows(
                 &q,
