@@ -7,6 +7,9 @@ A plain Flask app with real, signed session cookies:
   200 ``{"user": {"id", "username", "role"}}`` plus a ``session`` cookie, or
   401 ``{"error": "invalid credentials"}`` without one.
 * ``POST /api/v1/auth/logout`` clears the session (Flask sends a deleting Set-Cookie).
+* ``POST /api/v2/auth/token`` JSON ``{"username", "password"}``: 200
+  ``{"access_token", "token_type": "Bearer", "expires_in"}``, an HS256 JWT for API
+  clients that send ``Authorization: Bearer`` instead of a cookie (no cookie is set).
 * ``GET /api/v1/me``, ``GET /api/v1/courses`` (login required, JSON 401 otherwise),
   ``GET /api/v1/debug/headers`` (echoes the request headers), ``GET /healthz``,
   ``GET /`` (home page with a login form) and ``GET /dashboard`` (login required).
@@ -16,17 +19,24 @@ logged-in request, so **every authenticated response re-issues the session cooki
 with a new value** (cookie rotation), the hardest case for an edge observer.
 
 Run: ``python envoy/demo/app.py --port 5000``. The signing key comes from the
-environment variable ``DEMO_SECRET_KEY`` (a random one otherwise).
+environment variable ``DEMO_SECRET_KEY`` (a random one otherwise); JWTs are signed
+with ``DEMO_JWT_SECRET`` (default ``DEFAULT_JWT_SECRET``, which the demo's Headcount
+config also names).
 All demo users have the password ``password``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
 import html
+import json
 import os
 import secrets
 import sys
+import time
 from datetime import timedelta
 from functools import wraps
 
@@ -49,6 +59,41 @@ COURSES = [
     {"id": 103, "title": "World History", "teacher": "teacher1", "students": ["student1", "student3"]},
 ]
 
+DEFAULT_JWT_SECRET = "demo-jwt-secret-not-for-production-0123456789"
+TOKEN_LIFETIME_S = 3600
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_jwt(claims: dict, secret: str, header: dict | None = None) -> str:
+    """An HS256 JWS compact token (stdlib only)."""
+    head = _b64(json.dumps(header or {"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{_b64(sig)}"
+
+
+def verify_jwt(token: str, secret: str) -> dict | None:
+    """The claims of a valid, unexpired HS256 token; None otherwise."""
+    try:
+        head, body, sig = token.split(".")
+        if json.loads(_unb64(head)).get("alg") != "HS256":
+            return None
+        want = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(want, _unb64(sig)):
+            return None
+        claims = json.loads(_unb64(body))
+        return claims if isinstance(claims, dict) and claims.get("exp", 0) > time.time() else None
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
 # Paths whose handler manages the session itself: the counter is not bumped there.
 _AUTH_PATHS = {"/api/v1/auth/login", "/api/v1/auth/logout", "/login"}
 
@@ -66,11 +111,19 @@ def create_app(secret_key: str | None = None) -> Flask:
         SESSION_REFRESH_EACH_REQUEST=False,
     )
     app.json.sort_keys = False  # keep {"id", "username", "role"} in that order
+    jwt_secret = os.environ.get("DEMO_JWT_SECRET") or DEFAULT_JWT_SECRET
+
+    def bearer_user():
+        auth = request.headers.get("Authorization", "")
+        if not auth.lower().startswith("bearer "):
+            return None
+        claims = verify_jwt(auth[7:].strip(), jwt_secret)
+        return USERS.get(claims.get("preferred_username")) if claims else None
 
     def current_user():
         uid = session.get("uid")
         if uid is None:
-            return None
+            return bearer_user()
         return USERS_BY_ID.get(uid)
 
     def login_required_json(view):
@@ -88,7 +141,7 @@ def create_app(secret_key: str | None = None) -> Flask:
         # sends a new Set-Cookie value: the session cookie rotates on every response.
         if request.path in _AUTH_PATHS:
             return
-        if current_user() is not None:
+        if session.get("uid") is not None:  # bearer requests carry no session
             session.permanent = True
             session["n"] = int(session.get("n", 0)) + 1
 
@@ -143,6 +196,22 @@ def create_app(secret_key: str | None = None) -> Flask:
         session["n"] = 0
         session["nonce"] = secrets.token_hex(8)
         return redirect("/dashboard", code=302)
+
+    @app.post("/api/v2/auth/token")
+    def token():
+        data = request.get_json(silent=True)
+        data = data if isinstance(data, dict) else {}
+        user = USERS.get(data.get("username")) if isinstance(data.get("username"), str) else None
+        password = data.get("password")
+        if user is None or not isinstance(password, str) or not secrets.compare_digest(
+            password.encode(), PASSWORD.encode()
+        ):
+            return jsonify(error="invalid credentials"), 401
+        now = int(time.time())
+        claims = {"sub": str(user["id"]), "preferred_username": user["username"], "role": user["role"],
+                  "sid": secrets.token_hex(8), "iat": now, "exp": now + TOKEN_LIFETIME_S}
+        return jsonify(access_token=sign_jwt(claims, jwt_secret), token_type="Bearer",
+                       expires_in=TOKEN_LIFETIME_S)
 
     @app.post("/api/v1/auth/logout")
     def logout():

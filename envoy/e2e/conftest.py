@@ -96,7 +96,7 @@ def render_envoy_config(plugin_config: dict[str, Any] | str, *, wasm: Path, list
     sub(r"filename: target/wasm32-wasip1/release/headcount\.wasm", f"filename: {json.dumps(str(wasm))}")
     # The StringValue holding the plugin JSON: a block scalar in the demo file. A JSON string
     # literal is a valid YAML double-quoted scalar, so any text can go in.
-    sub(r"value: \|\n[ \t]+\{\"admin_token\": \"demo-admin-token\"\}\n", f"value: {json.dumps(value)}\n")
+    sub(r"value: \|\n[ \t]+\{\"admin_token\": \"demo-admin-token\"[^\n]*\}\n", f"value: {json.dumps(value)}\n")
     return text
 
 

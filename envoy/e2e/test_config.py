@@ -3,6 +3,7 @@
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +21,9 @@ BAD_CONFIGS = [
     pytest.param({"flush_interval_ms": 5}, "flush_interval_ms", id="flush-out-of-range"),
     pytest.param({"roles": "admin"}, "roles", id="roles-not-a-list"),
     pytest.param({"session_cookie": 7}, "session_cookie", id="cookie-not-a-string"),
+    pytest.param({"jwt": {"hs256_secret": "too-short"}}, "jwt.hs256_secret", id="jwt-secret-too-short"),
+    pytest.param({"jwt": {"public_keys": ["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"]}},
+                 "jwt.public_keys[0]", id="jwt-bad-pem"),
 ]
 
 LOG_LEVELS = r"\[(?:warning|error|critical)\]"
@@ -97,8 +101,11 @@ def test_shipped_demo_config_validates(wasm_path, tmp_path):
                           timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and " OK" in out, out[-3000:]
+    # The demo's JWT secret is the demo app's, so the demo's API tokens are counted.
+    sys.path.insert(0, str(REPO / "envoy" / "demo"))
+    from app import DEFAULT_JWT_SECRET
     assert json.loads(re.search(r'value: \|\n\s+(\{.*\})\n', ENVOY_TEMPLATE.read_text()).group(1)) == {
-        "admin_token": "demo-admin-token"}
+        "admin_token": "demo-admin-token", "jwt": {"hs256_secret": DEFAULT_JWT_SECRET}}
 
 
 def test_generated_config_keeps_the_demo_shape(tmp_path):

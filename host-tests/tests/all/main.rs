@@ -10,10 +10,12 @@
 )]
 
 mod bad_input;
+mod cap;
 mod common;
 mod concurrency;
 mod expiry;
 mod filter;
+mod jwt;
 mod login;
 mod logout;
 mod memory;

@@ -67,6 +67,7 @@ struct RawConfig {
     enforce_revocation: Option<bool>,
     anonymize_ip: Option<bool>,
     reduce_user_agent: Option<bool>,
+    jwt: Option<crate::bearer::RawJwt>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +178,8 @@ pub struct Config {
     pub anonymize_ip: bool,
     /// Keep only "Browser N on OS" instead of the full user agent.
     pub reduce_user_agent: bool,
+    /// Identify users by a verified JWT (header or cookie) as well as by login.
+    pub jwt: Option<crate::bearer::BearerConfig>,
 }
 
 impl Default for Config {
@@ -226,6 +229,7 @@ impl Default for Config {
             enforce_revocation: false,
             anonymize_ip: false,
             reduce_user_agent: false,
+            jwt: None,
         }
     }
 }
@@ -451,6 +455,10 @@ impl Config {
             enforce_revocation: raw.enforce_revocation.unwrap_or(d.enforce_revocation),
             anonymize_ip: raw.anonymize_ip.unwrap_or(d.anonymize_ip),
             reduce_user_agent: raw.reduce_user_agent.unwrap_or(d.reduce_user_agent),
+            jwt: raw
+                .jwt
+                .map(crate::bearer::BearerConfig::from_raw)
+                .transpose()?,
             logout_method: method("logout_method", raw.logout_method, d.logout_method)?,
             logout_path: path("logout_path", raw.logout_path, d.logout_path)?,
             session_cookie,
@@ -552,7 +560,13 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
         .strip_prefix("unknown field `")
         .and_then(|m| m.split('`').next())
     {
-        return err(name, "unknown key");
+        // The path ends at the unknown key itself; keep its parents (`jwt.bogus`).
+        let parent = path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+        return if parent.is_empty() || parent == "." {
+            err(name, "unknown key")
+        } else {
+            err(&format!("{parent}.{name}"), "unknown key")
+        };
     }
     let field = if path == "." {
         "(config)".to_string()

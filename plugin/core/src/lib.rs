@@ -6,6 +6,7 @@
 //! randomness and a `SharedStore`; they decide nothing themselves.
 #![forbid(unsafe_code)]
 
+pub mod bearer;
 pub mod config;
 pub mod device;
 pub mod events;

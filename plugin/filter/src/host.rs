@@ -36,6 +36,10 @@ pub fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
+pub fn debug(message: &str) {
+    log(LogLevel::Debug, message);
+}
+
 pub fn info(message: &str) {
     log(LogLevel::Info, message);
 }

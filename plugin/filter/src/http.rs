@@ -3,10 +3,11 @@
 
 use crate::host;
 use crate::vm::{Requester, Vm};
+use headcount_core::bearer::{self, Bearer};
 use headcount_core::events::Kind;
 use headcount_core::gateway::{self, Access, AdminRoute, LoginFacts, Route, Transition};
 use headcount_core::identity::{self, CookieChange, Identity, MAX_BODY};
-use headcount_core::CookieHash;
+use headcount_core::{CookieHash, Session};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use std::rc::Rc;
@@ -24,6 +25,9 @@ pub struct Stream {
     login: Option<LoginAttempt>,
     /// This request ended its session (logout).
     ended: bool,
+    /// Admin routes only: who a verified JWT names, for authorization when the
+    /// token's session is not in the table (admin routes never start one).
+    bearer_admin: Option<Identity>,
 }
 
 struct LoginAttempt {
@@ -47,6 +51,7 @@ impl Stream {
             ignored: false,
             login: None,
             ended: false,
+            bearer_admin: None,
         }
     }
 
@@ -69,7 +74,8 @@ impl Stream {
                 let token = auth.as_deref().and_then(gateway::bearer);
                 let session = self
                     .cookie
-                    .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten());
+                    .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten())
+                    .or_else(|| self.transient_session(now));
                 match gateway::authorize(cfg, data, token, session.as_ref(), now) {
                     Access::Unauthenticated => (
                         401,
@@ -92,6 +98,103 @@ impl Stream {
         host::respond(status, content_type, &body);
     }
 
+    /// A verified JWT's user as a session that is not stored (admin routes only).
+    fn transient_session(&self, now: u64) -> Option<Session> {
+        let who = self.bearer_admin.clone()?;
+        let facts = LoginFacts {
+            cookie: [0; 16],
+            ip: String::new(),
+            user_agent: String::new(),
+            now,
+            random: [0; 16],
+        };
+        gateway::new_session(&self.vm.cfg, who, facts)
+    }
+
+    /// The client's address: the configured forwarding header (trusted hops only)
+    /// or the peer.
+    fn client_ip(&self) -> String {
+        let cfg = &self.vm.cfg;
+        let forwarded = cfg
+            .client_ip_header
+            .as_deref()
+            .and_then(|h| host::header(MapType::HttpRequestHeaders, h));
+        let peer = host::property(&["source", "address"]);
+        identity::client_ip(cfg, forwarded.as_deref(), peer.as_deref())
+    }
+
+    /// Makes sure a verified token's session is in the table, starting it (a
+    /// "login") on the token's first request. False when it cannot be followed:
+    /// the session was revoked, or the table is unavailable.
+    fn bearer_session(
+        &self,
+        key: CookieHash,
+        token: CookieHash,
+        who: Identity,
+        user_agent: &[u8],
+        now: u64,
+    ) -> bool {
+        let table = self.vm.table();
+        match table.resolve(&key, now) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                // A revoked token does not come back as a new session.
+                if table.is_revoked(&key, now).unwrap_or(true) {
+                    return false;
+                }
+                let facts = LoginFacts {
+                    cookie: key,
+                    ip: self.client_ip(),
+                    user_agent: identity::clean_user_agent(user_agent),
+                    now,
+                    random: bearer::session_id_seed(&self.vm.hasher, &key),
+                };
+                let Some(session) = gateway::new_session(&self.vm.cfg, who, facts) else {
+                    return false;
+                };
+                if !self.record_login(session, now) {
+                    return false;
+                }
+            }
+            Err(e) => {
+                host::warn(&format!("bearer session not followed: {e}"));
+                return false;
+            }
+        }
+        self.vm.tokens.borrow_mut().confirm(&token, now);
+        true
+    }
+
+    /// Stores a new session and reports it (metrics, event, log line).
+    fn record_login(&self, session: Session, now: u64) -> bool {
+        match self.vm.table().insert(session.clone(), &self.vm.cfg) {
+            Ok(evicted) => {
+                if !evicted.is_empty() {
+                    // Requests this VM buffered for them were authenticated when made.
+                    for s in &evicted {
+                        self.vm.forget(s, &s.cookie);
+                    }
+                    host::add_counter(self.vm.metrics.evictions, evicted.len() as u64);
+                    self.vm.events(Kind::Eviction, &evicted, now);
+                }
+                host::add_counter(self.vm.metrics.logins, 1);
+                self.vm
+                    .events(Kind::Login, std::slice::from_ref(&session), now);
+                host::info(&format!(
+                    "login {} as {} ({})",
+                    session.username,
+                    session.role,
+                    session.uuid()
+                ));
+                true
+            }
+            Err(e) => {
+                host::error(&format!("login not recorded: {e}"));
+                false
+            }
+        }
+    }
+
     /// Applies what the upstream's answer means for the session.
     fn apply(&mut self, transition: Transition, now: u64) {
         let table = self.vm.table();
@@ -102,6 +205,7 @@ impl Stream {
                 match table.end(&old, now, &self.vm.cfg) {
                     Ok(Some(s)) => {
                         self.vm.forget(&s, &old);
+                        self.vm.tokens.borrow_mut().forget_session(&s.cookie);
                         self.ended = true;
                         host::add_counter(self.vm.metrics.logouts, 1);
                         self.vm.events(Kind::Logout, std::slice::from_ref(&s), now);
@@ -177,25 +281,9 @@ impl Stream {
         if self.cookie.is_some_and(|old| old != cookie) {
             self.apply(Transition::Logout, now);
         }
-        match self.vm.table().insert(session.clone(), &self.vm.cfg) {
-            Ok(evicted) => {
-                if !evicted.is_empty() {
-                    host::add_counter(self.vm.metrics.evictions, evicted.len() as u64);
-                    self.vm.events(Kind::Eviction, &evicted, now);
-                }
-                // The login request itself is the new session's first activity.
-                self.cookie = Some(cookie);
-                host::add_counter(self.vm.metrics.logins, 1);
-                self.vm
-                    .events(Kind::Login, std::slice::from_ref(&session), now);
-                host::info(&format!(
-                    "login {} as {} ({})",
-                    session.username,
-                    session.role,
-                    session.uuid()
-                ));
-            }
-            Err(e) => host::error(&format!("login not recorded: {e}")),
+        if self.record_login(session, now) {
+            // The login request itself is the new session's first activity.
+            self.cookie = Some(cookie);
         }
     }
 }
@@ -218,37 +306,73 @@ impl HttpContext for Stream {
         let user_agent =
             host::header(MapType::HttpRequestHeaders, "user-agent").unwrap_or_default();
         self.ignored = identity::is_ignored_agent(cfg, &user_agent);
-        let cookie = host::header(MapType::HttpRequestHeaders, "cookie").and_then(|c| {
-            identity::request_cookie(&c, &cfg.session_cookie).map(|v| self.vm.hasher.hash(v))
+        let cookie_header = host::header(MapType::HttpRequestHeaders, "cookie");
+        let cookie = cookie_header.as_deref().and_then(|c| {
+            identity::request_cookie(c, &cfg.session_cookie).map(|v| self.vm.hasher.hash(v))
         });
-        if cfg.enforce_revocation && !matches!(self.route, Route::Admin(_)) {
-            let now = self.start_us / 1000;
-            if cookie.is_some_and(|h| self.vm.table().is_revoked(&h, now).unwrap_or(false)) {
-                // Blocked before the app: neither traffic nor activity.
-                self.route = Route::Admin(AdminRoute::NotFound);
-                host::respond(
-                    401,
-                    "application/json",
-                    &gateway::error_body("session revoked"),
-                );
-                return Action::Pause;
+        let now = self.start_us / 1000;
+        // A verified JWT names the user; it takes precedence over a session cookie.
+        let bearer = match &cfg.jwt {
+            Some(jwt) if !self.ignored => {
+                let header = jwt
+                    .header
+                    .as_deref()
+                    .and_then(|h| host::header(MapType::HttpRequestHeaders, h));
+                jwt.token(header.as_deref(), cookie_header.as_deref())
+                    .map(|t| {
+                        self.vm
+                            .tokens
+                            .borrow_mut()
+                            .check(jwt, &self.vm.hasher, t, now)
+                    })
             }
+            _ => None,
+        };
+        let cookie = match &bearer {
+            Some(Bearer::Known(key) | Bearer::Unconfirmed { key, .. }) => Some(*key),
+            Some(Bearer::Refused(why)) => {
+                if let Some(why) = why {
+                    host::debug(&format!("bearer token refused: {why}"));
+                }
+                cookie
+            }
+            None => cookie,
+        };
+        if cfg.enforce_revocation
+            && !matches!(self.route, Route::Admin(_))
+            && cookie.is_some_and(|h| self.vm.table().is_revoked(&h, now).unwrap_or(false))
+        {
+            // Blocked before the app: neither traffic nor activity.
+            self.route = Route::Admin(AdminRoute::NotFound);
+            host::respond(
+                401,
+                "application/json",
+                &gateway::error_body("session revoked"),
+            );
+            return Action::Pause;
         }
         // Bots are proxied but never followed, even with a session cookie.
         self.cookie = cookie.filter(|_| !self.ignored);
+        if let Some(Bearer::Unconfirmed {
+            key,
+            token,
+            identity: who,
+        }) = bearer
+        {
+            if matches!(self.route, Route::Admin(_)) {
+                self.bearer_admin = Some(who);
+            } else if !self.bearer_session(key, token, who, &user_agent, now) {
+                self.cookie = None;
+            }
+        }
         match self.route {
             Route::Admin(admin) => {
                 self.handle_admin(admin, &path);
                 Action::Pause
             }
             Route::Login(_) if !self.ignored => {
-                let forwarded = cfg
-                    .client_ip_header
-                    .as_deref()
-                    .and_then(|h| host::header(MapType::HttpRequestHeaders, h));
-                let peer = host::property(&["source", "address"]);
                 self.login = Some(LoginAttempt {
-                    ip: identity::client_ip(cfg, forwarded.as_deref(), peer.as_deref()),
+                    ip: self.client_ip(),
                     user_agent: identity::clean_user_agent(&user_agent),
                     content_type: host::header(MapType::HttpRequestHeaders, "content-type")
                         .unwrap_or_default(),

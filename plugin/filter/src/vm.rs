@@ -2,6 +2,7 @@
 //! flushed. Touches are coalesced here so the request path never writes shared data.
 
 use crate::host::{self, EnvoyStore};
+use headcount_core::bearer::TokenCache;
 use headcount_core::events::{self, Events, Kind, EVENTS_KEY};
 use headcount_core::gateway::{self, AdminRoute};
 use headcount_core::history::{History, HISTORY_KEY};
@@ -58,6 +59,8 @@ pub struct Vm {
     pub metrics: Metrics,
     pending: RefCell<HashMap<CookieHash, Pending>>,
     traffic: RefCell<TrafficDelta>,
+    /// Verified (and refused) bearer tokens, so a token is checked once per VM.
+    pub tokens: RefCell<TokenCache>,
 }
 
 impl Vm {
@@ -103,6 +106,7 @@ impl Vm {
             metrics,
             pending: RefCell::new(HashMap::new()),
             traffic: RefCell::new(TrafficDelta::default()),
+            tokens: RefCell::new(TokenCache::new()),
         })
     }
 

@@ -1,0 +1,148 @@
+"""Issue 7 in a real Envoy: users named by a JWT only after its signature and claims verify."""
+
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from helpers import PLUGIN_CONFIG, TIMEOUT, bearer, stats, summary, ua, wait_stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demo"))
+from app import DEFAULT_JWT_SECRET, sign_jwt  # noqa: E402  (the demo app's own signer)
+
+PREFIX = "/__headcount"
+JWT_CONFIG = dict(PLUGIN_CONFIG, jwt={"hs256_secret": DEFAULT_JWT_SECRET})
+
+# Signed once by Python's joserfc with an RSA key whose public half is below (exp in 2100):
+# sub 42, preferred_username ann, role teacher, iss https://idp.example, aud [other, headcount].
+RSA_PUBLIC_KEY = """-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAqFfIjIeMDqOuAeewsnKI
+xLzaAmJA/BR1Lv3ytVeBcqS+Goqyy9r35FrDPoIbuvsXgwMKwLlmITOmT0u//6om
+tlEyBQ++NRi25Ww2c1b4hLo0No6lM7qv1/N7pyi8pCFJ6QMyicTD8fpJcNwO2O84
+EZKhTISZG5j4+zJe5lED7txcxTSL+qNafvhTYrcA+OW8a66PC7CbxVxOhpz5Lz5d
+hJJwUiayV+45w0j68JdM4AjY/BFXvCzlo9C7/DN/9AJ55j/hpVVayMW0AWR9otR8
+JTRAKsv+1f9s1JdCsMRxxmw0OG9dWxpyM70sAy0TEpoxGh1sXBsTBLsxanozUchl
+CQIDAQAB
+-----END PUBLIC KEY-----
+"""
+RS256_TOKEN = (
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6InJzYS0xIn0.eyJzdWIiOiI0MiIsInByZWZlcnJlZF91c2VybmFtZSI6ImFubiIs"
+    "InJvbGUiOiJ0ZWFjaGVyIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsImlzcyI6Imh0dHBzOi8vaWRwLmV4YW1wbGUiLCJh"
+    "dWQiOlsib3RoZXIiLCJoZWFkY291bnQiXSwic2lkIjoicy0xIiwianRpIjoiai0xIn0.jD25QZ-iyz6CMiXkohTy8hnX95bJ-5QcXkVO_yYu4v"
+    "ASznMZDh2QBwb_o7ZxPEm1mQ8j7kMN7oFqxleWRQ6ZormKGntLeFXFsN8A1p1GkAlStATSMYtO0q8XdayVHgqRMS7FICVi3Ug715w5wIXNYsJ"
+    "VMmGi2fl7Ncv5FQU2yYhhtf4e35NrF8yKQjKF55oynBXDQ17MdwG9m5HEEYYjF-AArdsD7pqld0TEp5MMEg3fOrvUFrbIH71qmLbYXiIX9o4tF"
+    "CRlgyjjqUEevMHwHJ9zkUSxT1AX8bGl_ATdtXcU3KOg87X0ku9JjgjMVp8Sxy7Y7jJd02ycR0tMvzwHew"
+)
+
+
+def app_token(base, username):
+    r = requests.post(f"{base}/api/v2/auth/token", json={"username": username, "password": "password"},
+                      timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    assert "set-cookie" not in r.headers
+    return r.json()["access_token"]
+
+
+def call(base, token, path="/api/v1/me", user_agent=None):
+    return requests.get(base + path, timeout=TIMEOUT,
+                        headers={"Authorization": f"Bearer {token}", "User-Agent": user_agent or ua("api")})
+
+
+def claims(username, role, uid, **extra):
+    now = int(time.time())
+    return {"sub": uid, "preferred_username": username, "role": role, "iat": now, "exp": now + 600, **extra}
+
+
+def test_an_api_client_with_a_verified_token_is_a_user(start_envoy):
+    envoy = start_envoy(JWT_CONFIG)
+    base = envoy.url
+    teacher = app_token(base, "teacher1")
+    student = app_token(base, "student2")
+    for _ in range(3):
+        assert call(base, teacher, user_agent=ua("teacher-api")).json()["user"]["username"] == "teacher1"
+    assert call(base, student, "/api/v1/courses").status_code == 200
+    assert requests.get(base + "/healthz", timeout=TIMEOUT).status_code == 200
+    snap = wait_stats(base, lambda x: x["active_users"] == 2 and x["traffic"]["authenticated_requests_today"] == 4)
+    assert snap["active_users"] == 2, summary(snap)
+    assert snap["by_role"] == {"admin": 0, "teacher": 1, "student": 1}, summary(snap)
+    by_name = {s["username"]: s for s in snap["sessions"]}
+    assert by_name["teacher1"]["role"] == "teacher" and by_name["teacher1"]["user_id"] == "2"
+    assert "teacher-api" in by_name["teacher1"]["user_agent"]
+    assert snap["traffic"]["anonymous_requests_today"] >= 1  # the health check
+    # Tokens are never stored or logged.
+    assert teacher not in envoy.log_text() and teacher.split(".")[2] not in envoy.log_text()
+
+
+def test_forged_unsigned_expired_and_misdirected_tokens_count_as_nobody(start_envoy):
+    envoy = start_envoy(dict(JWT_CONFIG, jwt={"hs256_secret": DEFAULT_JWT_SECRET, "audience": "demo"}))
+    base = envoy.url
+    good = claims("admin_user", "admin", "1", aud="demo")
+    valid = sign_jwt(good, DEFAULT_JWT_SECRET)
+    head, body, sig = valid.split(".")
+    forged_payload = sign_jwt(claims("admin_user", "admin", "1", aud="demo", exp=int(time.time()) + 10**6),
+                              DEFAULT_JWT_SECRET).split(".")[1]
+    bad = [
+        sign_jwt(good, "an-attackers-secret-0123456789abcdef0123"),
+        f"{head}.{forged_payload}.{sig}",
+        sign_jwt(good, DEFAULT_JWT_SECRET, header={"alg": "none"}).rsplit(".", 1)[0] + ".",
+        sign_jwt(dict(good, exp=int(time.time()) - 3600), DEFAULT_JWT_SECRET),
+        sign_jwt(dict(good, aud="another-app"), DEFAULT_JWT_SECRET),
+        "x" * 20000 + ".y.z",
+        "\u00ff\u00fe.a.b",
+    ]
+    for token in bad:
+        try:
+            r = call(base, token)
+        except UnicodeEncodeError:
+            r = requests.get(base + "/api/v1/me", timeout=TIMEOUT,
+                             headers={"Authorization": b"Bearer \xff\xfe.a.b"})
+        # Proxied (the app answers for itself), never blocked, never counted.
+        assert r.headers.get("x-demo-app") == "1" or r.status_code == 431, (token[:40], r.status_code)
+    # A forged admin token opens no data either.
+    assert requests.get(base + PREFIX + "/stats", headers=bearer(bad[1]), timeout=TIMEOUT).status_code == 403
+    time.sleep(0.6)
+    snap = stats(base)
+    assert snap["active_users"] == 0 and snap["active_sessions"] == 0, summary(snap)
+    assert snap["traffic"]["authenticated_requests_today"] == 0, snap["traffic"]
+    # The refusals were for cause: the same plugin accepts the valid token.
+    assert call(base, valid).status_code == 200
+    snap = wait_stats(base, lambda x: x["active_users"] == 1)
+    assert [s["username"] for s in snap["sessions"]] == ["admin_user"], summary(snap)
+
+
+def test_rs256_tokens_verify_against_a_configured_public_key(start_envoy):
+    envoy = start_envoy(dict(PLUGIN_CONFIG, jwt={"public_keys": [RSA_PUBLIC_KEY], "issuer": "https://idp.example",
+                                                 "audience": "headcount"}))
+    base = envoy.url
+    r = call(base, RS256_TOKEN, "/healthz")
+    assert r.status_code == 200
+    snap = wait_stats(base, lambda x: x["active_users"] == 1)
+    assert [(s["username"], s["role"], s["user_id"]) for s in snap["sessions"]] == [("ann", "teacher", "42")]
+    # HS256 with the public key as the secret (the alg-confusion attack) is refused.
+    confused = sign_jwt(claims("mallory", "admin", "666", iss="https://idp.example", aud="headcount"),
+                        RSA_PUBLIC_KEY)
+    assert call(base, confused, "/healthz").status_code == 200
+    time.sleep(0.6)
+    assert [s["username"] for s in stats(base)["sessions"]] == ["ann"]
+
+
+def test_a_revoked_token_is_answered_401_at_the_edge(start_envoy):
+    envoy = start_envoy(dict(JWT_CONFIG, enforce_revocation=True))
+    base = envoy.url
+    token = app_token(base, "student3")
+    assert call(base, token).status_code == 200
+    snap = wait_stats(base, lambda x: x["active_users"] == 1)
+    sid = snap["sessions"][0]["session_id"]
+    r = requests.post(f"{base}{PREFIX}/sessions/{sid}/revoke", headers=bearer(), timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    for _ in range(4):  # both Envoy workers
+        r = call(base, token)
+        assert r.status_code == 401 and r.json() == {"error": "session revoked"}
+        assert "x-demo-app" not in r.headers
+    snap = stats(base)
+    assert snap["active_sessions"] == 0, summary(snap)
+    # Another token of the same user is a new session and works.
+    assert call(base, app_token(base, "student3")).status_code == 200
+    assert wait_stats(base, lambda x: x["active_sessions"] == 1)["active_sessions"] == 1
+
