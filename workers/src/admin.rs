@@ -1,16 +1,22 @@
-//! The plugin's own routes under `route_prefix`, answered here and never proxied:
-//! `GET {prefix}/stats` (bearer `admin_token` or a live admin-role session), 404
-//! and 405 for the rest, as the Envoy filter's `handle_admin`.
+//! The plugin's own routes under `route_prefix`, answered here and never proxied,
+//! as the Envoy filter's `handle_admin` / `admin_data`: the dashboard page, the
+//! data routes `/stats`, `/history`, `/events?after=N`, `/metrics` (bearer
+//! `admin_token` or a live admin-role session; `/metrics` also `metrics_token`),
+//! `POST /sessions/{id}/revoke` (same authorization as `/stats`), and 404/405 for
+//! the rest. Every answer carries `Cache-Control: no-store`.
 
 use crate::flush;
 use crate::object::now_ms;
 use crate::protocol::Hash;
 use crate::proxy::{header, json_response};
 use crate::setup::{self, Setup};
+use headcount_core::events;
 use headcount_core::gateway::{self, Access, AdminRoute};
-use headcount_core::stats;
+use headcount_core::{prometheus, stats};
 use std::rc::Rc;
-use worker::{console_error, console_warn, Context, Env, Headers, Request, Response, Result};
+use worker::{
+    console_error, console_log, console_warn, Context, Env, Headers, Request, Response, Result,
+};
 
 pub async fn handle(
     route: AdminRoute,
@@ -21,14 +27,6 @@ pub async fn handle(
     cookie: Option<Hash>,
 ) -> Result<Response> {
     match route {
-        AdminRoute::Stats => {
-            let response = stats_route(req, env, setup, cookie).await;
-            // Touches that came back unknown are retried on the next flush.
-            if let Some(flusher) = flush::kick(env, setup) {
-                ctx.wait_until(flusher);
-            }
-            response
-        }
         AdminRoute::Dashboard => {
             let headers = Headers::new();
             headers.set("content-type", "text/html; charset=utf-8")?;
@@ -38,77 +36,173 @@ pub async fn handle(
         AdminRoute::MethodNotAllowed => {
             json_response(405, gateway::error_body("method not allowed"))
         }
-        // History, events and metrics are not served by the Worker host (yet).
-        _ => json_response(404, gateway::error_body("no such headcount route")),
+        AdminRoute::NotFound => json_response(404, gateway::error_body("no such headcount route")),
+        data => {
+            let response = data_route(data, req, env, setup, cookie).await;
+            // Touches that came back unknown are retried on the next flush.
+            if let Some(flusher) = flush::kick(env, setup) {
+                ctx.wait_until(flusher);
+            }
+            response
+        }
     }
 }
 
-async fn stats_route(
+/// Who may read `route`: the token decides at once; otherwise the request's
+/// session cookie, after this isolate's own logins were written (so a fresh
+/// admin session is known). Returns whether it flushed.
+async fn authorize(
+    route: AdminRoute,
+    req: &Request,
+    env: &Env,
+    setup: &Setup,
+    cookie: Option<Hash>,
+    now: u64,
+) -> std::result::Result<(Access, bool), String> {
+    let cfg = &setup.cfg;
+    let authorization = header(req.headers(), "authorization");
+    let token = authorization.as_deref().and_then(gateway::bearer);
+    let access = gateway::authorize(cfg, route, token, None, now);
+    if access == Access::Allowed {
+        return Ok((access, false));
+    }
+    let Some(hash) = cookie else {
+        return Ok((access, false));
+    };
+    if let Err(e) = flush::flush_now(env, setup).await {
+        console_warn!("headcount: flush before {route:?} failed: {e}");
+    }
+    let session = flush::resolve(env, setup, hash, now).await?;
+    Ok((
+        gateway::authorize(cfg, route, token, session.as_ref(), now),
+        true,
+    ))
+}
+
+async fn data_route(
+    route: AdminRoute,
     req: &Request,
     env: &Env,
     setup: &Setup,
     cookie: Option<Hash>,
 ) -> Result<Response> {
-    let cfg = &setup.cfg;
     let now = now_ms();
     // What this isolate had done before this request (HEADCOUNT_DEBUG=1).
     let before = setup::counters();
-    let authorization = header(req.headers(), "authorization");
-    let token = authorization.as_deref().and_then(gateway::bearer);
-    let mut access = gateway::authorize(cfg, AdminRoute::Stats, token, None, now);
-    let mut flushed = false;
-    if access != Access::Allowed {
-        if let Some(hash) = cookie {
-            // This isolate's own logins first, so a fresh admin session is known.
-            if let Err(e) = flush::flush_now(env, setup).await {
-                console_warn!("headcount: flush before stats failed: {e}");
-            }
-            flushed = true;
-            let session = match flush::resolve(env, setup, hash, now).await {
-                Ok(s) => s,
-                Err(e) => {
-                    console_error!("headcount: session lookup failed: {e}");
-                    return json_response(503, gateway::error_body("stats unavailable"));
-                }
-            };
-            access = gateway::authorize(cfg, AdminRoute::Stats, token, session.as_ref(), now);
+    let (access, flushed) = match authorize(route, req, env, setup, cookie, now).await {
+        Ok(a) => a,
+        Err(e) => {
+            console_error!("headcount: session lookup failed: {e}");
+            return unavailable(route);
         }
-    }
+    };
     match access {
-        Access::Unauthenticated => json_response(
-            401,
-            gateway::error_body("authentication required: admin session or bearer token"),
-        ),
-        Access::Forbidden => json_response(403, gateway::error_body("not allowed")),
-        Access::Allowed => {
-            if !flushed {
-                if let Err(e) = flush::flush_now(env, setup).await {
-                    console_warn!("headcount: flush before stats failed: {e}");
-                }
-            }
-            match flush::gather(env, setup, now).await {
-                Ok((sessions, traffic, stored_sessions, stored_cookies)) => {
-                    let body = stats::report(sessions, traffic.figures(now), now, cfg).to_json();
-                    let mut resp = json_response(200, body)?;
-                    if setup.debug {
-                        let debug = format!(
-                            "do_requests={}; proxied={}; with_cookie={}; flushes={}; \
-                             stored_sessions={stored_sessions}; stored_cookies={stored_cookies}; shards={}",
-                            before.do_requests,
-                            before.proxied,
-                            before.with_cookie,
-                            before.flushes,
-                            setup.shards
-                        );
-                        resp.headers_mut().set("x-headcount-debug", &debug)?;
-                    }
-                    Ok(resp)
-                }
-                Err(e) => {
-                    console_error!("headcount: stats failed: {e}");
-                    json_response(503, gateway::error_body("stats unavailable"))
-                }
-            }
+        Access::Unauthenticated => {
+            return json_response(
+                401,
+                gateway::error_body("authentication required: admin session or bearer token"),
+            )
+        }
+        Access::Forbidden => return json_response(403, gateway::error_body("not allowed")),
+        Access::Allowed => {}
+    }
+    // This isolate's own activity first, so it shows.
+    if !flushed {
+        if let Err(e) = flush::flush_now(env, setup).await {
+            console_warn!("headcount: flush before {route:?} failed: {e}");
         }
     }
+    let cfg = &setup.cfg;
+    let answer = match route {
+        AdminRoute::Stats => match flush::gather(env, setup, now).await {
+            Ok(g) => {
+                let body = stats::report(g.sessions, g.traffic.figures(now), now, cfg).to_json();
+                let mut resp = json_response(200, body)?;
+                if setup.debug {
+                    let debug = format!(
+                        "do_requests={}; proxied={}; with_cookie={}; flushes={}; \
+                         stored_sessions={}; stored_cookies={}; stored_revoked={}; shards={}",
+                        before.do_requests,
+                        before.proxied,
+                        before.with_cookie,
+                        before.flushes,
+                        g.stored_sessions,
+                        g.stored_cookies,
+                        g.stored_revoked,
+                        setup.shards
+                    );
+                    resp.headers_mut().set("x-headcount-debug", &debug)?;
+                }
+                Ok(resp)
+            }
+            Err(e) => Err(e),
+        },
+        AdminRoute::History => match flush::feed(env).await {
+            Ok(feed) => json_response(200, to_json(&feed.history.view(now))).map(Ok)?,
+            Err(e) => Err(e),
+        },
+        AdminRoute::Events => match flush::feed(env).await {
+            Ok(feed) => {
+                let url = req.url()?;
+                let path = match url.query() {
+                    Some(q) => format!("{}?{q}", url.path()),
+                    None => url.path().to_string(),
+                };
+                let view = feed.events.view(events::after_param(path.as_bytes()));
+                json_response(200, to_json(&view)).map(Ok)?
+            }
+            Err(e) => Err(e),
+        },
+        AdminRoute::Metrics => {
+            let (gathered, feed) = futures::join!(flush::gather(env, setup, now), flush::feed(env));
+            match (gathered, feed) {
+                (Ok(g), Ok(feed)) => {
+                    let counts = stats::counts(&g.sessions, now, cfg);
+                    let text = prometheus::render(&counts, &feed.events);
+                    let headers = Headers::new();
+                    headers.set("content-type", prometheus::CONTENT_TYPE)?;
+                    headers.set("cache-control", "no-store")?;
+                    Ok(Response::ok(text)?.with_headers(headers))
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
+        AdminRoute::Revoke(id) => match flush::revoke(env, setup, Hash(id)).await {
+            Ok(Some(session)) => {
+                console_log!(
+                    "headcount: revoked {} ({})",
+                    session.username,
+                    session.uuid()
+                );
+                json_response(
+                    200,
+                    to_json(&serde_json::json!({"revoked": true, "session_id": session.uuid()})),
+                )
+                .map(Ok)?
+            }
+            Ok(None) => json_response(404, gateway::error_body("no such live session")).map(Ok)?,
+            Err(e) => Err(e),
+        },
+        _ => json_response(404, gateway::error_body("no such headcount route")).map(Ok)?,
+    };
+    match answer {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            console_error!("headcount: {route:?} failed: {e}");
+            unavailable(route)
+        }
+    }
+}
+
+fn unavailable(route: AdminRoute) -> Result<Response> {
+    let message = if route == AdminRoute::Stats {
+        "stats unavailable"
+    } else {
+        "headcount data unavailable"
+    };
+    json_response(503, gateway::error_body(message))
+}
+
+fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
 }

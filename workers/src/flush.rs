@@ -14,8 +14,10 @@
 use crate::buffer::Buffer;
 use crate::object::now_ms;
 use crate::protocol::{
-    Batch, BatchReply, Hash, Op, Resolve, ResolveReply, StatsQuery, StatsReply, TrafficPart,
+    Batch, BatchReply, FeedReply, Hash, Op, Resolve, ResolveReply, RevokeQuery, RevokeReply,
+    RevokedAdd, StatsQuery, StatsReply, TrafficPart,
 };
+use crate::revoked;
 use crate::setup::{self, Setup};
 use crate::shards;
 use futures::future::join_all;
@@ -263,6 +265,13 @@ async fn flush_once(env: &Env, setup: &Setup, rounds: usize) -> Result<(), Strin
         }
         let now = now_ms();
         let traffic_shard = pending.keys().next().copied().unwrap_or(0);
+        // With enforcement, each batch asks for the shard's revoked list if it changed.
+        let rev = |shard: u32| {
+            setup
+                .cfg
+                .enforce_revocation
+                .then(|| revoked::with(|r| r.rev(shard)))
+        };
         let mut batches: Vec<Batch> = pending
             .into_iter()
             .map(|(shard, ops)| Batch {
@@ -271,6 +280,7 @@ async fn flush_once(env: &Env, setup: &Setup, rounds: usize) -> Result<(), Strin
                 now,
                 ops,
                 traffic: TrafficPart::default(),
+                revoked_rev: rev(shard),
             })
             .collect();
         if let Some(t) = traffic.take() {
@@ -282,6 +292,7 @@ async fn flush_once(env: &Env, setup: &Setup, rounds: usize) -> Result<(), Strin
                     now,
                     ops: Vec::new(),
                     traffic: t,
+                    revoked_rev: rev(traffic_shard),
                 }),
             }
         }
@@ -295,6 +306,9 @@ async fn flush_once(env: &Env, setup: &Setup, rounds: usize) -> Result<(), Strin
         for (batch, reply) in batches.into_iter().zip(replies) {
             match reply {
                 Ok(reply) => {
+                    if let Some(list) = reply.revoked {
+                        revoked::with(|r| r.sync(batch.shard, list, now_ms()));
+                    }
                     for m in &reply.missing {
                         forget(&m.key());
                     }
@@ -355,11 +369,7 @@ pub async fn resolve(
 
 /// Every shard's share of the stats, merged: sessions side by side, traffic added
 /// with the core's own merge.
-pub async fn gather(
-    env: &Env,
-    setup: &Setup,
-    now: u64,
-) -> Result<(Vec<Session>, Traffic, u64, u64), String> {
+pub async fn gather(env: &Env, setup: &Setup, now: u64) -> Result<Gathered, String> {
     let q = StatsQuery { now };
     let replies = join_all(
         (0..setup.shards).map(|shard| shards::call::<_, StatsReply>(env, shard, "/stats", &q)),
@@ -367,13 +377,15 @@ pub async fn gather(
     .await;
     let mut sessions = Vec::new();
     let mut traffic = Traffic::default();
-    let (mut stored_sessions, mut stored_cookies) = (0, 0);
+    let (mut stored_sessions, mut stored_cookies, mut stored_revoked) = (0, 0, 0);
     let today = now / 86_400_000;
     for reply in replies {
         let reply = reply?;
         sessions.extend(reply.sessions);
         stored_sessions += reply.stored_sessions;
         stored_cookies += reply.stored_cookies;
+        // Every shard keeps every revocation: the largest list is the count.
+        stored_revoked = stored_revoked.max(reply.stored_revoked);
         let t = reply.traffic;
         let counts_today = t.day == today;
         let delta = TrafficDelta {
@@ -387,7 +399,115 @@ pub async fn gather(
         };
         traffic.merge(&delta, now);
     }
-    Ok((sessions, traffic, stored_sessions, stored_cookies))
+    Ok(Gathered {
+        sessions,
+        traffic,
+        stored_sessions,
+        stored_cookies,
+        stored_revoked,
+    })
+}
+
+/// Every shard's share of the stats, merged; and the rows the shards hold.
+pub struct Gathered {
+    pub sessions: Vec<Session>,
+    pub traffic: Traffic,
+    pub stored_sessions: u64,
+    pub stored_cookies: u64,
+    pub stored_revoked: u64,
+}
+
+/// The event feed and the history, from shard 0.
+pub async fn feed(env: &Env) -> Result<FeedReply, String> {
+    shards::call(env, 0, "/feed", &()).await
+}
+
+/// Ends session `id` on an admin's request (as the core's `SessionTable::revoke`):
+/// the session's shard ends it; with `enforce_revocation` every shard then keeps
+/// its cookie values (current, kept aliases, recent rotations) as revoked until
+/// the session's deadline, and this isolate refuses them at once. The follow-ups
+/// (cookie entries and per-user entry elsewhere, the event) are flushed before
+/// the answer. `None`: no such live session.
+pub async fn revoke(env: &Env, setup: &Setup, id: Hash) -> Result<Option<Session>, String> {
+    let shards = setup.shards;
+    let shard = id.shard(shards);
+    let q = RevokeQuery { id, shard, shards };
+    let reply: RevokeReply = shards::call(env, shard, "/revoke", &q).await?;
+    let Some(session) = reply.session else {
+        return Ok(None);
+    };
+    let values: Vec<Hash> = std::iter::once(session.cookie)
+        .chain(session.aliases.iter().copied())
+        .map(Hash)
+        .collect();
+    values.iter().for_each(forget);
+    with_buffer(|b| {
+        for op in reply.forward {
+            if !b.push(op) {
+                log_lost("a revocation follow-up");
+            }
+        }
+    });
+    let mut result = Ok(());
+    if setup.cfg.enforce_revocation {
+        let until = session.deadline(&setup.cfg);
+        revoked::with(|r| r.add(values.iter().map(|h| (*h, until)), now_ms()));
+        let replies = join_all((0..shards).map(|shard| {
+            let q = RevokedAdd {
+                id,
+                hashes: values.clone(),
+                until,
+                shard,
+                shards,
+            };
+            async move { shards::call::<_, Vec<(Hash, u64)>>(env, shard, "/revoked", &q).await }
+        }))
+        .await;
+        for reply in replies {
+            match reply {
+                Ok(added) => revoked::with(|r| r.add(added, now_ms())),
+                Err(e) => result = Err(e),
+            }
+        }
+    }
+    if let Err(e) = flush_now(env, setup).await {
+        console_warn!("headcount: flush after a revocation failed: {e}");
+    }
+    result.map(|()| Some(session))
+}
+
+/// Loads shard 0's revoked list once per isolate (with `enforce_revocation`),
+/// before its first request with a session cookie goes to the app; later changes
+/// arrive with the flush replies. A failure is retried at most once a second;
+/// meanwhile requests pass (as the Envoy filter does when shared data fails).
+pub async fn load_revoked(env: &Env, setup: &Setup) {
+    let now = now_ms();
+    let due =
+        revoked::with(|r| !r.loaded && r.failed_at.is_none_or(|t| now.saturating_sub(t) >= 1000));
+    if !due {
+        return;
+    }
+    let batch = Batch {
+        shard: 0,
+        shards: setup.shards,
+        now,
+        ops: Vec::new(),
+        traffic: TrafficPart::default(),
+        revoked_rev: Some(0),
+    };
+    match shards::call::<_, BatchReply>(env, 0, "/batch", &batch).await {
+        Ok(reply) => revoked::with(|r| {
+            r.loaded = true;
+            r.failed_at = None;
+            if let Some(list) = reply.revoked {
+                r.sync(0, list, now_ms());
+            }
+        }),
+        Err(e) => {
+            console_error!("headcount: cannot load the revoked sessions: {e}");
+            revoked::with(|r| r.failed_at = Some(now));
+        }
+    }
 }
 
 pub fn log_lost(what: &str) {

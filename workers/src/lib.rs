@@ -13,6 +13,7 @@ mod flush;
 mod object;
 mod protocol;
 mod proxy;
+mod revoked;
 mod setup;
 mod shards;
 mod store;

@@ -1,6 +1,8 @@
 //! What the Worker and the Durable Object say to each other. Internal to this
 //! crate: both ends are built from the same code, so the format can change freely.
 
+use headcount_core::events::{Events, Kind};
+use headcount_core::history::History;
 use headcount_core::traffic::{Bucket, Traffic};
 use headcount_core::{CookieHash, Session};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -110,6 +112,37 @@ pub enum Op {
     Shorten { hash: Hash, id: Hash, until: u64 },
     /// Cookie `hash` no longer leads to session `id`.
     Unindex { hash: Hash, id: Hash },
+    /// Keeps the shard of session `keep` (just logged in) within its share of
+    /// `max_sessions`: evicts the longest-idle others.
+    Cap { keep: Hash },
+    /// Session `id` ended by a limit (`max_sessions_per_user`): an eviction.
+    Evict { id: Hash },
+    /// Session `id` of user `user` (see `user_hash`) logged in at `login_ms`: the
+    /// per-user index (only with `max_sessions_per_user`), on the user's shard.
+    UserAdd { user: Hash, id: Hash, login_ms: u64 },
+    /// Session `id` of `user` is over.
+    UserRemove { user: Hash, id: Hash },
+    /// A session event for the feed and the lifetime counters (kept on shard 0).
+    Event {
+        kind: Kind,
+        at: u64,
+        id: Hash,
+        username: String,
+        role: String,
+    },
+}
+
+/// The key of what only shard 0 keeps: the event feed and the history.
+pub const FEED_KEY: Hash = Hash([0; 16]);
+
+/// The per-user index key: a plain SHA-256 of the user id, cut to 128 bits (user
+/// ids are not secrets). The same function as the core's private `table::user_hash`.
+pub fn user_hash(user_id: &str) -> Hash {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(user_id.as_bytes());
+    let mut out = [0u8; 16];
+    out.iter_mut().zip(d.iter()).for_each(|(o, b)| *o = *b);
+    Hash(out)
 }
 
 impl Op {
@@ -126,7 +159,11 @@ impl Op {
             Op::Rotate { from, .. } => *from,
             Op::TouchSession { id, .. }
             | Op::RotateSession { id, .. }
-            | Op::EndSession { id, .. } => *id,
+            | Op::EndSession { id, .. }
+            | Op::Evict { id, .. } => *id,
+            Op::Cap { keep, .. } => *keep,
+            Op::UserAdd { user, .. } | Op::UserRemove { user, .. } => *user,
+            Op::Event { .. } => FEED_KEY,
         }
     }
 }
@@ -153,6 +190,10 @@ pub struct Batch {
     pub now: u64,
     pub ops: Vec<Op>,
     pub traffic: TrafficPart,
+    /// With `enforce_revocation`: the revision of this shard's revoked list the
+    /// isolate holds (0: none); the reply carries the list if it changed.
+    #[serde(default)]
+    pub revoked_rev: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -162,6 +203,51 @@ pub struct BatchReply {
     pub missing: Vec<Op>,
     /// Follow-ups for other shards.
     pub forward: Vec<Op>,
+    /// This shard's revoked cookie list, if its revision is not the one asked with.
+    #[serde(default)]
+    pub revoked: Option<RevokedList>,
+}
+
+/// Cookie hashes of revoked sessions, each with the time it may be forgotten (the
+/// session's deadline), at revision `rev` of one shard's list.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevokedList {
+    pub rev: u64,
+    pub entries: Vec<(Hash, u64)>,
+}
+
+/// `POST /revoke` to the session's shard: ends session `id` (a revocation).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevokeQuery {
+    pub id: Hash,
+    pub shard: u32,
+    pub shards: u32,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RevokeReply {
+    /// The session it ended; `None`: no such live session.
+    pub session: Option<Session>,
+    /// Follow-ups for other shards (cookie entries, per-user index, the event).
+    pub forward: Vec<Op>,
+}
+
+/// `POST /revoked` to every shard (with `enforce_revocation`): remember `hashes`,
+/// and the cookie entries of session `id` this shard holds, as revoked until `until`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevokedAdd {
+    pub id: Hash,
+    pub hashes: Vec<Hash>,
+    pub until: u64,
+    pub shard: u32,
+    pub shards: u32,
+}
+
+/// `POST /feed` (shard 0): the event feed with its counters, and the history.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FeedReply {
+    pub events: Events,
+    pub history: History,
 }
 
 /// `POST /resolve`: the live session behind a cookie (`hash`, on the cookie's
@@ -197,6 +283,9 @@ pub struct StatsReply {
     /// (current cookies, rotated aliases, and orphans).
     pub stored_sessions: u64,
     pub stored_cookies: u64,
+    /// Revoked cookie values kept (every shard keeps them all).
+    #[serde(default)]
+    pub stored_revoked: u64,
 }
 
 /// `POST /secret` (shard 0 only): the cookie hash key, made on first use.
@@ -232,6 +321,51 @@ mod tests {
         assert!(seen.iter().all(|n| *n > 0), "{seen:?}");
         assert_eq!(Hash([9; 16]).shard(1), 0);
         assert_eq!(Hash([9; 16]).shard(0), 0);
+    }
+
+    #[test]
+    fn user_hash_is_sha256_cut_to_128_bits() {
+        // SHA-256("3") = 4e07408562bedb8b60ce05c1decfe3ad16b72230967de01f640b7e4729b49fce
+        assert_eq!(user_hash("3").hex(), "4e07408562bedb8b60ce05c1decfe3ad");
+        assert_ne!(user_hash("3"), user_hash("4"));
+    }
+
+    #[test]
+    fn new_ops_go_to_their_shards() {
+        let user = user_hash("3");
+        assert_eq!(
+            Op::UserAdd {
+                user,
+                id: Hash([1; 16]),
+                login_ms: 0
+            }
+            .key(),
+            user
+        );
+        assert_eq!(Op::Evict { id: Hash([2; 16]) }.key(), Hash([2; 16]));
+        assert_eq!(
+            Op::Cap {
+                keep: Hash([3; 16])
+            }
+            .key(),
+            Hash([3; 16])
+        );
+        let event = Op::Event {
+            kind: Kind::Login,
+            at: 1,
+            id: Hash([4; 16]),
+            username: "u".into(),
+            role: "r".into(),
+        };
+        assert_eq!(event.key().shard(8), 0, "the feed lives on shard 0");
+        let json = serde_json::to_string(&event).unwrap();
+        assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), event);
+        // Older isolates' batches (without the field) still parse.
+        let batch: Batch = serde_json::from_str(
+            r#"{"shard":0,"shards":1,"now":0,"ops":[],"traffic":{"anonymous":0,"buckets":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(batch.revoked_rev, None);
     }
 
     #[test]

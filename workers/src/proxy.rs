@@ -8,6 +8,7 @@ use crate::admin;
 use crate::flush::{self, with_buffer};
 use crate::object::now_ms;
 use crate::protocol::{Hash, Op};
+use crate::revoked;
 use crate::setup::{self, Setup};
 use futures::StreamExt;
 use headcount_core::gateway::{self, LoginFacts, Route, Transition};
@@ -66,9 +67,11 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
     let method = req.inner().method();
     let route = gateway::route(cfg, method.as_bytes(), url.path().as_bytes());
     let user_agent = header(req.headers(), "user-agent").unwrap_or_default();
-    // Bots and crawlers: proxied, counted as anonymous traffic, never as people.
+    // Bots and crawlers: proxied, counted as anonymous traffic, never as people
+    // (but a revoked cookie is refused whoever carries it).
     let ignored = identity::is_ignored_agent(cfg, &user_agent);
-    let cookie_value = if ignored {
+    let enforce = cfg.enforce_revocation && !matches!(route, Route::Admin(_));
+    let cookie_value = if ignored && !enforce {
         None
     } else {
         header(req.headers(), "cookie")
@@ -91,6 +94,16 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
         .as_deref()
         .zip(hasher.as_ref())
         .map(|(v, h)| Hash(h.hash(v)));
+    if let (true, Some(hash)) = (enforce, cookie) {
+        // The isolate's own copy of the revoked values: no Durable Object request
+        // here, except once per isolate to load it (see revoked.rs).
+        flush::load_revoked(&env, &setup).await;
+        if revoked::with(|r| r.is_revoked(&hash, start_ms)) {
+            // Refused before the app: neither traffic nor activity.
+            return json_response(401, gateway::error_body("session revoked"));
+        }
+    }
+    let cookie = cookie.filter(|_| !ignored);
 
     if let Route::Admin(admin_route) = route {
         return admin::handle(admin_route, &req, &env, &ctx, &setup, cookie).await;

@@ -3,6 +3,8 @@
 //! without interleaving and its writes are committed together.
 
 use crate::protocol::Hash;
+use headcount_core::events::Events;
+use headcount_core::history::History;
 use headcount_core::traffic::Traffic;
 use headcount_core::{Config, CookieHash, Session};
 use worker::{Result, SqlCursor, SqlStorage, SqlStorageValue as V, State};
@@ -37,6 +39,18 @@ const SCHEMA: &[&str] = &[
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS cookies_by_until ON cookies (until_ms)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    // Cookie values of revoked sessions (`enforce_revocation`), until the session
+    // would have ended anyway; every shard keeps the whole list.
+    "CREATE TABLE IF NOT EXISTS revoked (hash BLOB PRIMARY KEY, until_ms INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS revoked_by_until ON revoked (until_ms)",
+    // The per-user index (`max_sessions_per_user`), on the user's shard.
+    "CREATE TABLE IF NOT EXISTS users (
+        user BLOB NOT NULL,
+        session BLOB NOT NULL,
+        login_ms INTEGER NOT NULL,
+        PRIMARY KEY (user, session)
+    ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS users_by_login ON users (login_ms)",
 ];
 
 const SESSION_COLUMNS: &str =
@@ -291,11 +305,12 @@ impl Store {
     }
 
     /// The earliest time anything here can be removed: a session idle past the
-    /// timeout or past its lifetime deadline, or a cookie entry past its time.
+    /// timeout or past its lifetime deadline, a cookie entry or a revocation past
+    /// its time.
     pub fn next_expiry(&self, cfg: &Config) -> Result<Option<u64>> {
         let mins = self.rows(
             "SELECT (SELECT MIN(last_ms) FROM sessions), (SELECT MIN(login_ms) FROM sessions),
-                    (SELECT MIN(until_ms) FROM cookies)",
+                    (SELECT MIN(until_ms) FROM cookies), (SELECT MIN(until_ms) FROM revoked)",
             vec![],
         )?;
         let Some(row) = mins.first() else {
@@ -309,21 +324,170 @@ impl Store {
             present(0).map(|last| last.saturating_add(cfg.idle_timeout_ms)),
             present(1).map(|login| login.saturating_add(cfg.max_lifetime_ms)),
             present(2),
+            present(3),
         ];
         // `is_expired` and alias validity are strict: one millisecond later.
         Ok(candidates.into_iter().flatten().min().map(|t| t + 1))
     }
 
-    pub fn counts(&self) -> Result<(u64, u64)> {
+    /// Rows held: sessions, cookie entries, revoked values.
+    pub fn counts(&self) -> Result<(u64, u64, u64)> {
         let rows = self.rows(
-            "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM cookies)",
+            "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM cookies),
+                    (SELECT COUNT(*) FROM revoked)",
             vec![],
         )?;
         let row = rows.first();
         Ok((
             as_u64(row.and_then(|r| r.first())),
             as_u64(row.and_then(|r| r.get(1))),
+            as_u64(row.and_then(|r| r.get(2))),
         ))
+    }
+
+    pub fn session_count(&self) -> Result<u64> {
+        let rows = self.rows("SELECT COUNT(*) FROM sessions", vec![])?;
+        Ok(as_u64(rows.first().and_then(|r| r.first())))
+    }
+
+    /// The `n` sessions seen longest ago, other than `keep` (uses the `last_ms` index).
+    pub fn longest_idle(&self, n: u64, keep: &Hash) -> Result<Vec<Hash>> {
+        Ok(self
+            .rows(
+                "SELECT id FROM sessions WHERE id != ? ORDER BY last_ms ASC, login_ms ASC LIMIT ?",
+                vec![blob(keep), int(n)],
+            )?
+            .iter()
+            .filter_map(|r| as_hash(r.first()))
+            .collect())
+    }
+
+    /// Cookie entries here that lead to session `id` and are still valid.
+    pub fn cookies_of_session(&self, id: &Hash, now: u64) -> Result<Vec<Hash>> {
+        Ok(self
+            .rows(
+                "SELECT hash FROM cookies WHERE session = ? AND until_ms >= ?",
+                vec![blob(id), int(now)],
+            )?
+            .iter()
+            .filter_map(|r| as_hash(r.first()))
+            .collect())
+    }
+
+    /// Adds `id` to `user`'s sessions; returns all of them, oldest login first.
+    pub fn user_add(&self, user: &Hash, id: &Hash, login_ms: u64) -> Result<Vec<Hash>> {
+        self.exec(
+            "INSERT OR REPLACE INTO users (user, session, login_ms) VALUES (?, ?, ?)",
+            vec![blob(user), blob(id), int(login_ms)],
+        )?;
+        Ok(self
+            .rows(
+                "SELECT session FROM users WHERE user = ? ORDER BY login_ms ASC, session ASC",
+                vec![blob(user)],
+            )?
+            .iter()
+            .filter_map(|r| as_hash(r.first()))
+            .collect())
+    }
+
+    pub fn user_remove(&self, user: &Hash, id: &Hash) -> Result<()> {
+        self.exec(
+            "DELETE FROM users WHERE user = ? AND session = ?",
+            vec![blob(user), blob(id)],
+        )
+    }
+
+    /// Forgets per-user entries of sessions that logged in before `login_before`
+    /// (past their maximum lifetime: over, even if the news never arrived).
+    pub fn users_prune(&self, login_before: u64) -> Result<()> {
+        self.exec(
+            "DELETE FROM users WHERE login_ms < ?",
+            vec![int(login_before)],
+        )
+    }
+
+    /// Remembers `hashes` as revoked until `until` (a later time wins); bumps the
+    /// list's revision.
+    pub fn revoke(&self, hashes: &[Hash], until: u64) -> Result<u64> {
+        for h in hashes {
+            self.exec(
+                "INSERT INTO revoked (hash, until_ms) VALUES (?, ?)
+                 ON CONFLICT (hash) DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)",
+                vec![blob(h), int(until)],
+            )?;
+        }
+        self.bump_revoked_rev()
+    }
+
+    fn bump_revoked_rev(&self) -> Result<u64> {
+        let rev = self.revoked_rev()? + 1;
+        self.put_meta("revoked_rev", &rev.to_string())?;
+        Ok(rev)
+    }
+
+    /// The revision of the revoked list (0 before any revocation).
+    pub fn revoked_rev(&self) -> Result<u64> {
+        Ok(self
+            .meta("revoked_rev")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The `limit` revoked values that stay revoked longest.
+    pub fn revoked(&self, limit: usize) -> Result<Vec<(Hash, u64)>> {
+        Ok(self
+            .rows(
+                "SELECT hash, until_ms FROM revoked ORDER BY until_ms DESC LIMIT ?",
+                vec![int(limit as u64)],
+            )?
+            .iter()
+            .filter_map(|r| Some((as_hash(r.first())?, as_u64(r.get(1)))))
+            .collect())
+    }
+
+    /// Forgets revocations past their time; returns how many.
+    pub fn delete_revoked_before(&self, now: u64) -> Result<u64> {
+        let n = self.rows(
+            "SELECT COUNT(*) FROM revoked WHERE until_ms < ?",
+            vec![int(now)],
+        )?;
+        let n = as_u64(n.first().and_then(|r| r.first()));
+        if n > 0 {
+            self.exec("DELETE FROM revoked WHERE until_ms < ?", vec![int(now)])?;
+            self.bump_revoked_rev()?;
+        }
+        Ok(n)
+    }
+
+    fn json_meta<T: serde::de::DeserializeOwned + Default>(&self, key: &str) -> Result<T> {
+        Ok(self
+            .meta(key)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
+    }
+
+    fn put_json_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let json =
+            serde_json::to_string(value).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        self.put_meta(key, &json)
+    }
+
+    /// The event feed and lifetime counters (the core's `Events`, shard 0).
+    pub fn events(&self) -> Result<Events> {
+        self.json_meta("events")
+    }
+
+    pub fn put_events(&self, e: &Events) -> Result<()> {
+        self.put_json_meta("events", e)
+    }
+
+    /// Per-minute peaks (the core's `History`, shard 0).
+    pub fn history(&self) -> Result<History> {
+        self.json_meta("history")
+    }
+
+    pub fn put_history(&self, h: &History) -> Result<()> {
+        self.put_json_meta("history", h)
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
@@ -342,14 +506,10 @@ impl Store {
     }
 
     pub fn traffic(&self) -> Result<Traffic> {
-        Ok(self
-            .meta("traffic")?
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default())
+        self.json_meta("traffic")
     }
 
     pub fn put_traffic(&self, t: &Traffic) -> Result<()> {
-        let json = serde_json::to_string(t).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        self.put_meta("traffic", &json)
+        self.put_json_meta("traffic", t)
     }
 }
