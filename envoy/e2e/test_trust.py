@@ -121,3 +121,46 @@ def test_form_login_route_counts_only_a_redirect_to_the_dashboard(start_envoy):
     # The JSON route still works beside it.
     login(envoy.url, "admin_user", user_agent=ua("json"))
     assert wait_stats(envoy.url, lambda x: x["active_users"] == 2)["active_users"] == 2
+
+
+def test_ten_thousand_sessions_over_the_cap_keep_the_numbers_exact(start_envoy):
+    """10,200 distinct users each start a session (one verified JWT each, the cheapest way to
+    make a session through the real gateway) at a cap of 200, from 8 clients in parallel across
+    both Envoy workers: exactly 200 sessions stay, 10,000 are evicted, traffic keeps flowing."""
+    import time as _time
+
+    from test_jwt import DEFAULT_JWT_SECRET, JWT_CONFIG, claims, sign_jwt
+
+    cap, over = 200, 10_000
+    envoy = start_envoy(dict(JWT_CONFIG, max_sessions=cap))
+    base = envoy.url
+    tokens = [sign_jwt(claims(f"user{i}", "student", str(1000 + i)), DEFAULT_JWT_SECRET)
+              for i in range(cap + over)]
+
+    def run(chunk):
+        with requests.Session() as s:
+            for t in chunk:
+                r = s.get(base + "/healthz", headers={"Authorization": f"Bearer {t}"}, timeout=TIMEOUT)
+                assert r.status_code == 200 and r.headers.get("x-demo-app") == "1"
+
+    t0 = _time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(run, [tokens[i::8] for i in range(8)]))
+    elapsed = _time.monotonic() - t0
+    print(f"{cap + over} sessions started in {elapsed:.1f}s")
+    snap = wait_stats(base, lambda x: x["active_sessions"] == cap
+                      and x["traffic"]["requests_today"] == cap + over, timeout=10)
+    assert snap["active_sessions"] == cap and snap["active_users"] == cap, summary(snap)
+    assert snap["by_role"]["student"] == cap
+    assert snap["traffic"]["authenticated_requests_today"] == cap + over, snap["traffic"]
+    metrics = requests.get(base + PREFIX + "/metrics", headers=bearer(), timeout=TIMEOUT).text
+    assert f"headcount_evictions_total {over}\n" in metrics, metrics
+    assert f"headcount_logins_total {cap + over}\n" in metrics, metrics
+    # Still flowing, and a kept session is still followed (no new session, no eviction).
+    kept = next(s["username"] for s in snap["sessions"])
+    token = tokens[int(kept.removeprefix("user"))]
+    assert requests.get(base + "/healthz", headers={"Authorization": f"Bearer {token}"},
+                        timeout=TIMEOUT).status_code == 200
+    snap = wait_stats(base, lambda x: x["traffic"]["authenticated_requests_today"] == cap + over + 1)
+    assert snap["traffic"]["authenticated_requests_today"] == cap + over + 1, snap["traffic"]
+    assert snap["active_sessions"] == cap, summary(snap)

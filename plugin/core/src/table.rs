@@ -258,9 +258,10 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         })
     }
 
-    /// Evicts the `n` longest-idle sessions among those in `EVICTION_SAMPLE`
-    /// shards after `keep`'s own (an approximate LRU, as Redis does): exact LRU
-    /// would read every shard on every login at the cap.
+    /// Evicts the longest-idle sessions (about `n`) among those in `EVICTION_SAMPLE`
+    /// shards after `keep`'s own, until the live count is back at the cap (an
+    /// approximate LRU, as Redis does): exact LRU would read every shard on every
+    /// login at the cap.
     fn evict(&self, n: u64, keep: &[u8; 16], cfg: &Config) -> Result<Vec<Session>, TableError> {
         let start = shard_of(keep);
         let mut candidates: Vec<([u8; 16], u64)> = Vec::new();
@@ -286,7 +287,13 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         }
         candidates.sort_by_key(|(_, last)| *last);
         let mut evicted = Vec::new();
-        for (id, _) in candidates.into_iter().take(want) {
+        for (id, _) in candidates {
+            // Other workers evict at the same time: stop once the count is back
+            // at the cap, and skip a candidate someone else already removed, so
+            // concurrent logins neither over- nor under-evict.
+            if self.live_count()? <= cfg.max_sessions {
+                break;
+            }
             evicted.extend(self.remove_by_id(&id, cfg)?);
         }
         Ok(evicted)

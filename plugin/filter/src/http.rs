@@ -28,6 +28,8 @@ pub struct Stream {
     /// Admin routes only: who a verified JWT names, for authorization when the
     /// token's session is not in the table (admin routes never start one).
     bearer_admin: Option<Identity>,
+    /// `cookie` is a verified bearer token's session key.
+    bearer: bool,
 }
 
 struct LoginAttempt {
@@ -52,6 +54,7 @@ impl Stream {
             login: None,
             ended: false,
             bearer_admin: None,
+            bearer: false,
         }
     }
 
@@ -353,6 +356,7 @@ impl HttpContext for Stream {
         }
         // Bots are proxied but never followed, even with a session cookie.
         self.cookie = cookie.filter(|_| !self.ignored);
+        let verified = matches!(bearer, Some(Bearer::Known(_) | Bearer::Unconfirmed { .. }));
         if let Some(Bearer::Unconfirmed {
             key,
             token,
@@ -365,6 +369,7 @@ impl HttpContext for Stream {
                 self.cookie = None;
             }
         }
+        self.bearer = verified && self.cookie.is_some();
         match self.route {
             Route::Admin(admin) => {
                 self.handle_admin(admin, &path);
@@ -495,6 +500,7 @@ impl HttpContext for Stream {
         }
         let who = match (self.ended, self.cookie) {
             (true, _) => Requester::EndedSession,
+            (false, Some(h)) if self.bearer => Requester::Bearer(h),
             (false, Some(h)) => Requester::Cookie(h),
             (false, None) => Requester::Anonymous,
         };

@@ -39,6 +39,9 @@ pub enum Requester {
     Anonymous,
     /// A session cookie: whether it is a known session is settled at flush.
     Cookie(CookieHash),
+    /// A verified bearer token's session: authenticated whatever the flush finds
+    /// (the session may be evicted meanwhile by another worker).
+    Bearer(CookieHash),
     /// A known session that this very request ended (logout).
     EndedSession,
 }
@@ -120,15 +123,22 @@ impl Vm {
         let mut pending = self.pending.borrow_mut();
         match who {
             Requester::EndedSession => self.traffic.borrow_mut().authenticated += 1,
-            Requester::Cookie(h) if pending.len() < MAX_PENDING || pending.contains_key(&h) => {
+            Requester::Cookie(h) | Requester::Bearer(h)
+                if pending.len() < MAX_PENDING || pending.contains_key(&h) =>
+            {
                 let p = pending.entry(h).or_insert(Pending {
                     last_ms: start_ms,
                     requests: 0,
                     retried: false,
                 });
                 p.last_ms = p.last_ms.max(start_ms);
-                p.requests += 1;
+                if matches!(who, Requester::Bearer(_)) {
+                    self.traffic.borrow_mut().authenticated += 1;
+                } else {
+                    p.requests += 1;
+                }
             }
+            Requester::Bearer(_) => self.traffic.borrow_mut().authenticated += 1,
             _ => self.traffic.borrow_mut().anonymous += 1,
         }
     }
