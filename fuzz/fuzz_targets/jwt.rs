@@ -5,12 +5,16 @@
 //!   4 the rest is `header-json \0 payload-json`, which this target base64url-encodes
 //!     and signs with the HS256 key, so the claim checks behind the signature are
 //!     fuzzed too;
-//!   5 the rest is key material: a JWKS, a PEM public key, an HS256 secret.
+//!   5 the rest is key material: a JWKS, a PEM public key, an HS256 secret;
+//!   6 the rest is `authorization \0 cookie-header`: the request path of bearer
+//!     identity (token lookup, then the per-VM verdict cache), twice.
 #![no_main]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use headcount_core::bearer::{BearerConfig, TokenCache};
 use headcount_core::jwt::{verify, JwtConfig, Key};
+use headcount_core::{Config, CookieHasher};
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
 use sha2::Sha256;
@@ -54,12 +58,26 @@ fn configs() -> &'static [JwtConfig; 4] {
     })
 }
 
+fn bearer_config() -> &'static BearerConfig {
+    static CFG: OnceLock<BearerConfig> = OnceLock::new();
+    CFG.get_or_init(|| {
+        let json = format!(
+            r#"{{"jwt": {{"hs256_secret": "{}", "cookie": "access_token"}}}}"#,
+            std::str::from_utf8(SECRET).expect("ascii")
+        );
+        Config::from_json(json.as_bytes())
+            .expect("fixture config")
+            .jwt
+            .expect("jwt section")
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
     let configs = configs();
-    match mode % 6 {
+    match mode % 7 {
         m @ 0..=3 => {
             let cfg = &configs[m as usize];
             let _ = verify(rest, cfg, NOW);
@@ -86,6 +104,24 @@ fuzz_target!(|data: &[u8]| {
                     let _ = claims.identity();
                 }
                 let _ = verify(token.as_bytes(), cfg, 0);
+            }
+        }
+        6 => {
+            let (header, cookies) = match rest.iter().position(|b| *b == 0) {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &b""[..]),
+            };
+            let cfg = bearer_config();
+            let hasher = CookieHasher::new(b"fuzz");
+            let mut cache = TokenCache::new();
+            if let Some(token) = cfg.token(Some(header), Some(cookies)) {
+                let first = cache.check(cfg, &hasher, token, NOW * 1000);
+                let again = cache.check(cfg, &hasher, token, NOW * 1000 + 1);
+                // A verdict is recalled, never changed, within its lifetime.
+                assert_eq!(
+                    matches!(first, headcount_core::bearer::Bearer::Refused(_)),
+                    matches!(again, headcount_core::bearer::Bearer::Refused(_))
+                );
             }
         }
         _ => {
