@@ -63,3 +63,70 @@ def wait_text(page, selector: str, expected: str, deadline: float) -> float:
         raise AssertionError(f"{selector}: wanted {expected!r}, page shows {norm(shown or '')!r} "
                              f"(status pill: {norm(page.text_content('#status') or '')!r})") from e
     return time.monotonic()
+
+
+PAGE_PATH = "/__headcount/"
+
+
+def expect():
+    from playwright.sync_api import expect as e
+    return e
+
+
+def headline(active: int, admin=(), students=(), teachers=()) -> str:
+    """The dashboard's headline text for these active users."""
+    def part(label, names):
+        names = sorted(names)
+        return f"{label}: {len(names)}" + (f" ({', '.join(names)})" if names else "")
+    return " | ".join([f"Active Users: {active}", part("Admin", admin), part("Students", students),
+                       part("Teachers", teachers)])
+
+
+def use_token(page, token: str):
+    page.get_by_label("Admin token").fill(token)
+    page.get_by_role("button", name="Use token").click()
+
+
+# Fixtures shared by the Envoy and Worker suites (import them into a test module to use them;
+# each suite's conftest provides `_artifact_dir`).
+
+@pytest.fixture(scope="module")
+def chromium():
+    with sync_playwright() as pw:
+        b = launch(pw)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def open_page(chromium, _artifact_dir):
+    """Factory: open_page(server, viewport=DESKTOP, path=PAGE_PATH, goto=True) -> Page in a fresh
+    context on ``server.url``. ``page.requests_seen`` lists (url, authorization) of its requests.
+
+    Teardown saves last*.png in the test's artifact folder and fails on uncaught page errors.
+    """
+    contexts, errors = [], []
+
+    def _open(server, viewport=DESKTOP, path=PAGE_PATH, goto=True):
+        ctx = chromium.new_context(viewport=viewport, base_url=server.url)
+        ctx.set_default_timeout(10_000)
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.requests_seen = []
+        page.on("request", lambda r: page.requests_seen.append((r.url, r.headers.get("authorization"))))
+        if goto:
+            page.goto(path)
+        return page
+
+    yield _open
+    for i, ctx in enumerate(contexts):
+        for j, page in enumerate(ctx.pages):
+            try:
+                page.screenshot(path=str(_artifact_dir / f"last{i}{j or ''}.png"), full_page=True)
+            except Exception:
+                pass
+        ctx.close()
+    assert not errors, f"uncaught errors in the page: {errors}"

@@ -10,76 +10,18 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 import requests
 
 import browser as bx
-from browser import ARTIFACTS
+from browser import ARTIFACTS, PAGE_PATH, chromium, expect, headline, open_page  # noqa: F401 (fixtures)
 from helpers import ADMIN_TOKEN, PLUGIN_CONFIG, TIMEOUT, login, ua
-
-PAGE_PATH = "/__headcount/"
 LIVE_BUDGET = 2.0  # seconds from a login/logout response to the page showing it
 CONFIG = dict(PLUGIN_CONFIG, flush_interval_ms=200, sweep_interval_seconds=1)
 USERNAMES = ["admin_user", "teacher1", "student1", "student2", "student3"]
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    with bx.sync_playwright() as pw:
-        b = bx.launch(pw)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def open_page(chromium, _artifact_dir):
-    """Factory: open_page(envoy, viewport=DESKTOP, path=PAGE_PATH) -> Page in a fresh context.
-
-    Teardown saves last.png in the test's artifact folder and fails on uncaught page errors.
-    """
-    contexts, errors = [], []
-
-    def _open(envoy, viewport=bx.DESKTOP, path=PAGE_PATH, goto=True):
-        ctx = chromium.new_context(viewport=viewport, base_url=envoy.url)
-        ctx.set_default_timeout(10_000)
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.requests_seen = []
-        page.on("request", lambda r: page.requests_seen.append((r.url, r.headers.get("authorization"))))
-        if goto:
-            page.goto(path)
-        return page
-
-    yield _open
-    for i, ctx in enumerate(contexts):
-        for j, page in enumerate(ctx.pages):
-            try:
-                page.screenshot(path=str(_artifact_dir / f"last{i}{j or ''}.png"), full_page=True)
-            except Exception:
-                pass
-        ctx.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
-
-
-def headline(active: int, admin=(), students=(), teachers=()) -> str:
-    def part(label, names):
-        names = sorted(names)
-        return f"{label}: {len(names)}" + (f" ({', '.join(names)})" if names else "")
-    return " | ".join([f"Active Users: {active}", part("Admin", admin), part("Students", students),
-                       part("Teachers", teachers)])
-
-
 def use_token(page, token=ADMIN_TOKEN):
-    page.get_by_label("Admin token").fill(token)
-    page.get_by_role("button", name="Use token").click()
-
-
-def expect():
-    from playwright.sync_api import expect as e
-    return e
+    bx.use_token(page, token)
 
 
 def row_usernames(page) -> list[str]:

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from helpers import ADMIN_TOKEN, PLUGIN_CONFIG, TIMEOUT, login, ua
@@ -20,62 +19,12 @@ from helpers import ADMIN_TOKEN, PLUGIN_CONFIG, TIMEOUT, login, ua
 # The Playwright helpers (system Chromium, never a download) are shared with the Envoy suite.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "envoy" / "e2e"))
 import browser as bx  # noqa: E402
-
-PAGE_PATH = "/__headcount/"
+from browser import PAGE_PATH, chromium, expect, headline, open_page  # noqa: E402,F401 (fixtures)
 LIVE_BUDGET = 2.0  # seconds from a login/logout response to the page showing it
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    with bx.sync_playwright() as pw:
-        b = bx.launch(pw)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture
-def open_page(chromium, _artifact_dir):
-    contexts, errors = [], []
-
-    def _open(worker, viewport=bx.DESKTOP, goto=True):
-        ctx = chromium.new_context(viewport=viewport, base_url=worker.url)
-        ctx.set_default_timeout(10_000)
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        if goto:
-            page.goto(PAGE_PATH)
-        return page
-
-    yield _open
-    for i, ctx in enumerate(contexts):
-        for j, page in enumerate(ctx.pages):
-            try:
-                page.screenshot(path=str(_artifact_dir / f"last{i}{j or ''}.png"), full_page=True)
-            except Exception:
-                pass
-        ctx.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
-
-
-def expect():
-    from playwright.sync_api import expect as e
-    return e
-
-
-def headline(active: int, admin=(), students=(), teachers=()) -> str:
-    def part(label, names):
-        names = sorted(names)
-        return f"{label}: {len(names)}" + (f" ({', '.join(names)})" if names else "")
-    return " | ".join([f"Active Users: {active}", part("Admin", admin), part("Students", students),
-                       part("Teachers", teachers)])
-
-
 def use_token(page, token=ADMIN_TOKEN):
-    page.get_by_label("Admin token").fill(token)
-    page.get_by_role("button", name="Use token").click()
+    bx.use_token(page, token)
 
 
 def test_logins_and_logouts_show_within_two_seconds(start_worker, open_page, _artifact_dir):
