@@ -22,22 +22,9 @@ use std::sync::OnceLock;
 
 const SECRET: &[u8] = b"headcount-test-secret-0123456789abcdef";
 const NOW: u64 = 1_800_000_000;
-const RSA1_PUB: &str = r#"-----BEGIN PUBLIC KEY-----
-MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAqFfIjIeMDqOuAeewsnKI
-xLzaAmJA/BR1Lv3ytVeBcqS+Goqyy9r35FrDPoIbuvsXgwMKwLlmITOmT0u//6om
-tlEyBQ++NRi25Ww2c1b4hLo0No6lM7qv1/N7pyi8pCFJ6QMyicTD8fpJcNwO2O84
-EZKhTISZG5j4+zJe5lED7txcxTSL+qNafvhTYrcA+OW8a66PC7CbxVxOhpz5Lz5d
-hJJwUiayV+45w0j68JdM4AjY/BFXvCzlo9C7/DN/9AJ55j/hpVVayMW0AWR9otR8
-JTRAKsv+1f9s1JdCsMRxxmw0OG9dWxpyM70sAy0TEpoxGh1sXBsTBLsxanozUchl
-CQIDAQAB
------END PUBLIC KEY-----
-"#;
-const EC1_PUB: &str = r#"-----BEGIN PUBLIC KEY-----
-MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEvXxzuIsum0ztpiAistqL4TGTpbVu
-3Cbn33hC4kzQtesGBa2nvag6xqK4DX4xQED6R/8WuDushc7bAURRu3znGg==
------END PUBLIC KEY-----
-"#;
-const JWKS: &str = r#"{"keys": [{"n": "qFfIjIeMDqOuAeewsnKIxLzaAmJA_BR1Lv3ytVeBcqS-Goqyy9r35FrDPoIbuvsXgwMKwLlmITOmT0u__6omtlEyBQ--NRi25Ww2c1b4hLo0No6lM7qv1_N7pyi8pCFJ6QMyicTD8fpJcNwO2O84EZKhTISZG5j4-zJe5lED7txcxTSL-qNafvhTYrcA-OW8a66PC7CbxVxOhpz5Lz5dhJJwUiayV-45w0j68JdM4AjY_BFXvCzlo9C7_DN_9AJ55j_hpVVayMW0AWR9otR8JTRAKsv-1f9s1JdCsMRxxmw0OG9dWxpyM70sAy0TEpoxGh1sXBsTBLsxanozUchlCQ", "e": "AQAB", "kty": "RSA", "kid": "rsa-1", "alg": "RS256", "use": "sig"}, {"n": "z6zSbknWs46LrB8-bkKAJ5J0n-q5SqiIYAb85g4JH5aUjmN4v0jMKMK3NKI21m49Y-H-zZZl9u7w9A4qrk3SveD6TNEk-Qoh_Ingqkz55YxkhRbhe0vh8iToWdcSOOaciXeIyJduCT7P2OMlwa2pzt7rF2Y7yYCa9_VPBk88YAOXVKtdP3lNakpilqPZxFp9kAxfvTQWQbBWNDe65ueWXPMCGMKi3-vvvx65LtEjxVzmabbwPAaqv5OvQyxYgJctOJD-JCZyZZpGl7AT_w5XYCqtPJI9daB2IDSQ-C5I7zJ6lyQytS2S59HEG67WTyZ8ixws4woymzOTqFdeYqgSOw", "e": "AQAB", "kty": "RSA", "kid": "rsa-2", "alg": "RS256", "use": "sig"}, {"crv": "P-256", "x": "vXxzuIsum0ztpiAistqL4TGTpbVu3Cbn33hC4kzQtes", "y": "BgWtp72oOsaiuA1-MUBA-kf_Frg7rIXO2wFEUbt85xo", "kty": "EC", "kid": "ec-1", "use": "sig"}, {"crv": "P-256", "x": "DJAdQjyDHKheJ8c8JjuhMnIbudeoTE8DgLKmdW_WATM", "y": "HIhwI03sh4UEwXQUT6SxS2amUWkWBtgXPlW9N-OBVp4", "kty": "EC", "kid": "ec-2", "use": "sig"}]}"#;
+const RSA1_PUB: &str = include_str!("../../plugin/core/tests/fixtures/jwt/rsa1.pub.pem");
+const EC1_PUB: &str = include_str!("../../plugin/core/tests/fixtures/jwt/ec1.pub.pem");
+const JWKS: &str = include_str!("../../plugin/core/tests/fixtures/jwt/jwks.json");
 
 fn configs() -> &'static [JwtConfig; 4] {
     static CONFIGS: OnceLock<[JwtConfig; 4]> = OnceLock::new();

@@ -269,8 +269,8 @@ fn an_admin_token_opens_the_data_routes_without_counting_the_admin() {
 #[test]
 fn rs256_and_jwks_keys_verify_independently_signed_tokens() {
     // Signed by Python's joserfc with the RSA key below (exp in 2100).
-    const PUB: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAqFfIjIeMDqOuAeewsnKI\nxLzaAmJA/BR1Lv3ytVeBcqS+Goqyy9r35FrDPoIbuvsXgwMKwLlmITOmT0u//6om\ntlEyBQ++NRi25Ww2c1b4hLo0No6lM7qv1/N7pyi8pCFJ6QMyicTD8fpJcNwO2O84\nEZKhTISZG5j4+zJe5lED7txcxTSL+qNafvhTYrcA+OW8a66PC7CbxVxOhpz5Lz5d\nhJJwUiayV+45w0j68JdM4AjY/BFXvCzlo9C7/DN/9AJ55j/hpVVayMW0AWR9otR8\nJTRAKsv+1f9s1JdCsMRxxmw0OG9dWxpyM70sAy0TEpoxGh1sXBsTBLsxanozUchl\nCQIDAQAB\n-----END PUBLIC KEY-----\n";
-    const RS256: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6InJzYS0xIn0.eyJzdWIiOiI0MiIsInByZWZlcnJlZF91c2VybmFtZSI6ImFubiIsInJvbGUiOiJ0ZWFjaGVyIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsImlzcyI6Imh0dHBzOi8vaWRwLmV4YW1wbGUiLCJhdWQiOlsib3RoZXIiLCJoZWFkY291bnQiXSwic2lkIjoicy0xIiwianRpIjoiai0xIn0.jD25QZ-iyz6CMiXkohTy8hnX95bJ-5QcXkVO_yYu4vASznMZDh2QBwb_o7ZxPEm1mQ8j7kMN7oFqxleWRQ6ZormKGntLeFXFsN8A1p1GkAlStATSMYtO0q8XdayVHgqRMS7FICVi3Ug715w5wIXNYsJVMmGi2fl7Ncv5FQU2yYhhtf4e35NrF8yKQjKF55oynBXDQ17MdwG9m5HEEYYjF-AArdsD7pqld0TEp5MMEg3fOrvUFrbIH71qmLbYXiIX9o4tFCRlgyjjqUEevMHwHJ9zkUSxT1AX8bGl_ATdtXcU3KOg87X0ku9JjgjMVp8Sxy7Y7jJd02ycR0tMvzwHew";
+    const PUB: &str = include_str!("../../../plugin/core/tests/fixtures/jwt/rsa1.pub.pem");
+    const RS256: &str = include_str!("../../../plugin/core/tests/fixtures/jwt/rs256.jwt");
     let (host, vm) = start(
         json!({"jwt": {"public_keys": [PUB], "issuer": "https://idp.example", "audience": "headcount"}}),
     );

@@ -370,6 +370,7 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::field_of;
     use crate::config::Config;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
@@ -393,12 +394,6 @@ mod tests {
         Config::from_json(json.as_bytes()).unwrap().jwt.unwrap()
     }
 
-    fn field_of(json: &str) -> String {
-        match Config::from_json(json.as_bytes()) {
-            Err(e) => e.field,
-            Ok(_) => "(accepted)".into(),
-        }
-    }
 
     #[test]
     fn config_errors_name_the_field() {

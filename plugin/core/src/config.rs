@@ -577,10 +577,11 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn field_of(json: &str) -> String {
+    /// The field a config names in its error, or "(accepted)".
+    pub(crate) fn field_of(json: &str) -> String {
         match Config::from_json(json.as_bytes()) {
             Err(e) => e.field,
             Ok(_) => "(accepted)".into(),

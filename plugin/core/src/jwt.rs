@@ -657,16 +657,7 @@ Wndz4UzImdRG+uFZ+WFKAqdqpNQ2CP8LqyP/T3PzmxuiUW9rWKVV/IwSo34uZWJH
 AS5TuaO+akeHlfZTRBtMLQ==
 -----END PRIVATE KEY-----
 "#;
-    const RSA1_PUB: &str = r#"-----BEGIN PUBLIC KEY-----
-MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAqFfIjIeMDqOuAeewsnKI
-xLzaAmJA/BR1Lv3ytVeBcqS+Goqyy9r35FrDPoIbuvsXgwMKwLlmITOmT0u//6om
-tlEyBQ++NRi25Ww2c1b4hLo0No6lM7qv1/N7pyi8pCFJ6QMyicTD8fpJcNwO2O84
-EZKhTISZG5j4+zJe5lED7txcxTSL+qNafvhTYrcA+OW8a66PC7CbxVxOhpz5Lz5d
-hJJwUiayV+45w0j68JdM4AjY/BFXvCzlo9C7/DN/9AJ55j/hpVVayMW0AWR9otR8
-JTRAKsv+1f9s1JdCsMRxxmw0OG9dWxpyM70sAy0TEpoxGh1sXBsTBLsxanozUchl
-CQIDAQAB
------END PUBLIC KEY-----
-"#;
+    const RSA1_PUB: &str = include_str!("../tests/fixtures/jwt/rsa1.pub.pem");
     const RSA2_PRIV: &str = r#"-----BEGIN PRIVATE KEY-----
 MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQDPrNJuSdazjous
 Hz5uQoAnknSf6rlKqIhgBvzmDgkflpSOY3i/SMwowrc0ojbWbj1j4f7NlmX27vD0
@@ -711,21 +702,17 @@ W2p5iB8uPUxbanmIHy49TFtqeYihRANCAAS9fHO4iy6bTO2mICKy2ovhMZOltW7c
 JuffeELiTNC16wYFrae9qDrGorgNfjFAQPpH/xa4O6yFztsBRFG7fOca
 -----END PRIVATE KEY-----
 "#;
-    const EC1_PUB: &str = r#"-----BEGIN PUBLIC KEY-----
-MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEvXxzuIsum0ztpiAistqL4TGTpbVu
-3Cbn33hC4kzQtesGBa2nvag6xqK4DX4xQED6R/8WuDushc7bAURRu3znGg==
------END PUBLIC KEY-----
-"#;
+    const EC1_PUB: &str = include_str!("../tests/fixtures/jwt/ec1.pub.pem");
     const EC2_PRIV: &str = r#"-----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgKioqKioqKioqKioq
 KioqKioqKioqKioqKioqKioqKiqhRANCAAQMkB1CPIMcqF4nxzwmO6Eychu516hM
 TwOAsqZ1b9YBMxyIcCNN7IeFBMF0FE+ksUtmplFpFgbYFz5VvTfjgVae
 -----END PRIVATE KEY-----
 "#;
-    const JWKS: &str = r#"{"keys": [{"n": "qFfIjIeMDqOuAeewsnKIxLzaAmJA_BR1Lv3ytVeBcqS-Goqyy9r35FrDPoIbuvsXgwMKwLlmITOmT0u__6omtlEyBQ--NRi25Ww2c1b4hLo0No6lM7qv1_N7pyi8pCFJ6QMyicTD8fpJcNwO2O84EZKhTISZG5j4-zJe5lED7txcxTSL-qNafvhTYrcA-OW8a66PC7CbxVxOhpz5Lz5dhJJwUiayV-45w0j68JdM4AjY_BFXvCzlo9C7_DN_9AJ55j_hpVVayMW0AWR9otR8JTRAKsv-1f9s1JdCsMRxxmw0OG9dWxpyM70sAy0TEpoxGh1sXBsTBLsxanozUchlCQ", "e": "AQAB", "kty": "RSA", "kid": "rsa-1", "alg": "RS256", "use": "sig"}, {"n": "z6zSbknWs46LrB8-bkKAJ5J0n-q5SqiIYAb85g4JH5aUjmN4v0jMKMK3NKI21m49Y-H-zZZl9u7w9A4qrk3SveD6TNEk-Qoh_Ingqkz55YxkhRbhe0vh8iToWdcSOOaciXeIyJduCT7P2OMlwa2pzt7rF2Y7yYCa9_VPBk88YAOXVKtdP3lNakpilqPZxFp9kAxfvTQWQbBWNDe65ueWXPMCGMKi3-vvvx65LtEjxVzmabbwPAaqv5OvQyxYgJctOJD-JCZyZZpGl7AT_w5XYCqtPJI9daB2IDSQ-C5I7zJ6lyQytS2S59HEG67WTyZ8ixws4woymzOTqFdeYqgSOw", "e": "AQAB", "kty": "RSA", "kid": "rsa-2", "alg": "RS256", "use": "sig"}, {"crv": "P-256", "x": "vXxzuIsum0ztpiAistqL4TGTpbVu3Cbn33hC4kzQtes", "y": "BgWtp72oOsaiuA1-MUBA-kf_Frg7rIXO2wFEUbt85xo", "kty": "EC", "kid": "ec-1", "use": "sig"}, {"crv": "P-256", "x": "DJAdQjyDHKheJ8c8JjuhMnIbudeoTE8DgLKmdW_WATM", "y": "HIhwI03sh4UEwXQUT6SxS2amUWkWBtgXPlW9N-OBVp4", "kty": "EC", "kid": "ec-2", "use": "sig"}]}"#;
-    const PY_HS256: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiIsInByZWZlcnJlZF91c2VybmFtZSI6ImFubiIsInJvbGUiOiJ0ZWFjaGVyIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsImlzcyI6Imh0dHBzOi8vaWRwLmV4YW1wbGUiLCJhdWQiOlsib3RoZXIiLCJoZWFkY291bnQiXSwic2lkIjoicy0xIiwianRpIjoiai0xIn0.EZRF1Eg9VM9U8dytya8aFh8TIJorT4ZAdHTptQRuVWc";
-    const PY_RS256: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6InJzYS0xIn0.eyJzdWIiOiI0MiIsInByZWZlcnJlZF91c2VybmFtZSI6ImFubiIsInJvbGUiOiJ0ZWFjaGVyIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsImlzcyI6Imh0dHBzOi8vaWRwLmV4YW1wbGUiLCJhdWQiOlsib3RoZXIiLCJoZWFkY291bnQiXSwic2lkIjoicy0xIiwianRpIjoiai0xIn0.jD25QZ-iyz6CMiXkohTy8hnX95bJ-5QcXkVO_yYu4vASznMZDh2QBwb_o7ZxPEm1mQ8j7kMN7oFqxleWRQ6ZormKGntLeFXFsN8A1p1GkAlStATSMYtO0q8XdayVHgqRMS7FICVi3Ug715w5wIXNYsJVMmGi2fl7Ncv5FQU2yYhhtf4e35NrF8yKQjKF55oynBXDQ17MdwG9m5HEEYYjF-AArdsD7pqld0TEp5MMEg3fOrvUFrbIH71qmLbYXiIX9o4tFCRlgyjjqUEevMHwHJ9zkUSxT1AX8bGl_ATdtXcU3KOg87X0ku9JjgjMVp8Sxy7Y7jJd02ycR0tMvzwHew";
-    const PY_ES256: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFUzI1NiIsImtpZCI6ImVjLTEifQ.eyJzdWIiOiI0MiIsInByZWZlcnJlZF91c2VybmFtZSI6ImFubiIsInJvbGUiOiJ0ZWFjaGVyIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsImlzcyI6Imh0dHBzOi8vaWRwLmV4YW1wbGUiLCJhdWQiOlsib3RoZXIiLCJoZWFkY291bnQiXSwic2lkIjoicy0xIiwianRpIjoiai0xIn0.4yCf3f0DY9P15IpygBHyy0Ph4sGT6a6uUH5w363oZF9h02X_R8GdqEHSWEX8SmDf_8WQO8FFW6QuEbGpY9-xOA";
+    const JWKS: &str = include_str!("../tests/fixtures/jwt/jwks.json");
+    const PY_HS256: &str = include_str!("../tests/fixtures/jwt/hs256.jwt");
+    const PY_RS256: &str = include_str!("../tests/fixtures/jwt/rs256.jwt");
+    const PY_ES256: &str = include_str!("../tests/fixtures/jwt/es256.jwt");
 
     fn enc(bytes: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(bytes)
