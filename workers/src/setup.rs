@@ -35,7 +35,8 @@ pub struct Counters {
     pub do_requests: u64,
     /// Requests proxied to the origin.
     pub proxied: u64,
-    /// Proxied requests that carried a session cookie (not of an ignored agent).
+    /// Proxied requests that carried a session cookie or a verified token (not of an
+    /// ignored agent).
     pub with_cookie: u64,
     /// Flushes of buffered activity (each one request per shard involved).
     pub flushes: u64,
