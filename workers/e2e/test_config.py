@@ -1,13 +1,19 @@
 """A bad configuration answers 500 on every request, naming the field, and is logged; it never
 proxies. A good full configuration loads."""
 
+import json
 import re
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 import requests
 
 import helpers
 from helpers import TIMEOUT
+
+WORKERS = Path(__file__).resolve().parents[1]
 
 BAD_CONFIGS = [
     pytest.param({"admin_token": helpers.ADMIN_TOKEN, "active_window_seconds": "soon"},
@@ -17,6 +23,11 @@ BAD_CONFIGS = [
                  id="idle-below-window"),
     pytest.param({"flush_interval_ms": 5}, "flush_interval_ms", id="flush-out-of-range"),
     pytest.param('{"admin_token": "e2e-admin-token", ', None, id="invalid-json"),
+    pytest.param({"jwt": {"hs256_secret": "too-short"}}, "jwt.hs256_secret", id="jwt-secret-too-short"),
+    pytest.param({"jwt": {"public_keys": ["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"]}},
+                 "jwt.public_keys[0]", id="jwt-bad-pem"),
+    pytest.param({"jwt": {"hs256_secret": "0123456789abcdef0123456789abcdef", "audence": "x"}},
+                 "jwt.audence", id="jwt-unknown-key"),
 ]
 
 
@@ -75,6 +86,15 @@ def test_full_valid_config_loads(start_worker):
     assert r.status_code == 401, r.status_code  # an ignored user agent has no session
     snap = helpers.wait_stats(wp.url, lambda s: s["active_sessions"] == 1)
     assert [x["username"] for x in snap["sessions"]] == ["teacher1"], snap
+
+
+def test_shipped_demo_config_names_the_demo_apps_jwt_secret():
+    """wrangler.toml's demo HEADCOUNT_CONFIG counts the demo app's API tokens (as envoy/envoy.yaml)."""
+    sys.path.insert(0, str(WORKERS.parent / "envoy" / "demo"))
+    from app import DEFAULT_JWT_SECRET
+    toml = tomllib.loads((WORKERS / "wrangler.toml").read_text())
+    assert json.loads(toml["vars"]["HEADCOUNT_CONFIG"]) == {
+        "admin_token": "demo-admin-token", "jwt": {"hs256_secret": DEFAULT_JWT_SECRET}}
 
 
 def test_empty_config_loads_with_defaults(start_worker):

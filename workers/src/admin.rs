@@ -5,6 +5,7 @@
 //! `POST /sessions/{id}/revoke` (same authorization as `/stats`), and 404/405 for
 //! the rest. Every answer carries `Cache-Control: no-store`.
 
+use crate::bearer;
 use crate::flush;
 use crate::object::now_ms;
 use crate::protocol::Hash;
@@ -12,6 +13,7 @@ use crate::proxy::{header, json_response};
 use crate::setup::{self, Setup};
 use headcount_core::events;
 use headcount_core::gateway::{self, Access, AdminRoute};
+use headcount_core::identity::Identity;
 use headcount_core::{prometheus, stats};
 use std::rc::Rc;
 use worker::{
@@ -25,6 +27,7 @@ pub async fn handle(
     ctx: &Context,
     setup: &Rc<Setup>,
     cookie: Option<Hash>,
+    bearer_admin: Option<Identity>,
 ) -> Result<Response> {
     match route {
         AdminRoute::Dashboard => {
@@ -38,7 +41,7 @@ pub async fn handle(
         }
         AdminRoute::NotFound => json_response(404, gateway::error_body("no such headcount route")),
         data => {
-            let response = data_route(data, req, env, setup, cookie).await;
+            let response = data_route(data, req, env, setup, cookie, bearer_admin).await;
             // Touches that came back unknown are retried on the next flush.
             if let Some(flusher) = flush::kick(env, setup) {
                 ctx.wait_until(flusher);
@@ -49,14 +52,17 @@ pub async fn handle(
 }
 
 /// Who may read `route`: the token decides at once; otherwise the request's
-/// session cookie, after this isolate's own logins were written (so a fresh
-/// admin session is known). Returns whether it flushed.
+/// session cookie (or verified JWT's session key), after this isolate's own
+/// logins were written (so a fresh admin session is known); failing that, the
+/// user a verified JWT names, as a session that is not stored (`bearer_admin`).
+/// Returns whether it flushed.
 async fn authorize(
     route: AdminRoute,
     req: &Request,
     env: &Env,
     setup: &Setup,
     cookie: Option<Hash>,
+    bearer_admin: Option<Identity>,
     now: u64,
 ) -> std::result::Result<(Access, bool), String> {
     let cfg = &setup.cfg;
@@ -66,13 +72,17 @@ async fn authorize(
     if access == Access::Allowed {
         return Ok((access, false));
     }
+    let transient = bearer_admin.and_then(|who| bearer::transient(cfg, who, now));
     let Some(hash) = cookie else {
-        return Ok((access, false));
+        return Ok((
+            gateway::authorize(cfg, route, token, transient.as_ref(), now),
+            false,
+        ));
     };
     if let Err(e) = flush::flush_now(env, setup).await {
         console_warn!("headcount: flush before {route:?} failed: {e}");
     }
-    let session = flush::resolve(env, setup, hash, now).await?;
+    let session = flush::resolve(env, setup, hash, now).await?.or(transient);
     Ok((
         gateway::authorize(cfg, route, token, session.as_ref(), now),
         true,
@@ -85,11 +95,13 @@ async fn data_route(
     env: &Env,
     setup: &Setup,
     cookie: Option<Hash>,
+    bearer_admin: Option<Identity>,
 ) -> Result<Response> {
     let now = now_ms();
     // What this isolate had done before this request (HEADCOUNT_DEBUG=1).
     let before = setup::counters();
-    let (access, flushed) = match authorize(route, req, env, setup, cookie, now).await {
+    let (access, flushed) = match authorize(route, req, env, setup, cookie, bearer_admin, now).await
+    {
         Ok(a) => a,
         Err(e) => {
             console_error!("headcount: session lookup failed: {e}");

@@ -127,6 +127,12 @@ impl Buffer {
                 self.rotation_to.remove(&hash);
                 self.urgent = true;
             }
+            // Urgent or not is the caller's call (a first sighting is, a re-check is not).
+            Op::Bearer { session } => {
+                let hash = Hash(session.cookie);
+                self.touch_at.remove(&hash);
+                self.rotation_to.remove(&hash);
+            }
             Op::Logout { hash, .. } => {
                 self.touch_at.remove(hash);
                 self.rotation_to.remove(hash);
@@ -269,6 +275,38 @@ mod tests {
         let (ops, _) = b.take();
         assert!(matches!(ops.last(), Some(Op::Touch { requests: 1, .. })));
         assert_eq!(ops.len(), 3);
+    }
+
+    #[test]
+    fn a_bearer_session_goes_before_later_touches_and_is_not_urgent_by_itself() {
+        let session = headcount_core::Session {
+            id: [9; 16],
+            user_id: "7".into(),
+            username: "ann".into(),
+            role: "teacher".into(),
+            ip: String::new(),
+            user_agent: String::new(),
+            login_ms: 1,
+            last_ms: 1,
+            cookie: h(1).0,
+            aliases: Vec::new(),
+        };
+        let mut b = Buffer::default();
+        b.record(Some(h(1)), 1, None);
+        assert!(b.push(Op::Bearer { session }));
+        assert!(!b.urgent, "a re-check rides the timer flush");
+        b.record(Some(h(1)), 2, None);
+        let (ops, _) = b.take();
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        assert!(matches!(ops.get(1), Some(Op::Bearer { .. })));
+        assert!(matches!(
+            ops.get(2),
+            Some(Op::Touch {
+                last_ms: 2,
+                requests: 1,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -75,14 +75,16 @@ fn forget(hash: &Hash) {
     KNOWN.with(|k| k.borrow_mut().remove(hash));
 }
 
-fn known(hash: &Hash) -> Option<Hash> {
+pub fn known(hash: &Hash) -> Option<Hash> {
     KNOWN.with(|k| k.borrow().get(hash).copied())
 }
 
 /// Learns cookie -> session from an op a shard returned or the Worker sends.
 fn learn(op: &Op) {
     match op {
-        Op::Login { session } => know(Hash(session.cookie), Hash(session.id)),
+        Op::Login { session } | Op::Bearer { session } => {
+            know(Hash(session.cookie), Hash(session.id))
+        }
         Op::TouchSession { id, hash, .. } | Op::Index { hash, id, .. } => know(*hash, *id),
         Op::RotateSession { id, via, to, .. } => {
             via.iter()

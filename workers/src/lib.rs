@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod bearer;
 mod buffer;
 mod flush;
 mod object;

@@ -7,6 +7,7 @@
 //! for how long, traffic merging) comes from `headcount-core`; SQL only stores rows
 //! and finds candidates by index.
 
+use crate::bearer::{self, Start};
 use crate::protocol::{
     user_hash, Batch, BatchReply, FeedReply, Hash, Op, Resolve, ResolveReply, RevokeQuery,
     RevokeReply, RevokedAdd, RevokedList, SecretReply, StatsQuery, StatsReply, TrafficPart,
@@ -203,6 +204,7 @@ impl Sessions {
                 out.needs_alarm = true;
                 self.handle_login(store, cfg, session)?
             }
+            Op::Bearer { session } => self.handle_bearer(store, cfg, ctx, session, out)?,
             Op::Touch {
                 hash,
                 last_ms,
@@ -292,6 +294,43 @@ impl Sessions {
         ops.push(Op::Cap { keep: id });
         ops.push(event(Kind::Login, &session, session.login_ms));
         Ok(ops)
+    }
+
+    /// A verified bearer token's session (`bearer.rs`), on the session's shard:
+    /// started like a login unless it is live (the id derives from the token's key,
+    /// so two isolates starting it at once write one session) or its key is
+    /// revoked (every shard keeps the revoked list).
+    fn handle_bearer(
+        &self,
+        store: &Store,
+        cfg: &Config,
+        ctx: Ctx,
+        session: Session,
+        out: &mut Outcome,
+    ) -> Result<Vec<Op>> {
+        let id = Hash(session.id);
+        let existing = store.session(&id)?;
+        let revoked = store.is_revoked(&Hash(session.cookie), ctx.now)?;
+        match bearer::start(existing.as_ref(), revoked, ctx.now, cfg) {
+            Start::Live => Ok(Vec::new()),
+            Start::Revoked => {
+                console_log!(
+                    "headcount: revoked bearer session {} not restarted",
+                    session.uuid()
+                );
+                Ok(Vec::new())
+            }
+            Start::New => {
+                out.needs_alarm = true;
+                self.handle_login(store, cfg, session)
+            }
+            Start::Restart => {
+                out.needs_alarm = true;
+                let (_, mut ops) = end_session(store, cfg, id, None, Kind::Expiry, ctx.now)?;
+                ops.extend(self.handle_login(store, cfg, session)?);
+                Ok(ops)
+            }
+        }
     }
 
     /// Keeps this shard within its share of `max_sessions` (all of it with one
@@ -660,6 +699,12 @@ impl Sessions {
         let ctx = self.place(&store, q.shard, q.shards)?;
         let mut out = Outcome::default();
         let (session, ops) = end_session(&store, cfg, q.id, None, Kind::Revocation, ctx.now)?;
+        if let (true, Some(s)) = (cfg.enforce_revocation, &session) {
+            // Here at once, so a bearer token of the session cannot start it again
+            // before phase 2 reaches this shard.
+            store.revoke(&cookies_of(s, None), s.deadline(cfg))?;
+            out.needs_alarm = true;
+        }
         for op in ops {
             self.apply(&store, cfg, ctx, op, 1, &mut out)?;
         }

@@ -71,6 +71,10 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
 pub enum Op {
     /// A login succeeded: the session, with its first cookie in `session.cookie`.
     Login { session: Session },
+    /// A verified bearer token's session (its key in `session.cookie`, its id
+    /// derived from the key): started like a `Login` unless it is live already
+    /// (so isolates starting it at once write one session) or the key is revoked.
+    Bearer { session: Session },
     /// `requests` requests carried this cookie, the last one at `last_ms`.
     /// `retry`: the second attempt for a cookie that was unknown the first time.
     Touch {
@@ -150,7 +154,7 @@ impl Op {
     /// on sessions, the cookie hash for ops on the cookie index.
     pub fn key(&self) -> Hash {
         match self {
-            Op::Login { session } => Hash(session.id),
+            Op::Login { session } | Op::Bearer { session } => Hash(session.id),
             Op::Touch { hash, .. }
             | Op::Logout { hash, .. }
             | Op::Index { hash, .. }
@@ -343,6 +347,24 @@ mod tests {
             user
         );
         assert_eq!(Op::Evict { id: Hash([2; 16]) }.key(), Hash([2; 16]));
+        // A bearer session goes to its session's shard (the id), not its key's.
+        let session = headcount_core::Session {
+            id: [5; 16],
+            user_id: "7".into(),
+            username: "ann".into(),
+            role: "teacher".into(),
+            ip: String::new(),
+            user_agent: String::new(),
+            login_ms: 1,
+            last_ms: 1,
+            cookie: [6; 16],
+            aliases: Vec::new(),
+        };
+        let op = Op::Bearer { session };
+        assert_eq!(op.key(), Hash([5; 16]));
+        let json = serde_json::to_string(&op).unwrap();
+        assert!(json.contains("\"op\":\"bearer\""), "{json}");
+        assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), op);
         assert_eq!(
             Op::Cap {
                 keep: Hash([3; 16])

@@ -5,19 +5,21 @@
 //! decision is a `headcount-core` function; this file only moves bytes.
 
 use crate::admin;
+use crate::bearer;
 use crate::flush::{self, with_buffer};
 use crate::object::now_ms;
 use crate::protocol::{Hash, Op};
 use crate::revoked;
 use crate::setup::{self, Setup};
 use futures::StreamExt;
+use headcount_core::bearer::Bearer;
 use headcount_core::gateway::{self, LoginFacts, Route, Transition};
 use headcount_core::identity::{self, CookieChange, Identity, MAX_BODY};
-use headcount_core::CookieHash;
+use headcount_core::{CookieHash, CookieHasher};
 use std::rc::Rc;
 use worker::{
-    console_error, console_warn, js_sys, wasm_bindgen::JsValue, web_sys, Context, Env, Fetch,
-    Headers, Request, Response, Result,
+    console_debug, console_error, console_warn, js_sys, wasm_bindgen::JsValue, web_sys, Context,
+    Env, Fetch, Headers, Request, Response, Result,
 };
 
 /// Who a login request says it is and where it comes from, kept until the
@@ -71,14 +73,25 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
     // (but a revoked cookie is refused whoever carries it).
     let ignored = identity::is_ignored_agent(cfg, &user_agent);
     let enforce = cfg.enforce_revocation && !matches!(route, Route::Admin(_));
-    let cookie_value = if ignored && !enforce {
+    let cookie_header = if ignored && !enforce {
         None
     } else {
         header(req.headers(), "cookie")
-            .and_then(|c| identity::request_cookie(&c, &cfg.session_cookie).map(<[u8]>::to_vec))
+    };
+    let cookie_value = cookie_header
+        .as_deref()
+        .and_then(|c| identity::request_cookie(c, &cfg.session_cookie).map(<[u8]>::to_vec));
+    // A bearer token (`jwt`), never looked at for bots: verified before it names anyone.
+    let token = match &cfg.jwt {
+        Some(jwt) if !ignored => {
+            let value = jwt.header.as_deref().and_then(|h| header(req.headers(), h));
+            jwt.token(value.as_deref(), cookie_header.as_deref())
+                .map(<[u8]>::to_vec)
+        }
+        _ => None,
     };
     let wants_login = matches!(route, Route::Login(_)) && !ignored;
-    let hasher = if cookie_value.is_some() || wants_login {
+    let hasher = if cookie_value.is_some() || wants_login || token.is_some() {
         match setup::hasher(&env, &setup).await {
             Ok(h) => Some(h),
             Err(e) => {
@@ -89,11 +102,24 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
     } else {
         None
     };
-    // Hash of the request's session cookie; the cookie itself is never kept.
-    let cookie = cookie_value
-        .as_deref()
-        .zip(hasher.as_ref())
-        .map(|(v, h)| Hash(h.hash(v)));
+    let verdict = match (&cfg.jwt, token.as_deref(), hasher.as_ref()) {
+        (Some(jwt), Some(t), Some(h)) => Some(bearer::check(jwt, h, t, start_ms)),
+        _ => None,
+    };
+    // Hash of the request's session cookie; the cookie itself is never kept. A
+    // verified token's session key takes its place (JWT before cookie).
+    let cookie = match &verdict {
+        Some(Bearer::Known(key) | Bearer::Unconfirmed { key, .. }) => Some(Hash(*key)),
+        other => {
+            if let Some(Bearer::Refused(Some(why))) = other {
+                console_debug!("headcount: bearer token refused: {why}");
+            }
+            cookie_value
+                .as_deref()
+                .zip(hasher.as_ref())
+                .map(|(v, h)| Hash(h.hash(v)))
+        }
+    };
     if let (true, Some(hash)) = (enforce, cookie) {
         // The isolate's own copy of the revoked values: no Durable Object request
         // here, except once per isolate to load it (see revoked.rs).
@@ -103,23 +129,45 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
             return json_response(401, gateway::error_body("session revoked"));
         }
     }
-    let cookie = cookie.filter(|_| !ignored);
+    let mut cookie = cookie.filter(|_| !ignored);
+    let client_ip = || {
+        identity::client_ip(
+            cfg,
+            cfg.client_ip_header
+                .as_deref()
+                .and_then(|h| header(req.headers(), h))
+                .as_deref(),
+            header(req.headers(), "cf-connecting-ip").as_deref(),
+        )
+    };
 
     if let Route::Admin(admin_route) = route {
-        return admin::handle(admin_route, &req, &env, &ctx, &setup, cookie).await;
+        // Admin routes never start a session; a verified admin token authorizes them.
+        let bearer_admin = match verdict {
+            Some(Bearer::Unconfirmed { identity: who, .. }) => Some(who),
+            _ => None,
+        };
+        return admin::handle(admin_route, &req, &env, &ctx, &setup, cookie, bearer_admin).await;
+    }
+    if let (
+        Some(Bearer::Unconfirmed {
+            key,
+            token,
+            identity: who,
+        }),
+        Some(h),
+    ) = (verdict, hasher.as_ref())
+    {
+        let ua = identity::clean_user_agent(&user_agent);
+        if !start_bearer(&setup, h, key, token, who, client_ip(), ua, start_ms) {
+            cookie = None;
+        }
     }
 
     let mut login = match (&hasher, wants_login) {
         (Some(_), true) => Some(LoginAttempt {
             route,
-            ip: identity::client_ip(
-                cfg,
-                cfg.client_ip_header
-                    .as_deref()
-                    .and_then(|h| header(req.headers(), h))
-                    .as_deref(),
-                header(req.headers(), "cf-connecting-ip").as_deref(),
-            ),
+            ip: client_ip(),
             user_agent: identity::clean_user_agent(&user_agent),
             claimed: Identity::default(),
         }),
@@ -195,6 +243,8 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
         Transition::Logout => with_buffer(|b| {
             b.record(cookie, start_ms, Some(response_us));
             if let Some(old) = cookie {
+                // A bearer session ended here: its token starts a new one if used again.
+                bearer::forget_session(&old.0);
                 if !b.push(Op::Logout { hash: old, at: now }) {
                     flush::log_lost("a logout");
                 }
@@ -218,6 +268,40 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
     }
     keep_flushing(&ctx, &env, &setup);
     Ok(resp)
+}
+
+/// Makes sure a verified token's session exists (as the filter's `bearer_session`):
+/// buffers an `Op::Bearer` (the session's shard starts it unless it is live or
+/// revoked) and takes the token as confirmed for `CONFIRM_MS`. The first sighting
+/// of a key in this isolate is flushed at once, like a login; a re-check rides
+/// the next timer flush. False when it cannot be followed (names nobody, buffer
+/// full): the request is anonymous.
+#[allow(clippy::too_many_arguments)]
+fn start_bearer(
+    setup: &Setup,
+    hasher: &CookieHasher,
+    key: CookieHash,
+    token: CookieHash,
+    who: Identity,
+    ip: String,
+    user_agent: String,
+    now: u64,
+) -> bool {
+    let Some(session) = bearer::session(&setup.cfg, hasher, key, who, ip, user_agent, now) else {
+        return false;
+    };
+    let first = flush::known(&Hash(key)).is_none();
+    let pushed = with_buffer(|b| {
+        let pushed = b.push(Op::Bearer { session });
+        b.urgent |= pushed && first;
+        pushed
+    });
+    if !pushed {
+        flush::log_lost("a bearer session");
+        return false;
+    }
+    bearer::confirm(&token, now);
+    true
 }
 
 fn keep_flushing(ctx: &Context, env: &Env, setup: &Rc<Setup>) {
@@ -358,6 +442,7 @@ async fn finish_login(
         Some(session) => {
             // A login over an existing session replaces it.
             if let Some(old) = old.filter(|o| *o != new) {
+                bearer::forget_session(&old.0);
                 if !b.push(Op::Logout { hash: old, at: now }) {
                     flush::log_lost("a logout");
                 }

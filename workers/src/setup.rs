@@ -35,7 +35,8 @@ pub struct Counters {
     pub do_requests: u64,
     /// Requests proxied to the origin.
     pub proxied: u64,
-    /// Proxied requests that carried a session cookie (not of an ignored agent).
+    /// Proxied requests that carried a session cookie or a verified token (not of an
+    /// ignored agent).
     pub with_cookie: u64,
     /// Flushes of buffered activity (each one request per shard involved).
     pub flushes: u64,
@@ -149,6 +150,18 @@ mod tests {
         assert!(err(r#"{"active_window_seconds": "x"}"#, "http://a", "1")
             .contains("`active_window_seconds`"));
         assert!(err("{}", "", "1").contains("`ORIGIN`"));
+        // The jwt section's fields, as the core names them.
+        assert!(
+            err(r#"{"jwt": {"hs256_secret": "short"}}"#, "http://a", "1")
+                .contains("`jwt.hs256_secret`")
+        );
+        assert!(err(r#"{"jwt": {}}"#, "http://a", "1").contains("`jwt`"));
+        assert!(err(
+            r#"{"jwt": {"hs256_secret": "0123456789abcdef0123456789abcdef", "audence": "x"}}"#,
+            "http://a",
+            "1"
+        )
+        .contains("`jwt.audence`"));
         assert!(err("{}", "ftp://a", "1").contains("`ORIGIN`"));
         assert!(err("{}", "http://a", "0").contains("`HEADCOUNT_SHARDS`"));
         assert!(err("{}", "http://a", "x").contains("`HEADCOUNT_SHARDS`"));

@@ -425,6 +425,16 @@ impl Store {
         Ok(rev)
     }
 
+    /// Whether `hash` is a revoked session's value at `now`.
+    pub fn is_revoked(&self, hash: &Hash, now: u64) -> Result<bool> {
+        Ok(!self
+            .rows(
+                "SELECT 1 FROM revoked WHERE hash = ? AND until_ms >= ?",
+                vec![blob(hash), int(now)],
+            )?
+            .is_empty())
+    }
+
     /// The revision of the revoked list (0 before any revocation).
     pub fn revoked_rev(&self) -> Result<u64> {
         Ok(self
