@@ -19,27 +19,12 @@ PREFIX = "/__headcount"
 JWT_CONFIG = dict(PLUGIN_CONFIG, jwt={"hs256_secret": DEFAULT_JWT_SECRET})
 REVOKED = {"error": "session revoked"}
 
-# The fixture of envoy/e2e/test_jwt.py (and host-tests/tests/all/jwt.rs): signed once by Python's
-# joserfc with an RSA key whose public half is below (exp in 2100): sub 42, preferred_username ann,
-# role teacher, iss https://idp.example, aud [other, headcount], sid s-1.
-RSA_PUBLIC_KEY = """-----BEGIN PUBLIC KEY-----
-MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAqFfIjIeMDqOuAeewsnKI
-xLzaAmJA/BR1Lv3ytVeBcqS+Goqyy9r35FrDPoIbuvsXgwMKwLlmITOmT0u//6om
-tlEyBQ++NRi25Ww2c1b4hLo0No6lM7qv1/N7pyi8pCFJ6QMyicTD8fpJcNwO2O84
-EZKhTISZG5j4+zJe5lED7txcxTSL+qNafvhTYrcA+OW8a66PC7CbxVxOhpz5Lz5d
-hJJwUiayV+45w0j68JdM4AjY/BFXvCzlo9C7/DN/9AJ55j/hpVVayMW0AWR9otR8
-JTRAKsv+1f9s1JdCsMRxxmw0OG9dWxpyM70sAy0TEpoxGh1sXBsTBLsxanozUchl
-CQIDAQAB
------END PUBLIC KEY-----
-"""
-RS256_TOKEN = (
-    "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6InJzYS0xIn0.eyJzdWIiOiI0MiIsInByZWZlcnJlZF91c2VybmFtZSI6ImFubiIs"
-    "InJvbGUiOiJ0ZWFjaGVyIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsImlzcyI6Imh0dHBzOi8vaWRwLmV4YW1wbGUiLCJh"
-    "dWQiOlsib3RoZXIiLCJoZWFkY291bnQiXSwic2lkIjoicy0xIiwianRpIjoiai0xIn0.jD25QZ-iyz6CMiXkohTy8hnX95bJ-5QcXkVO_yYu4v"
-    "ASznMZDh2QBwb_o7ZxPEm1mQ8j7kMN7oFqxleWRQ6ZormKGntLeFXFsN8A1p1GkAlStATSMYtO0q8XdayVHgqRMS7FICVi3Ug715w5wIXNYsJ"
-    "VMmGi2fl7Ncv5FQU2yYhhtf4e35NrF8yKQjKF55oynBXDQ17MdwG9m5HEEYYjF-AArdsD7pqld0TEp5MMEg3fOrvUFrbIH71qmLbYXiIX9o4tF"
-    "CRlgyjjqUEevMHwHJ9zkUSxT1AX8bGl_ATdtXcU3KOg87X0ku9JjgjMVp8Sxy7Y7jJd02ycR0tMvzwHew"
-)
+# Signed once by Python's joserfc with the RSA key whose public half is rsa1.pub.pem (exp in
+# 2100): sub 42, preferred_username ann, role teacher, iss https://idp.example,
+# aud [other, headcount], sid s-1. Shared with the core, harness and Envoy tests.
+FIXTURES = Path(__file__).resolve().parents[2] / "plugin" / "core" / "tests" / "fixtures" / "jwt"
+RSA_PUBLIC_KEY = (FIXTURES / "rsa1.pub.pem").read_text()
+RS256_TOKEN = (FIXTURES / "rs256.jwt").read_text().strip()
 
 
 def app_token(base, username):
