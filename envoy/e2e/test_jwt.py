@@ -1,42 +1,20 @@
 """Issue 7 in a real Envoy: users named by a JWT only after its signature and claims verify."""
 
-import sys
 import time
-from pathlib import Path
 
 import requests
 
 from helpers import PLUGIN_CONFIG, TIMEOUT, bearer, stats, summary, ua, wait_stats
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demo"))
-from app import DEFAULT_JWT_SECRET, sign_jwt  # noqa: E402  (the demo app's own signer)
+from jwt_tokens import (DEFAULT_JWT_SECRET, RS256_TOKEN, RSA_PUBLIC_KEY, app_token, bad_tokens, claims,
+                        sign_jwt)
 
 PREFIX = "/__headcount"
 JWT_CONFIG = dict(PLUGIN_CONFIG, jwt={"hs256_secret": DEFAULT_JWT_SECRET})
-
-# Signed once by Python's joserfc with an RSA key whose public half is rsa1.pub.pem (exp in 2100):
-# sub 42, preferred_username ann, role teacher, iss https://idp.example, aud [other, headcount].
-FIXTURES = Path(__file__).resolve().parents[2] / "plugin" / "core" / "tests" / "fixtures" / "jwt"
-RSA_PUBLIC_KEY = (FIXTURES / "rsa1.pub.pem").read_text()
-RS256_TOKEN = (FIXTURES / "rs256.jwt").read_text().strip()
-
-
-def app_token(base, username):
-    r = requests.post(f"{base}/api/v2/auth/token", json={"username": username, "password": "password"},
-                      timeout=TIMEOUT)
-    assert r.status_code == 200, r.text
-    assert "set-cookie" not in r.headers
-    return r.json()["access_token"]
 
 
 def call(base, token, path="/api/v1/me", user_agent=None):
     return requests.get(base + path, timeout=TIMEOUT,
                         headers={"Authorization": f"Bearer {token}", "User-Agent": user_agent or ua("api")})
-
-
-def claims(username, role, uid, **extra):
-    now = int(time.time())
-    return {"sub": uid, "preferred_username": username, "role": role, "iat": now, "exp": now + 600, **extra}
 
 
 def test_an_api_client_with_a_verified_token_is_a_user(start_envoy):
@@ -62,18 +40,8 @@ def test_an_api_client_with_a_verified_token_is_a_user(start_envoy):
 def test_forged_unsigned_expired_and_misdirected_tokens_count_as_nobody(start_envoy):
     envoy = start_envoy(dict(JWT_CONFIG, jwt={"hs256_secret": DEFAULT_JWT_SECRET, "audience": "demo"}))
     base = envoy.url
-    good = claims("admin_user", "admin", "1", aud="demo")
-    valid = sign_jwt(good, DEFAULT_JWT_SECRET)
-    head, body, sig = valid.split(".")
-    forged_payload = sign_jwt(claims("admin_user", "admin", "1", aud="demo", exp=int(time.time()) + 10**6),
-                              DEFAULT_JWT_SECRET).split(".")[1]
-    bad = [
-        sign_jwt(good, "an-attackers-secret-0123456789abcdef0123"),
-        f"{head}.{forged_payload}.{sig}",
-        sign_jwt(good, DEFAULT_JWT_SECRET, header={"alg": "none"}).rsplit(".", 1)[0] + ".",
-        sign_jwt(dict(good, exp=int(time.time()) - 3600), DEFAULT_JWT_SECRET),
-        sign_jwt(dict(good, aud="another-app"), DEFAULT_JWT_SECRET),
-        "x" * 20000 + ".y.z",
+    valid, bad = bad_tokens("demo")
+    bad += [
         "\u00ff\u00fe.a.b",
     ]
     for token in bad:

@@ -129,7 +129,8 @@ def test_ten_thousand_sessions_over_the_cap_keep_the_numbers_exact(start_envoy):
     both Envoy workers: exactly 200 sessions stay, 10,000 are evicted, traffic keeps flowing."""
     import time as _time
 
-    from test_jwt import DEFAULT_JWT_SECRET, JWT_CONFIG, claims, sign_jwt
+    from jwt_tokens import DEFAULT_JWT_SECRET, claims, sign_jwt
+    from test_jwt import JWT_CONFIG
 
     cap, over = 200, 10_000
     envoy = start_envoy(dict(JWT_CONFIG, max_sessions=cap))

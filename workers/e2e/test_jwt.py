@@ -2,7 +2,6 @@
 and claims verify, in real workerd, with exact counts."""
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -12,28 +11,13 @@ from helpers import (PLUGIN_CONFIG, TIMEOUT, USERS, bearer, debug, stats, stats_
                      wait_stats)
 from test_dashboard_data import events_of, metric, metrics_of
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "envoy" / "demo"))
-from app import DEFAULT_JWT_SECRET, sign_jwt  # noqa: E402  (the demo app's own signer)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "envoy" / "e2e"))
+from jwt_tokens import (DEFAULT_JWT_SECRET, RS256_TOKEN, RSA_PUBLIC_KEY, app_token, bad_tokens, claims,  # noqa: E402
+                        sign_jwt)
 
 PREFIX = "/__headcount"
 JWT_CONFIG = dict(PLUGIN_CONFIG, jwt={"hs256_secret": DEFAULT_JWT_SECRET})
 REVOKED = {"error": "session revoked"}
-
-# Signed once by Python's joserfc with the RSA key whose public half is rsa1.pub.pem (exp in
-# 2100): sub 42, preferred_username ann, role teacher, iss https://idp.example,
-# aud [other, headcount], sid s-1. Shared with the core, harness and Envoy tests.
-FIXTURES = Path(__file__).resolve().parents[2] / "plugin" / "core" / "tests" / "fixtures" / "jwt"
-RSA_PUBLIC_KEY = (FIXTURES / "rsa1.pub.pem").read_text()
-RS256_TOKEN = (FIXTURES / "rs256.jwt").read_text().strip()
-
-
-def app_token(base, username):
-    """A token issued by the demo app through the Worker (no cookie: an API client)."""
-    r = requests.post(f"{base}/api/v2/auth/token", json={"username": username, "password": "password"},
-                      timeout=TIMEOUT)
-    assert r.status_code == 200 and r.headers.get("x-demo-app") == "1", r.text
-    assert "set-cookie" not in r.headers
-    return r.json()["access_token"]
 
 
 def call(base, token, path="/api/v1/me", user_agent=None, method="GET"):
@@ -41,11 +25,6 @@ def call(base, token, path="/api/v1/me", user_agent=None, method="GET"):
                          headers={"Authorization": f"Bearer {token}", "User-Agent": user_agent or ua("api")})
     assert r.headers.get("x-demo-app") == "1" or r.status_code == 401, (path, r.status_code, r.text[:200])
     return r
-
-
-def claims(username, role, uid, **extra):
-    now = int(time.time())
-    return {"sub": uid, "preferred_username": username, "role": role, "iat": now, "exp": now + 600, **extra}
 
 
 @pytest.mark.parametrize("shards", [1, 4])
@@ -102,19 +81,7 @@ def test_known_tokens_cost_no_durable_object_request_per_request(start_worker):
 def test_forged_unsigned_expired_and_misdirected_tokens_count_as_nobody(start_worker):
     wp = start_worker(dict(JWT_CONFIG, jwt={"hs256_secret": DEFAULT_JWT_SECRET, "audience": "demo"}))
     base = wp.url
-    good = claims("admin_user", "admin", "1", aud="demo")
-    valid = sign_jwt(good, DEFAULT_JWT_SECRET)
-    head, body, sig = valid.split(".")
-    forged_payload = sign_jwt(claims("admin_user", "admin", "1", aud="demo", exp=int(time.time()) + 10**6),
-                              DEFAULT_JWT_SECRET).split(".")[1]
-    bad = [
-        sign_jwt(good, "an-attackers-secret-0123456789abcdef0123"),
-        f"{head}.{forged_payload}.{sig}",
-        sign_jwt(good, DEFAULT_JWT_SECRET, header={"alg": "none"}).rsplit(".", 1)[0] + ".",
-        sign_jwt(dict(good, exp=int(time.time()) - 3600), DEFAULT_JWT_SECRET),
-        sign_jwt(dict(good, aud="another-app"), DEFAULT_JWT_SECRET),
-        "x" * 20000 + ".y.z",
-    ]
+    valid, bad = bad_tokens("demo")
     proxied = 0
     for token in bad:
         r = call(base, token)

@@ -12,9 +12,7 @@
 //! request path, and a re-check is one op in the next flush, not a request.
 //! Plain data apart from the cache, so the rules are unit-tested natively.
 
-use headcount_core::bearer::{self, Bearer, BearerConfig, TokenCache};
-use headcount_core::gateway::{self, LoginFacts};
-use headcount_core::identity::Identity;
+use headcount_core::bearer::{Bearer, BearerConfig, TokenCache};
 use headcount_core::{Config, CookieHash, CookieHasher, Session};
 use std::cell::RefCell;
 
@@ -39,40 +37,9 @@ pub fn forget_session(key: &CookieHash) {
     TOKENS.with(|t| t.borrow_mut().forget_session(key));
 }
 
-/// The session a verified token starts (its first request here is its "login"):
-/// its id derives from the key, so every isolate builds the same id. `None` when
-/// the token names nobody.
-pub fn session(
-    cfg: &Config,
-    hasher: &CookieHasher,
-    key: CookieHash,
-    who: Identity,
-    ip: String,
-    user_agent: String,
-    now: u64,
-) -> Option<Session> {
-    let facts = LoginFacts {
-        cookie: key,
-        ip,
-        user_agent,
-        now,
-        random: bearer::session_id_seed(hasher, &key),
-    };
-    gateway::new_session(cfg, who, facts)
-}
-
-/// A verified token's user as a session that is not stored: admin routes never
-/// start a session, but an admin's token authorizes them.
-pub fn transient(cfg: &Config, who: Identity, now: u64) -> Option<Session> {
-    let facts = LoginFacts {
-        cookie: [0; 16],
-        ip: String::new(),
-        user_agent: String::new(),
-        now,
-        random: [0; 16],
-    };
-    gateway::new_session(cfg, who, facts)
-}
+/// Sessions a token starts, and the unstored one that authorizes admin routes:
+/// the core's rules, under the names this host uses.
+pub use headcount_core::bearer::{start_session as session, transient_session as transient};
 
 /// What the session's shard does with an `Op::Bearer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +71,8 @@ pub fn start(existing: Option<&Session>, revoked: bool, now: u64, cfg: &Config) 
 mod tests {
     use super::*;
     use headcount_core::bearer::CONFIRM_MS;
+    use headcount_core::gateway;
+    use headcount_core::identity::Identity;
 
     const SECRET: &str = "worker-bearer-test-secret-0123456789";
     const NOW_S: u64 = 1_800_000_000;

@@ -14,10 +14,11 @@
 //! The first request seen with a token starts the session (the "login"); no
 //! session is started for a key the table reports as revoked.
 
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
+use crate::gateway::LoginFacts;
 use crate::identity::Identity;
 use crate::jwt::{self, JwtConfig, JwtError, Key};
-use crate::session::{CookieHash, CookieHasher};
+use crate::session::{CookieHash, CookieHasher, Session};
 use serde::Deserialize;
 use std::collections::HashMap;
 
@@ -132,20 +133,9 @@ impl BearerConfig {
             "preferred_username",
         )?;
         verify.role_claim = claim_name("jwt.role_claim", raw.role_claim, "role")?;
-        let name = |field: &str, v: &str| {
-            let ok = !v.is_empty()
-                && v.len() <= 256
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if ok {
-                Ok(())
-            } else {
-                Err(err(field, "must be a non-empty header/cookie name token"))
-            }
-        };
         let cookie = match raw.cookie {
             Some(c) => {
-                name("jwt.cookie", &c)?;
+                crate::config::token("jwt.cookie", &c)?;
                 Some(c)
             }
             None => None,
@@ -153,7 +143,7 @@ impl BearerConfig {
         let header = match raw.header {
             Some(h) if h.is_empty() => None,
             Some(h) => {
-                name("jwt.header", &h)?;
+                crate::config::token("jwt.header", &h)?;
                 Some(h.to_ascii_lowercase())
             }
             None => Some("authorization".to_string()),
@@ -216,6 +206,41 @@ pub fn session_key(hasher: &CookieHasher, claims: &jwt::Claims, token: &[u8]) ->
 /// start the same session at once write the same record rather than two.
 pub fn session_id_seed(hasher: &CookieHasher, key: &CookieHash) -> [u8; 16] {
     hasher.hash(&[&b"id\0"[..], &key[..]].concat())
+}
+
+/// The session a verified token starts (its first request is its "login"). Its id
+/// derives from the key, so every worker or isolate builds the same id. `None`
+/// when the token names nobody.
+pub fn start_session(
+    cfg: &Config,
+    hasher: &CookieHasher,
+    key: CookieHash,
+    who: Identity,
+    ip: String,
+    user_agent: String,
+    now: u64,
+) -> Option<Session> {
+    let facts = LoginFacts {
+        cookie: key,
+        ip,
+        user_agent,
+        now,
+        random: session_id_seed(hasher, &key),
+    };
+    crate::gateway::new_session(cfg, who, facts)
+}
+
+/// A verified token's user as a session that is never stored: admin routes start
+/// no session, but an admin's token authorizes them.
+pub fn transient_session(cfg: &Config, who: Identity, now: u64) -> Option<Session> {
+    let facts = LoginFacts {
+        cookie: [0; 16],
+        ip: String::new(),
+        user_agent: String::new(),
+        now,
+        random: [0; 16],
+    };
+    crate::gateway::new_session(cfg, who, facts)
 }
 
 #[derive(Debug, Clone)]
@@ -371,7 +396,6 @@ impl TokenCache {
 mod tests {
     use super::*;
     use crate::config::tests::field_of;
-    use crate::config::Config;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
     use hmac::{Hmac, Mac};
@@ -393,7 +417,6 @@ mod tests {
         let json = format!(r#"{{"jwt": {{"hs256_secret": "{SECRET}"{extra}}}}}"#);
         Config::from_json(json.as_bytes()).unwrap().jwt.unwrap()
     }
-
 
     #[test]
     fn config_errors_name_the_field() {

@@ -273,7 +273,7 @@ fn pointer(field: &str, v: Option<String>, default: String) -> Result<String, Co
     Ok(v)
 }
 
-fn token(field: &str, v: &str) -> Result<(), ConfigError> {
+pub(crate) fn token(field: &str, v: &str) -> Result<(), ConfigError> {
     // RFC 7230 token characters: valid as both header and cookie names.
     let ok = !v.is_empty()
         && v.len() <= MAX_TEXT

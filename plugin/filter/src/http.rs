@@ -78,7 +78,10 @@ impl Stream {
                 let session = self
                     .cookie
                     .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten())
-                    .or_else(|| self.transient_session(now));
+                    .or_else(|| {
+                        let who = self.bearer_admin.clone()?;
+                        bearer::transient_session(cfg, who, now)
+                    });
                 match gateway::authorize(cfg, data, token, session.as_ref(), now) {
                     Access::Unauthenticated => (
                         401,
@@ -99,19 +102,6 @@ impl Stream {
             }
         };
         host::respond(status, content_type, &body);
-    }
-
-    /// A verified JWT's user as a session that is not stored (admin routes only).
-    fn transient_session(&self, now: u64) -> Option<Session> {
-        let who = self.bearer_admin.clone()?;
-        let facts = LoginFacts {
-            cookie: [0; 16],
-            ip: String::new(),
-            user_agent: String::new(),
-            now,
-            random: [0; 16],
-        };
-        gateway::new_session(&self.vm.cfg, who, facts)
     }
 
     /// The client's address: the configured forwarding header (trusted hops only)
@@ -145,14 +135,15 @@ impl Stream {
                 if table.is_revoked(&key, now).unwrap_or(true) {
                     return false;
                 }
-                let facts = LoginFacts {
-                    cookie: key,
-                    ip: self.client_ip(),
-                    user_agent: identity::clean_user_agent(user_agent),
+                let Some(session) = bearer::start_session(
+                    &self.vm.cfg,
+                    &self.vm.hasher,
+                    key,
+                    who,
+                    self.client_ip(),
+                    identity::clean_user_agent(user_agent),
                     now,
-                    random: bearer::session_id_seed(&self.vm.hasher, &key),
-                };
-                let Some(session) = gateway::new_session(&self.vm.cfg, who, facts) else {
+                ) else {
                     return false;
                 };
                 if !self.record_login(session, now) {
