@@ -14,6 +14,7 @@ mod common;
 mod concurrency;
 mod expiry;
 mod filter;
+mod layout;
 mod login;
 mod logout;
 mod memory;
