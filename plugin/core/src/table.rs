@@ -1154,6 +1154,45 @@ mod tests {
     }
 
     #[test]
+    fn a_realistic_session_takes_under_256_bytes() {
+        // The Envoy benchmark's session: 32-char user id, 33-char username, a browser UA.
+        let (store, cfg) = (MemoryStore::default(), Config::default());
+        let t = SessionTable::new(&store);
+        let empty = t.footprint().unwrap();
+        let n = 2_000u32;
+        for i in 0..n {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
+            id[4..8].copy_from_slice(&i.to_le_bytes());
+            let mut cookie = id;
+            cookie[8] = 1;
+            t.insert(
+                Session {
+                    id,
+                    user_id: format!("{i:032}"),
+                    username: format!("bench-user-{i:022}"),
+                    role: "student".into(),
+                    ip: "127.0.0.1".into(),
+                    user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36".into(),
+                    login_ms: 1_795_830_252_123,
+                    last_ms: 1_795_830_252_123,
+                    cookie,
+                    aliases: vec![],
+                },
+                &cfg,
+            )
+            .unwrap();
+        }
+        let keys: usize = (0..SHARDS)
+            .flat_map(|i| [session_key(i), cookie_key(i)])
+            .chain((0..SEEN_SHARDS).map(seen_key))
+            .map(|k| k.len())
+            .sum();
+        let per = (t.footprint().unwrap() - keys) as f64 / f64::from(n);
+        assert!(per <= 210.0, "{per} bytes per session ({empty} empty)");
+    }
+
+    #[test]
     fn racing_rotations_both_resolve() {
         let (store, cfg) = (MemoryStore::default(), Config::default());
         let t = SessionTable::new(&store);
