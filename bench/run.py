@@ -898,29 +898,84 @@ def iso_ms(s: str) -> int:
     return int(datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
 
 
+# plugin/core/src/agent.rs: fragments of browser user agents stored as one byte each.
+UA_FRAGMENTS = [
+    ') AppleWebKit/537.36 (KHTML, like Gecko) ',
+    ') AppleWebKit/605.1.15 (KHTML, like Gecko) ',
+    'Mozilla/5.0 (',
+    'Windows NT 10.0; Win64; x64',
+    'Macintosh; Intel Mac OS X 10_15_7',
+    'Macintosh; Intel Mac OS X ',
+    'X11; Linux x86_64',
+    'Linux; Android ',
+    'iPhone; CPU iPhone OS ',
+    ' like Mac OS X',
+    ' Safari/537.36',
+    ' Safari/605.1.15',
+    ' Safari/604.1',
+    ' Mobile Safari/537.36',
+    'Chrome/',
+    '.0.0.0',
+    ' Edg/',
+    ' OPR/',
+    'Firefox/',
+    '; rv:',
+    ') Gecko/20100101 ',
+    'Version/',
+    ' Mobile/15E148',
+    'HeadlessChrome/',
+    'X11; Ubuntu; Linux x86_64',
+    'Windows NT 10.0; WOW64',
+    '; K) ',
+    'iPad; CPU OS ',
+    'CriOS/',
+    ' Mobile',
+    'SamsungBrowser/',
+]
+
+
+def packed_user_agent(ua: str) -> int:
+    """Bytes of agent::pack(ua): each fragment (first match in list order) becomes one byte."""
+    if any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in ua):
+        return len(ua.encode()) + 1
+    size, i = 0, 0
+    while i < len(ua):
+        for f in UA_FRAGMENTS:
+            if ua.startswith(f, i):
+                size += 1
+                i += len(f)
+                break
+        else:
+            size += len(ua[i].encode())
+            i += 1
+    return size
+
+
 def shared_bytes_per_session(stats: dict) -> dict[str, float]:
-    """Bytes each live session adds to shared data, from its stored (postcard) encoding:
-    the session record in headcount.v1.sessions.{i} plus its cookie entry in
-    headcount.v1.cookies.{i} (bench sessions never rotate: no aliases)."""
+    """Bytes each live session adds to shared data, from what the table stores
+    (plugin/core/src/table.rs): the details record in headcount.v2.sessions.{i}
+    (postcard, user agent packed), the 32-byte activity record in headcount.v2.seen.{i}
+    and the 40-byte cookie entry in headcount.v2.cookies.{i} (bench sessions never
+    rotate: no aliases)."""
     sessions = stats["sessions"]
     if not sessions:
         return {}
-    record = index = strings = 0
+    record = strings = 0
     for s in sessions:
         login = iso_ms(s["login_time"])
-        last = iso_ms(s["last_activity"])
-        text = sum(postcard_str(s[k]) for k in ("user_id", "username", "role", "ip", "user_agent"))
-        # id [u8;16] + strings + login_ms + last_ms (varints) + cookie [u8;16] + aliases (empty vec)
-        record += 16 + text + postcard_varint(login) + postcard_varint(last) + 16 + postcard_varint(0)
+        packed = packed_user_agent(s["user_agent"])
+        text = sum(postcard_str(s[k]) for k in ("user_id", "username", "role", "ip"))
+        text += postcard_varint(packed) + packed
+        # id [u8;16] + strings + login_ms (varint) + cookie [u8;16] + aliases (empty vec)
+        record += 16 + text + postcard_varint(login) + 16 + postcard_varint(0)
         strings += text
-        # (cookie hash [u8;16], CookieRef { session [u8;16], until varint })
-        index += 16 + 16 + postcard_varint(login + MAX_LIFETIME_MS)
     n = len(sessions)
-    # Per shard: a varint count, amortized.
-    shard_prefix = 2 * SHARDS * postcard_varint(max(1, n // SHARDS)) / n
-    return {"session_record": record / n, "cookie_entry": index / n, "strings": strings / n,
-            "shard_prefix": shard_prefix,
-            "total": (record + index) / n + shard_prefix}
+    activity, cookie = 32, 40
+    # Per details shard: a varint count, amortized (the fixed-width shards have none).
+    shard_prefix = SHARDS * postcard_varint(max(1, n // SHARDS)) / n
+    return {"session_record": record / n, "activity_record": activity, "cookie_entry": cookie,
+            "strings": strings / n, "shard_prefix": shard_prefix,
+            "total": record / n + activity + cookie + shard_prefix}
 
 
 def stats_phase(plan: Plan, out: Path, upstream: Upstream, wasm: dict, results: dict) -> None:
@@ -1148,7 +1203,8 @@ def report(plan: Plan, results: dict, out: Path) -> str:
         if last:
             w("")
             w(f"shared data per live session: session record {last['session_record']:.0f} B "
-              f"(of which strings {last['strings']:.0f} B: user id, username, role, ip, user agent) + "
+              f"(of which strings {last['strings']:.0f} B: user id, username, role, ip, packed user agent) + "
+              f"activity record {last.get('activity_record', 0):.0f} B + "
               f"cookie index entry {last['cookie_entry']:.0f} B + shard prefixes {last['shard_prefix']:.1f} B "
               f"= {last['total']:.0f} B")
         for r in results["stats"]:

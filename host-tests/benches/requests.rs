@@ -60,8 +60,12 @@ fn anonymous(vm: &Vm) -> Exchange {
 }
 
 fn stats(vm: &Vm) -> Exchange {
+    stats_query(vm, "")
+}
+
+fn stats_query(vm: &Vm, query: &str) -> Exchange {
     let ex = vm
-        .get("/__headcount/stats")
+        .get(&format!("/__headcount/stats{query}"))
         .bearer(TOKEN)
         .send()
         .unwrap_or_else(|e| panic!("stats: {e}"));
@@ -142,7 +146,10 @@ fn run(sessions: usize) -> Vec<Row> {
     rows.push(measure("authenticated request", sessions, 3000, |_| {
         authenticated(&vm, rng.next(sessions))
     }));
-    // What the buffered activity costs when the tick writes it (per request buffered).
+    // What the buffered activity costs when the tick writes it (per request buffered);
+    // the requests measured above are flushed first.
+    host.advance(Duration::from_millis(1));
+    vm.tick().unwrap_or_else(|e| panic!("{e}"));
     let buffered = 1000;
     for _ in 0..buffered {
         authenticated(&vm, rng.next(sessions));
@@ -158,11 +165,26 @@ fn run(sessions: usize) -> Vec<Row> {
         wall: t.elapsed(),
         fuel: vm.fuel_consumed() - fuel_before,
     });
+    // A tick with nothing buffered (what every worker pays each flush interval).
+    host.advance(Duration::from_millis(1));
+    let fuel_before = vm.fuel_consumed();
+    let t = Instant::now();
+    vm.tick().unwrap_or_else(|e| panic!("{e}"));
+    rows.push(Row {
+        what: "tick, nothing buffered",
+        sessions,
+        iterations: 1,
+        wall: t.elapsed(),
+        fuel: vm.fuel_consumed() - fuel_before,
+    });
     rows.push(measure("login", sessions, 300, |i| {
         login(&vm, sessions + i)
     }));
     let reads = if sessions >= 100_000 { 3 } else { 20 };
     rows.push(measure("stats read", sessions, reads, |_| stats(&vm)));
+    rows.push(measure("stats read, ?limit=0", sessions, reads, |_| {
+        stats_query(&vm, "?limit=0")
+    }));
     eprintln!(
         "  linear memory after the stats reads: {:.1} MiB",
         vm.memory_bytes() as f64 / (1 << 20) as f64

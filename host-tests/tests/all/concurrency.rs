@@ -22,7 +22,7 @@ fn three_workers_losing_cas_races_still_count_exactly() {
         // only hit keys that exist, so top up rather than pile up: a pile of 64 in a row
         // would exhaust the filter's retries, which is a different test.)
         let pending = host.pending_forced_mismatches();
-        host.force_cas_mismatches("headcount.v1.sessions.", 3u32.saturating_sub(pending));
+        host.force_cas_mismatches("headcount.v2.sessions.", 3u32.saturating_sub(pending));
         let vm = &vms[i as usize % 3];
         let role = ["admin", "teacher", "student"][i as usize % 3];
         login(vm, i, &format!("user{i:02}"), role, &format!("cookie-{i}"));
@@ -33,7 +33,7 @@ fn three_workers_losing_cas_races_still_count_exactly() {
     // again losing races.
     for i in 0..60u64 {
         let pending = host.pending_forced_mismatches();
-        host.force_cas_mismatches("headcount.v1.sessions.", 3u32.saturating_sub(pending));
+        host.force_cas_mismatches("headcount.v2.sessions.", 3u32.saturating_sub(pending));
         let vm = &vms[(i as usize + 2) % 3];
         if i % 2 == 0 {
             vm.get("/x")
@@ -54,7 +54,7 @@ fn three_workers_losing_cas_races_still_count_exactly() {
         }
     };
     for i in 50..60u64 {
-        host.force_cas_mismatches("headcount.v1.sessions.", 2);
+        host.force_cas_mismatches("headcount.v2.sessions.", 2);
         logout(&vms[i as usize % 3], &cookie(i));
     }
     assert_eq!(host.metric("headcount_logouts_total"), Some(10));
@@ -65,7 +65,7 @@ fn three_workers_losing_cas_races_still_count_exactly() {
         browse(&vms[(i as usize + 1) % 3], &cookie(i));
     }
     let pending = host.pending_forced_mismatches();
-    host.force_cas_mismatches("headcount.v1.", 10u32.saturating_sub(pending));
+    host.force_cas_mismatches("headcount.v", 10u32.saturating_sub(pending));
     host.tick_all().unwrap();
     // A cookie unknown at a flush (the logged-out ones) is held for one more flush.
     host.tick_all().unwrap();

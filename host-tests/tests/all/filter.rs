@@ -66,3 +66,41 @@ fn every_stream_runs_the_full_envoy_lifecycle() {
     );
     assert!(!ex.done_deferred);
 }
+
+#[test]
+fn the_session_cookie_is_found_in_any_of_several_cookie_headers() {
+    // HTTP/2 clients may send one `cookie` header per cookie; the filter reads the whole
+    // header map at once and joins them.
+    let (host, vm) = start(json!({}));
+    login(&vm, 1, "ada", "admin", "split");
+    host.advance(std::time::Duration::from_secs(60));
+    vm.get("/api/v1/courses")
+        .header("cookie", "theme=dark")
+        .header("cookie", "session=split")
+        .respond(200, &[], "[]")
+        .unwrap();
+    let s = stats(&vm);
+    assert_eq!(
+        only_session(&s)["last_activity"],
+        "2026-11-28T10:01:00.000Z",
+        "{s:#}"
+    );
+    assert_eq!(s["traffic"]["authenticated_requests_today"], 2);
+}
+
+#[test]
+fn trusted_identity_headers_sent_by_clients_never_reach_the_app() {
+    let (_host, vm) =
+        start(json!({ "username_header": "x-auth-user", "role_header": "x-auth-role" }));
+    let ex = vm
+        .get("/api/v1/courses")
+        .header("x-auth-role", "admin")
+        .header("X-Auth-User", "mallory")
+        .header("x-other", "kept")
+        .respond(200, &[], "[]")
+        .unwrap();
+    let up = &ex.upstream.as_ref().unwrap().headers;
+    assert_eq!(up.get_bytes("x-auth-role"), None);
+    assert_eq!(up.get_bytes("x-auth-user"), None);
+    assert_eq!(up.get_bytes("x-other"), Some(&b"kept"[..]));
+}

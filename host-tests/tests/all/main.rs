@@ -16,6 +16,7 @@ mod concurrency;
 mod expiry;
 mod filter;
 mod jwt;
+mod layout;
 mod login;
 mod logout;
 mod memory;

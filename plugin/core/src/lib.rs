@@ -6,6 +6,7 @@
 //! randomness and a `SharedStore`; they decide nothing themselves.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod bearer;
 pub mod config;
 pub mod device;
@@ -18,6 +19,7 @@ pub mod memory;
 pub mod prometheus;
 pub mod record;
 pub mod session;
+pub mod snapshot;
 pub mod stats;
 pub mod table;
 pub mod traffic;

@@ -70,12 +70,12 @@ pub struct Session {
 }
 
 /// Seen within the window (inclusive: at exactly `window` ms it still counts) and not over.
-fn active(login_ms: u64, last_ms: u64, now: u64, cfg: &Config) -> bool {
+pub fn active(login_ms: u64, last_ms: u64, now: u64, cfg: &Config) -> bool {
     now.saturating_sub(last_ms) <= cfg.active_window_ms && !expired(login_ms, last_ms, now, cfg)
 }
 
 /// Idle past the timeout, or older than the maximum lifetime.
-fn expired(login_ms: u64, last_ms: u64, now: u64, cfg: &Config) -> bool {
+pub fn expired(login_ms: u64, last_ms: u64, now: u64, cfg: &Config) -> bool {
     now.saturating_sub(last_ms) > cfg.idle_timeout_ms
         || now.saturating_sub(login_ms) > cfg.max_lifetime_ms
 }

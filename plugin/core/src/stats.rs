@@ -180,22 +180,54 @@ impl Stats {
     }
 }
 
-/// `2026-11-28T10:45:00.123Z` for a Unix time in milliseconds.
+/// `2026-11-28T10:45:00.123Z` for a Unix time in milliseconds (years past 9999
+/// read as the epoch). Written digit by digit: a report lists up to thousands
+/// of times, and `format!` with a calendar library cost several times more.
 pub fn rfc3339(ms: u64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        ),
-        Err(_) => "1970-01-01T00:00:00.000Z".to_string(),
+    let secs = ms / 1000;
+    let (days, sod) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    if year > 9999 {
+        return "1970-01-01T00:00:00.000Z".to_string();
     }
+    let mut out = String::with_capacity(24);
+    push_digits(&mut out, year, 4);
+    let parts = [
+        ('-', month, 2),
+        ('-', day, 2),
+        ('T', sod / 3600, 2),
+        (':', sod / 60 % 60, 2),
+        (':', sod % 60, 2),
+        ('.', ms % 1000, 3),
+    ];
+    for (sep, n, width) in parts {
+        out.push(sep);
+        push_digits(&mut out, n, width);
+    }
+    out.push('Z');
+    out
+}
+
+/// `n`'s last `width` decimal digits, zero-padded.
+fn push_digits(out: &mut String, n: u64, width: u32) {
+    for p in (0..width).rev() {
+        let digit = (n / 10u64.pow(p)) % 10;
+        out.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
+    }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -257,6 +289,32 @@ mod tests {
         assert_eq!(r.active_sessions, 50);
         let names: Vec<&str> = r.sessions.iter().map(|v| v.username.as_str()).collect();
         assert_eq!(names, vec!["u49", "u48", "u47"]);
+    }
+
+    #[test]
+    fn rfc3339_matches_the_calendar_library() {
+        let via_time = |ms: u64| {
+            let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .unwrap();
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        };
+        let mut ms = 0u64;
+        while ms < 253_402_300_799_999 {
+            assert_eq!(rfc3339(ms), via_time(ms), "{ms}");
+            ms = ms * 3 / 2 + 86_399_997;
+        }
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(u64::MAX), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]

@@ -1,30 +1,53 @@
 //! The session table kept in a host's shared key/value store (Envoy shared data).
 //!
 //! The proxy-wasm ABI can neither list nor delete keys, and Envoy never frees one,
-//! so the table lives in two fixed sets of shard keys, each value a postcard list:
+//! so the table lives in fixed sets of shard keys:
 //!
-//! - `headcount.v1.sessions.{i}`: the sessions, sharded by session id;
-//! - `headcount.v1.cookies.{i}`: cookie hash -> session id, sharded by cookie hash.
+//! - `headcount.v2.seen.{0..64}`: one fixed-width activity record per live session
+//!   (session id, login time, last activity), sorted by id, sharded by session id.
+//!   A session is live exactly while its record is here. A flush of buffered
+//!   activity rewrites only these small records in place: no decoding, no strings.
+//! - `headcount.v2.sessions.{0..512}`: who each session is (ids, names, role, IP,
+//!   packed user agent, cookie hashes), a postcard list sharded by session id. These
+//!   change only on login, logout, rotation and expiry, so a reader can keep them
+//!   decoded and re-decode a shard only when its CAS token changed.
+//! - `headcount.v2.cookies.{0..512}`: cookie hash -> (session id, valid until),
+//!   fixed-width records sorted by hash, sharded by cookie hash: resolving a cookie
+//!   is one read and a binary search, with nothing decoded.
 //!
 //! Memory follows the live sessions, never the sessions ever seen. Every write is
 //! a CAS read-modify-write, retried on mismatch, so concurrent VMs lose no update.
+//! A session starts with its activity record (then its details, then its cookie
+//! entries) and ends with it: whoever removes the activity record owns the ending.
 //! A rotated cookie is one more index entry pointing at the same session: any
 //! value the app handed out recently resolves in two reads, however fast it rotates.
 
 use crate::config::Config;
 use crate::record::{self, MAX_RETRIES};
-use crate::session::{CookieHash, Session, SessionRef, MAX_ALIASES};
+use crate::session::{self, CookieHash, Session, MAX_ALIASES};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-/// Shard keys per kind. More shards make each write smaller and the stats read
-/// longer; see README "Performance".
+/// Shard keys for session details and for cookies. More shards make each write
+/// smaller and a full read longer; see bench/PERFORMANCE.md.
 pub const SHARDS: usize = 512;
+
+/// Shard keys for activity records; session shard `i` has its activity in
+/// `i % SEEN_SHARDS`. Few and fixed-width: a flush touching thousands of
+/// sessions writes at most this many keys, and a full read is this many calls.
+pub const SEEN_SHARDS: usize = 64;
+
+/// Bytes of one activity record: session id, login and last activity (u64 LE ms).
+pub const SEEN_LEN: usize = 32;
 
 /// How long a cookie value rotated away (beyond the newest `MAX_ALIASES`) keeps
 /// resolving: requests still in flight, or buffered activity not yet flushed.
 pub const ROTATION_GRACE_MS: u64 = 30_000;
+
+/// A session record without an activity record is being inserted (or its removal
+/// failed half-way); the sweep removes it once it is this old.
+pub const ORPHAN_GRACE_MS: u64 = 60_000;
 
 /// What the table needs from a host: a shared byte store with compare-and-swap.
 pub trait SharedStore {
@@ -83,33 +106,100 @@ pub struct CookieRef {
     pub until: u64,
 }
 
-type CookieShard = Vec<(CookieHash, CookieRef)>;
-type SessionShard = Vec<Session>;
+/// Bytes of one cookie entry: cookie hash, session id, valid until (u64 LE ms).
+pub const COOKIE_LEN: usize = 40;
 
-fn shard_of(bytes: &[u8; 16]) -> usize {
+/// A session's details as stored: `Session` without its last activity (kept in
+/// the activity record) and with the user agent packed (`agent::pack`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: [u8; 16],
+    pub user_id: String,
+    pub username: String,
+    pub role: String,
+    pub ip: String,
+    pub agent: String,
+    pub login_ms: u64,
+    pub cookie: CookieHash,
+    pub aliases: Vec<CookieHash>,
+}
+
+/// A `Record` borrowed from its encoded shard (same layout).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecordRef<'a> {
+    pub id: [u8; 16],
+    pub user_id: &'a str,
+    pub username: &'a str,
+    pub role: &'a str,
+    pub ip: &'a str,
+    pub agent: &'a str,
+    pub login_ms: u64,
+    pub cookie: CookieHash,
+    pub aliases: Vec<CookieHash>,
+}
+
+impl Record {
+    pub fn of(s: &Session) -> Record {
+        Record {
+            id: s.id,
+            user_id: s.user_id.clone(),
+            username: s.username.clone(),
+            role: s.role.clone(),
+            ip: s.ip.clone(),
+            agent: crate::agent::pack(&s.user_agent),
+            login_ms: s.login_ms,
+            cookie: s.cookie,
+            aliases: s.aliases.clone(),
+        }
+    }
+
+    pub fn into_session(self, last_ms: u64) -> Session {
+        Session {
+            id: self.id,
+            user_agent: crate::agent::unpack(&self.agent),
+            user_id: self.user_id,
+            username: self.username,
+            role: self.role,
+            ip: self.ip,
+            login_ms: self.login_ms,
+            last_ms,
+            cookie: self.cookie,
+            aliases: self.aliases,
+        }
+    }
+}
+
+type SessionShard = Vec<Record>;
+
+pub fn shard_of(bytes: &[u8; 16]) -> usize {
     usize::from(u16::from_le_bytes([bytes[0], bytes[1]])) % SHARDS
 }
 
+pub fn seen_shard_of(id: &[u8; 16]) -> usize {
+    shard_of(id) % SEEN_SHARDS
+}
+
 pub fn session_key(index: usize) -> String {
-    format!("headcount.v1.sessions.{index}")
+    format!("headcount.v2.sessions.{index}")
+}
+
+pub fn seen_key(index: usize) -> String {
+    format!("headcount.v2.seen.{index}")
 }
 
 pub fn cookie_key(index: usize) -> String {
-    format!("headcount.v1.cookies.{index}")
+    format!("headcount.v2.cookies.{index}")
 }
 
 pub fn user_key(index: usize) -> String {
-    format!("headcount.v1.users.{index}")
+    format!("headcount.v2.users.{index}")
 }
 
 /// Cookie hashes of revoked sessions with the time they may be forgotten.
-pub const REVOKED_KEY: &str = "headcount.v1.revoked";
+pub const REVOKED_KEY: &str = "headcount.v2.revoked";
 
 /// The live-session count (a postcard `u64`).
-pub const COUNT_KEY: &str = "headcount.v1.count";
-
-/// Session shards sampled for the longest-idle session when over `max_sessions`.
-const EVICTION_SAMPLE: usize = 8;
+pub const COUNT_KEY: &str = "headcount.v2.count";
 
 /// Per-user session lists (only kept when `max_sessions_per_user` is set).
 type UserShard = Vec<([u8; 16], Vec<([u8; 16], u64)>)>;
@@ -121,6 +211,232 @@ fn user_hash(user_id: &str) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.iter_mut().zip(d.iter()).for_each(|(o, b)| *o = *b);
     out
+}
+
+/// A shard of fixed-width records sorted by their first 16 bytes (a session id or
+/// a cookie hash). Bytes that are not whole records (another version) read as empty.
+#[derive(Debug, Clone, Copy)]
+pub struct Fixed<'b, const LEN: usize>(&'b [u8]);
+
+/// An activity shard: `SEEN_LEN`-byte records sorted by session id.
+pub type Seen<'b> = Fixed<'b, SEEN_LEN>;
+
+/// A cookie shard: `COOKIE_LEN`-byte entries sorted by cookie hash.
+pub type Cookies<'b> = Fixed<'b, COOKIE_LEN>;
+
+/// One activity record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    pub id: [u8; 16],
+    pub login_ms: u64,
+    pub last_ms: u64,
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    if let Some(src) = b.get(at..at + 8) {
+        w.copy_from_slice(src);
+    }
+    u64::from_le_bytes(w)
+}
+
+fn id_at(b: &[u8], at: usize) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if let Some(src) = b.get(at..at + 16) {
+        id.copy_from_slice(src);
+    }
+    id
+}
+
+impl<'b, const LEN: usize> Fixed<'b, LEN> {
+    pub fn new(bytes: &'b [u8]) -> Self {
+        Fixed(if bytes.len() % LEN == 0 { bytes } else { &[] })
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len() / LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Record `i`'s bytes.
+    pub fn record(&self, i: usize) -> Option<&'b [u8]> {
+        self.0.get(i * LEN..(i + 1) * LEN)
+    }
+
+    /// Binary search by key: `Ok(index)` if present, else where it would go.
+    pub fn find(&self, key: &[u8; 16]) -> Result<usize, usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let k = self.0.get(mid * LEN..mid * LEN + 16).unwrap_or_default();
+            match k.cmp(&key[..]) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &'b [u8]> + 'b {
+        self.0.chunks_exact(LEN)
+    }
+}
+
+impl<'b> Seen<'b> {
+    pub fn at(&self, i: usize) -> Option<Activity> {
+        self.record(i).map(activity)
+    }
+
+    pub fn get(&self, id: &[u8; 16]) -> Option<Activity> {
+        self.find(id).ok().and_then(|i| self.at(i))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Activity> + 'b {
+        self.records().map(activity)
+    }
+}
+
+fn activity(r: &[u8]) -> Activity {
+    Activity {
+        id: id_at(r, 0),
+        login_ms: u64_at(r, 16),
+        last_ms: u64_at(r, 24),
+    }
+}
+
+fn cookie_entry(r: &[u8]) -> (CookieHash, CookieRef) {
+    (
+        id_at(r, 0),
+        CookieRef {
+            session: id_at(r, 16),
+            until: u64_at(r, 32),
+        },
+    )
+}
+
+impl<'b> Cookies<'b> {
+    pub fn get(&self, hash: &CookieHash) -> Option<CookieRef> {
+        let i = self.find(hash).ok()?;
+        self.record(i).map(|r| cookie_entry(r).1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (CookieHash, CookieRef)> + 'b {
+        self.records().map(cookie_entry)
+    }
+}
+
+fn seen_record(a: &Activity) -> [u8; SEEN_LEN] {
+    let mut r = [0u8; SEEN_LEN];
+    r[..16].copy_from_slice(&a.id);
+    r[16..24].copy_from_slice(&a.login_ms.to_le_bytes());
+    r[24..].copy_from_slice(&a.last_ms.to_le_bytes());
+    r
+}
+
+fn cookie_record(hash: &CookieHash, r: &CookieRef) -> [u8; COOKIE_LEN] {
+    let mut b = [0u8; COOKIE_LEN];
+    b[..16].copy_from_slice(hash);
+    b[16..32].copy_from_slice(&r.session);
+    b[32..].copy_from_slice(&r.until.to_le_bytes());
+    b
+}
+
+/// Sets a record (insert, or replace the one with the same key) in a shard's bytes.
+fn fixed_put<const LEN: usize>(bytes: &mut Vec<u8>, rec: [u8; LEN]) {
+    if bytes.len() % LEN != 0 {
+        bytes.clear();
+    }
+    let key = id_at(&rec, 0);
+    match Fixed::<LEN>::new(bytes).find(&key) {
+        Ok(i) => {
+            if let Some(dst) = bytes.get_mut(i * LEN..(i + 1) * LEN) {
+                dst.copy_from_slice(&rec);
+            }
+        }
+        Err(i) => {
+            let at = (i * LEN).min(bytes.len());
+            bytes.splice(at..at, rec);
+        }
+    }
+}
+
+/// Removes the record with `key`, returning its bytes.
+fn fixed_take<const LEN: usize>(bytes: &mut Vec<u8>, key: &[u8; 16]) -> Option<Vec<u8>> {
+    let i = Fixed::<LEN>::new(bytes).find(key).ok()?;
+    Some(bytes.drain(i * LEN..(i + 1) * LEN).collect())
+}
+
+/// Keeps only the records `keep` accepts; whether any went.
+fn fixed_retain<const LEN: usize>(
+    bytes: &mut Vec<u8>,
+    mut keep: impl FnMut(&[u8]) -> bool,
+) -> bool {
+    if bytes.len() % LEN != 0 {
+        bytes.clear();
+        return true;
+    }
+    let before = bytes.len();
+    let kept: Vec<u8> = bytes
+        .chunks_exact(LEN)
+        .filter(|r| keep(r))
+        .flatten()
+        .copied()
+        .collect();
+    *bytes = kept;
+    bytes.len() != before
+}
+
+fn seen_put(bytes: &mut Vec<u8>, a: &Activity) {
+    fixed_put(bytes, seen_record(a));
+}
+
+/// Moves a record's last activity forward to `t`: (the record exists, it moved).
+fn seen_touch(bytes: &mut [u8], id: &[u8; 16], t: u64) -> (bool, bool) {
+    let Ok(i) = Seen::new(bytes).find(id) else {
+        return (false, false);
+    };
+    let at = i * SEEN_LEN + 24;
+    if u64_at(bytes, at) >= t {
+        return (true, false);
+    }
+    if let Some(dst) = bytes.get_mut(at..at + 8) {
+        dst.copy_from_slice(&t.to_le_bytes());
+    }
+    (true, true)
+}
+
+/// Removes and returns an activity record.
+fn seen_take(bytes: &mut Vec<u8>, id: &[u8; 16]) -> Option<Activity> {
+    fixed_take::<SEEN_LEN>(bytes, id).map(|r| activity(&r))
+}
+
+/// CAS read-modify-write of raw bytes. `f` returns whether it changed anything;
+/// it may run several times, so it must only depend on its argument.
+fn update_raw<R>(
+    store: &impl SharedStore,
+    key: &str,
+    mut f: impl FnMut(&mut Vec<u8>) -> (bool, R),
+) -> Result<R, TableError> {
+    for _ in 0..MAX_RETRIES {
+        let (mut value, cas) = match store.get(key)? {
+            Some((v, cas)) => (v, Some(cas)),
+            None => (Vec::new(), None),
+        };
+        let (changed, out) = f(&mut value);
+        if !changed {
+            return Ok(out);
+        }
+        match store.set(key, &value, cas) {
+            Ok(()) => return Ok(out),
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(TableError::Contended(key.to_string()))
 }
 
 /// How a touch batch went: which hashes led to a live session.
@@ -154,17 +470,45 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         record::update(self.store, key, f)
     }
 
-    fn cookie_ref(&self, hash: &CookieHash, now: u64) -> Result<Option<CookieRef>, TableError> {
-        let (shard, _) = self.read::<CookieShard>(&cookie_key(shard_of(hash)))?;
-        Ok(shard
-            .into_iter()
-            .find(|(h, r)| h == hash && r.until >= now)
-            .map(|(_, r)| r))
+    /// An activity shard's bytes (empty if never written).
+    pub fn seen_bytes(&self, index: usize) -> Result<Vec<u8>, TableError> {
+        Ok(self
+            .store
+            .get(&seen_key(index))?
+            .map(|(v, _)| v)
+            .unwrap_or_default())
     }
 
-    fn session_by_id(&self, id: &[u8; 16]) -> Result<Option<Session>, TableError> {
+    /// A live session's activity record.
+    pub fn activity(&self, id: &[u8; 16]) -> Result<Option<Activity>, TableError> {
+        let bytes = self.seen_bytes(seen_shard_of(id))?;
+        Ok(Seen::new(&bytes).get(id))
+    }
+
+    fn cookie_bytes(&self, index: usize) -> Result<Vec<u8>, TableError> {
+        Ok(self
+            .store
+            .get(&cookie_key(index))?
+            .map(|(v, _)| v)
+            .unwrap_or_default())
+    }
+
+    fn cookie_ref(&self, hash: &CookieHash, now: u64) -> Result<Option<CookieRef>, TableError> {
+        let bytes = self.cookie_bytes(shard_of(hash))?;
+        Ok(Cookies::new(&bytes).get(hash).filter(|r| r.until >= now))
+    }
+
+    fn record_by_id(&self, id: &[u8; 16]) -> Result<Option<Record>, TableError> {
         let (shard, _) = self.read::<SessionShard>(&session_key(shard_of(id)))?;
         Ok(shard.into_iter().find(|s| s.id == *id))
+    }
+
+    /// A live session by id.
+    pub fn session_by_id(&self, id: &[u8; 16]) -> Result<Option<Session>, TableError> {
+        let Some(a) = self.activity(id)? else {
+            return Ok(None);
+        };
+        Ok(self.record_by_id(id)?.map(|r| r.into_session(a.last_ms)))
     }
 
     /// The live session a cookie hash leads to (current value or a recent rotation).
@@ -182,10 +526,12 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         session: [u8; 16],
         until: u64,
     ) -> Result<(), TableError> {
+        let entry = CookieRef { session, until };
         for (index, group) in group_by_shard(hashes) {
-            self.update::<CookieShard, _>(&cookie_key(index), |shard| {
-                shard.retain(|(h, _)| !group.contains(h));
-                shard.extend(group.iter().map(|h| (*h, CookieRef { session, until })));
+            update_raw(self.store, &cookie_key(index), |bytes| {
+                for h in &group {
+                    fixed_put(bytes, cookie_record(h, &entry));
+                }
                 (true, ())
             })?;
         }
@@ -201,31 +547,52 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         until: Option<u64>,
     ) -> Result<(), TableError> {
         for (index, group) in group_by_shard(hashes) {
-            self.update::<CookieShard, _>(&cookie_key(index), |shard| {
-                let before = shard.clone();
-                match until {
-                    None => shard.retain(|(h, r)| !(group.contains(h) && r.session == session)),
-                    Some(t) => shard
-                        .iter_mut()
-                        .filter(|(h, r)| group.contains(h) && r.session == session)
-                        .for_each(|(_, r)| r.until = r.until.min(t)),
+            update_raw(self.store, &cookie_key(index), |bytes| {
+                let mut changed = false;
+                for h in &group {
+                    let Some(r) = Cookies::new(bytes).get(h).filter(|r| r.session == session)
+                    else {
+                        continue;
+                    };
+                    match until {
+                        None => {
+                            fixed_take::<COOKIE_LEN>(bytes, h);
+                            changed = true;
+                        }
+                        Some(t) if r.until > t => {
+                            fixed_put(bytes, cookie_record(h, &CookieRef { until: t, ..r }));
+                            changed = true;
+                        }
+                        Some(_) => {}
+                    }
                 }
-                (*shard != before, ())
+                (changed, ())
             })?;
         }
         Ok(())
     }
 
-    /// Records a new login under its cookie hash (the session first, so an index
-    /// entry never points at nothing). Returns the sessions it evicted to stay
-    /// within `max_sessions` and `max_sessions_per_user`.
+    /// Records a new login under its cookie hash: its activity record, then its
+    /// details, then its cookie entry (an index entry never points at nothing).
+    /// Returns the sessions it evicted to stay within `max_sessions` and
+    /// `max_sessions_per_user`.
     pub fn insert(&self, session: Session, cfg: &Config) -> Result<Vec<Session>, TableError> {
         let (id, cookie, until) = (session.id, session.cookie, session.deadline(cfg));
-        let added = self.update::<SessionShard, _>(&session_key(shard_of(&id)), |shard| {
-            let before = shard.len();
+        let activity = Activity {
+            id,
+            login_ms: session.login_ms,
+            last_ms: session.last_ms,
+        };
+        let added = update_raw(self.store, &seen_key(seen_shard_of(&id)), |bytes| {
+            let fresh = Seen::new(bytes).get(&id).is_none();
+            seen_put(bytes, &activity);
+            (true, fresh)
+        })?;
+        let record = Record::of(&session);
+        self.update::<SessionShard, _>(&session_key(shard_of(&id)), |shard| {
             shard.retain(|s| s.id != id);
-            shard.push(session.clone());
-            (true, shard.len() > before)
+            shard.push(record.clone());
+            (true, ())
         })?;
         self.index(&[cookie], id, until)?;
         let mut evicted = Vec::new();
@@ -258,32 +625,32 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         })
     }
 
-    /// Evicts the longest-idle sessions (about `n`) among those in `EVICTION_SAMPLE`
-    /// shards after `keep`'s own, until the live count is back at the cap (an
-    /// approximate LRU, as Redis does): exact LRU would read every shard on every
-    /// login at the cap.
+    /// Evicts the longest-idle sessions (about `n`) among those in the activity
+    /// shard after `keep`'s own, until the live count is back at the cap (an
+    /// approximate LRU, as Redis does: about 1/64 of the sessions): exact LRU would
+    /// read every shard on every login at the cap.
     fn evict(&self, n: u64, keep: &[u8; 16], cfg: &Config) -> Result<Vec<Session>, TableError> {
-        let start = shard_of(keep);
+        let start = seen_shard_of(keep);
         let mut candidates: Vec<([u8; 16], u64)> = Vec::new();
         let want = usize::try_from(n).unwrap_or(usize::MAX);
         let read = |range: std::ops::Range<usize>,
                     into: &mut Vec<([u8; 16], u64)>|
          -> Result<(), TableError> {
             for i in range {
-                let (shard, _) = self.read::<SessionShard>(&session_key((start + i) % SHARDS))?;
+                let bytes = self.seen_bytes((start + i) % SEEN_SHARDS)?;
                 into.extend(
-                    shard
+                    Seen::new(&bytes)
                         .iter()
-                        .filter(|s| s.id != *keep)
-                        .map(|s| (s.id, s.last_ms)),
+                        .filter(|a| a.id != *keep)
+                        .map(|a| (a.id, a.last_ms)),
                 );
             }
             Ok(())
         };
-        read(0..EVICTION_SAMPLE, &mut candidates)?;
+        read(0..1, &mut candidates)?;
         // Too few sessions in the sample (few sessions, or a small cap): read all.
         if candidates.len() < want {
-            read(EVICTION_SAMPLE..SHARDS, &mut candidates)?;
+            read(1..SEEN_SHARDS, &mut candidates)?;
         }
         candidates.sort_by_key(|(_, last)| *last);
         let mut evicted = Vec::new();
@@ -311,12 +678,12 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         let mut hashes = Vec::new();
         if cfg.enforce_revocation {
             for index in 0..SHARDS {
-                let (shard, _) = self.read::<CookieShard>(&cookie_key(index))?;
+                let bytes = self.cookie_bytes(index)?;
                 hashes.extend(
-                    shard
+                    Cookies::new(&bytes)
                         .iter()
                         .filter(|(_, r)| r.session == *id && r.until >= now)
-                        .map(|(h, _)| *h),
+                        .map(|(h, _)| h),
                 );
             }
         }
@@ -343,20 +710,42 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
 
     /// Removes one session by id and everything that points at it.
     pub fn remove_by_id(&self, id: &[u8; 16], cfg: &Config) -> Result<Option<Session>, TableError> {
-        let removed = self.update::<SessionShard, _>(&session_key(shard_of(id)), |shard| {
-            match shard.iter().position(|s| s.id == *id) {
-                Some(pos) => (true, Some(shard.remove(pos))),
-                None => (false, None),
-            }
-        })?;
-        if let Some(s) = &removed {
-            self.forget(std::slice::from_ref(s), None, cfg)?;
-        }
-        Ok(removed)
+        self.remove(id, None, cfg)
     }
 
-    /// After sessions left the session shards: their cookie entries, the live
-    /// count and the per-user index.
+    /// Ends a session: its activity record first (whoever takes it owns the
+    /// ending, so it is reported once), then its details and cookie entries.
+    fn remove(
+        &self,
+        id: &[u8; 16],
+        extra: Option<&CookieHash>,
+        cfg: &Config,
+    ) -> Result<Option<Session>, TableError> {
+        let taken = update_raw(self.store, &seen_key(seen_shard_of(id)), |bytes| {
+            let a = seen_take(bytes, id);
+            (a.is_some(), a)
+        })?;
+        let Some(activity) = taken else {
+            return Ok(None);
+        };
+        self.count_add(-1)?;
+        let record =
+            self.update::<SessionShard, _>(&session_key(shard_of(id)), |shard| {
+                match shard.iter().position(|s| s.id == *id) {
+                    Some(pos) => (true, Some(shard.remove(pos))),
+                    None => (false, None),
+                }
+            })?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let session = record.into_session(activity.last_ms);
+        self.forget(std::slice::from_ref(&session), extra, cfg)?;
+        Ok(Some(session))
+    }
+
+    /// After sessions left the session shards: their cookie entries and the
+    /// per-user index.
     fn forget(
         &self,
         gone: &[Session],
@@ -368,9 +757,6 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             if cfg.max_sessions_per_user.is_some() {
                 self.user_index_remove(s)?;
             }
-        }
-        if !gone.is_empty() {
-            self.count_add(-i64::try_from(gone.len()).unwrap_or(i64::MAX))?;
         }
         Ok(())
     }
@@ -409,49 +795,58 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     }
 
     /// Marks the sessions behind `batch` (hash, time seen) as seen: one read per
-    /// cookie shard and one write per session shard involved.
+    /// cookie shard and one in-place write per activity shard involved. Sorting
+    /// does the grouping: no maps, nothing decoded.
     pub fn touch(&self, batch: &[(CookieHash, u64)], now: u64) -> Result<TouchOutcome, TableError> {
-        let hashes: Vec<CookieHash> = batch.iter().map(|(h, _)| *h).collect();
-        let mut refs: BTreeMap<CookieHash, [u8; 16]> = BTreeMap::new();
-        for (index, group) in group_by_shard(&hashes) {
-            let (shard, _) = self.read::<CookieShard>(&cookie_key(index))?;
-            for (h, r) in shard {
-                if r.until >= now && group.contains(&h) {
-                    refs.insert(h, r.session);
-                }
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        let hash = |i: &usize| batch.get(*i).map_or([0; 16], |(h, _)| *h);
+        order.sort_unstable_by_key(|i| (shard_of(&hash(i)), hash(i)));
+        // (activity shard, session id, time, position in the batch)
+        let mut resolved: Vec<(usize, [u8; 16], u64, usize)> = Vec::with_capacity(batch.len());
+        let mut current: Option<(usize, Vec<u8>)> = None;
+        for i in order {
+            let Some((h, t)) = batch.get(i) else {
+                continue;
+            };
+            let index = shard_of(h);
+            if current.as_ref().map(|(c, _)| *c) != Some(index) {
+                current = Some((index, self.cookie_bytes(index)?));
+            }
+            let bytes = current.as_ref().map_or(&[][..], |(_, b)| b.as_slice());
+            if let Some(r) = Cookies::new(bytes).get(h).filter(|r| r.until >= now) {
+                resolved.push((seen_shard_of(&r.session), r.session, *t, i));
             }
         }
-        // Latest time seen per session id.
-        let mut seen: BTreeMap<[u8; 16], u64> = BTreeMap::new();
-        for (h, t) in batch {
-            if let Some(id) = refs.get(h) {
-                let e = seen.entry(*id).or_insert(*t);
-                *e = (*e).max(*t);
-            }
-        }
-        let ids: Vec<[u8; 16]> = seen.keys().copied().collect();
-        let mut live: BTreeSet<[u8; 16]> = BTreeSet::new();
-        for (index, group) in group_by_shard(&ids) {
-            let found = self.update::<SessionShard, _>(&session_key(index), |shard| {
+        resolved.sort_unstable_by_key(|(shard, id, _, _)| (*shard, *id));
+        let mut found = vec![false; batch.len()];
+        for group in resolved.chunk_by(|a, b| a.0 == b.0) {
+            let Some(index) = group.first().map(|g| g.0) else {
+                continue;
+            };
+            let hits = update_raw(self.store, &seen_key(index), |bytes| {
                 let mut changed = false;
-                let mut found = Vec::new();
-                for s in shard.iter_mut().filter(|s| group.contains(&s.id)) {
-                    found.push(s.id);
-                    if let Some(t) = seen.get(&s.id).filter(|t| **t > s.last_ms) {
-                        s.last_ms = *t;
-                        changed = true;
+                let mut hits = Vec::with_capacity(group.len());
+                for (_, id, t, i) in group {
+                    let (exists, moved) = seen_touch(bytes, id, *t);
+                    if exists {
+                        hits.push(*i);
                     }
+                    changed |= moved;
                 }
-                (changed, found)
+                (changed, hits)
             })?;
-            live.extend(found);
+            for i in hits {
+                if let Some(f) = found.get_mut(i) {
+                    *f = true;
+                }
+            }
         }
         let mut outcome = TouchOutcome::default();
-        for h in hashes {
-            if refs.get(&h).is_some_and(|id| live.contains(id)) {
-                outcome.found.push(h);
+        for ((h, _), hit) in batch.iter().zip(found) {
+            if hit {
+                outcome.found.push(*h);
             } else {
-                outcome.missing.push(h);
+                outcome.missing.push(*h);
             }
         }
         Ok(outcome)
@@ -469,19 +864,18 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             return Ok(None);
         };
         // Index the new value first: from here on it resolves.
-        let deadline = match self.session_by_id(&r.session)? {
-            Some(s) => s.deadline(cfg),
+        let deadline = match self.activity(&r.session)? {
+            Some(a) => a.login_ms.saturating_add(cfg.max_lifetime_ms),
             None => return Ok(None),
         };
         self.index(&[*to], r.session, deadline)?;
-        let (session, dropped) =
+        let (record, dropped) =
             self.update::<SessionShard, _>(&session_key(shard_of(&r.session)), |shard| {
                 let Some(s) = shard.iter_mut().find(|s| s.id == r.session) else {
                     return (false, (None, Vec::new()));
                 };
-                s.last_ms = s.last_ms.max(now);
                 if s.cookie == *to {
-                    return (true, (Some(s.clone()), Vec::new()));
+                    return (false, (Some(s.clone()), Vec::new()));
                 }
                 let old = std::mem::replace(&mut s.cookie, *to);
                 s.aliases.retain(|a| a != to && *a != old);
@@ -493,14 +887,19 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
                 };
                 (true, (Some(s.clone()), dropped))
             })?;
-        match session {
-            Some(s) => {
+        // The rotating request is activity.
+        let activity = update_raw(self.store, &seen_key(seen_shard_of(&r.session)), |bytes| {
+            let (_, moved) = seen_touch(bytes, &r.session, now);
+            (moved, Seen::new(bytes).get(&r.session))
+        })?;
+        match (record, activity) {
+            (Some(s), Some(a)) => {
                 // Old values beyond the newest few keep working for a grace period only.
                 self.unindex(&dropped, s.id, Some(now.saturating_add(ROTATION_GRACE_MS)))?;
-                Ok(Some(s))
+                Ok(Some(s.into_session(a.last_ms)))
             }
             // Ended while we rotated: take the new entry back out.
-            None => {
+            _ => {
                 self.unindex(&[*to], r.session, None)?;
                 Ok(None)
             }
@@ -517,51 +916,88 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         let Some(r) = self.cookie_ref(hash, now)? else {
             return Ok(None);
         };
-        let removed = self.update::<SessionShard, _>(
-            &session_key(shard_of(&r.session)),
-            |shard| match shard.iter().position(|s| s.id == r.session) {
-                Some(pos) => (true, Some(shard.remove(pos))),
-                None => (false, None),
-            },
-        )?;
-        let Some(session) = removed else {
-            return Ok(None);
-        };
-        self.forget(std::slice::from_ref(&session), Some(hash), cfg)?;
-        Ok(Some(session))
+        self.remove(&r.session, Some(hash), cfg)
     }
 
-    /// Removes expired sessions and stale cookie entries from shards `range`;
-    /// returns the sessions it ended. Only one caller removes a given session
-    /// (CAS), so each expiry is reported once.
+    /// Removes expired sessions (all of them: the activity shards are small and
+    /// fixed-width), then cleans the session and cookie shards in `range` of
+    /// stale cookie entries and of orphaned details (an insert or removal that
+    /// failed half-way). Returns the sessions it ended; only one caller removes a
+    /// given session (CAS), so each expiry is reported once.
     pub fn sweep(
         &self,
         range: std::ops::Range<usize>,
         now: u64,
         cfg: &Config,
     ) -> Result<Vec<Session>, TableError> {
+        let mut expired: BTreeMap<usize, BTreeMap<[u8; 16], u64>> = BTreeMap::new();
+        let mut shards: Vec<Vec<u8>> = Vec::with_capacity(SEEN_SHARDS);
+        let mut taken = 0i64;
+        for index in 0..SEEN_SHARDS {
+            let (gone, left) = update_raw(self.store, &seen_key(index), |bytes| {
+                let gone: Vec<Activity> = Seen::new(bytes)
+                    .iter()
+                    .filter(|a| session::expired(a.login_ms, a.last_ms, now, cfg))
+                    .collect();
+                for a in &gone {
+                    seen_take(bytes, &a.id);
+                }
+                (!gone.is_empty(), (gone, bytes.clone()))
+            })?;
+            shards.push(left);
+            taken += i64::try_from(gone.len()).unwrap_or(0);
+            for a in gone {
+                expired
+                    .entry(shard_of(&a.id))
+                    .or_default()
+                    .insert(a.id, a.last_ms);
+            }
+        }
+        if taken > 0 {
+            self.count_add(-taken)?;
+        }
         let mut ended = Vec::new();
-        for index in range.clone() {
-            let gone = self.update::<SessionShard, _>(&session_key(index), |shard| {
-                let (gone, keep): (Vec<Session>, Vec<Session>) = std::mem::take(shard)
+        for (index, ids) in &expired {
+            let gone = self.update::<SessionShard, _>(&session_key(*index), |shard| {
+                let (gone, keep): (Vec<Record>, Vec<Record>) = std::mem::take(shard)
                     .into_iter()
-                    .partition(|s| s.is_expired(now, cfg));
+                    .partition(|s| ids.contains_key(&s.id));
                 *shard = keep;
                 (!gone.is_empty(), gone)
             })?;
-            ended.extend(gone);
+            ended.extend(gone.into_iter().map(|r| {
+                let last = ids.get(&r.id).copied().unwrap_or(r.login_ms);
+                r.into_session(last)
+            }));
         }
         self.forget(&ended, None, cfg)?;
+        let mut orphans = Vec::new();
+        for index in range.clone() {
+            let seen = shards
+                .get(index % SEEN_SHARDS)
+                .map(|b| Seen::new(b))
+                .unwrap_or(Seen::new(&[]));
+            let gone = self.update::<SessionShard, _>(&session_key(index), |shard| {
+                let (gone, keep): (Vec<Record>, Vec<Record>) =
+                    std::mem::take(shard).into_iter().partition(|s| {
+                        seen.get(&s.id).is_none()
+                            && now.saturating_sub(s.login_ms) > ORPHAN_GRACE_MS
+                    });
+                *shard = keep;
+                (!gone.is_empty(), gone)
+            })?;
+            orphans.extend(gone.into_iter().map(|r| r.into_session(0)));
+        }
+        self.forget(&orphans, None, cfg)?;
         record::update(self.store, REVOKED_KEY, |r: &mut Vec<(CookieHash, u64)>| {
             let before = r.len();
             r.retain(|(_, until)| *until >= now);
             (r.len() != before, ())
         })?;
         for index in range {
-            self.update::<CookieShard, _>(&cookie_key(index), |shard| {
-                let before = shard.len();
-                shard.retain(|(_, r)| r.until >= now);
-                (shard.len() != before, ())
+            update_raw(self.store, &cookie_key(index), |bytes| {
+                let gone = fixed_retain::<COOKIE_LEN>(bytes, |r| u64_at(r, 32) >= now);
+                (gone, ())
             })?;
         }
         Ok(ended)
@@ -570,33 +1006,30 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     /// Every live session, read shard by shard.
     pub fn sessions(&self) -> Result<Vec<Session>, TableError> {
         let mut out = Vec::new();
-        for index in 0..SHARDS {
-            let (shard, _) = self.read::<SessionShard>(&session_key(index))?;
-            out.extend(shard);
-        }
-        Ok(out)
-    }
-
-    /// Visits every session without decoding its strings into owned memory.
-    pub fn scan(&self, mut visit: impl FnMut(&SessionRef<'_>)) -> Result<(), TableError> {
-        for index in 0..SHARDS {
-            if let Some((bytes, _)) = self.store.get(&session_key(index))? {
-                // Undecodable (another version): skipped, as `read` would.
-                let shard: Vec<SessionRef<'_>> = postcard::from_bytes(&bytes).unwrap_or_default();
-                shard.iter().for_each(&mut visit);
+        for a in 0..SEEN_SHARDS {
+            let bytes = self.seen_bytes(a)?;
+            let seen = Seen::new(&bytes);
+            for index in (a..SHARDS).step_by(SEEN_SHARDS) {
+                let (shard, _) = self.read::<SessionShard>(&session_key(index))?;
+                out.extend(
+                    shard
+                        .into_iter()
+                        .filter_map(|r| seen.get(&r.id).map(|x| r.into_session(x.last_ms))),
+                );
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Bytes of shared data the table holds (keys and values), for memory checks.
     pub fn footprint(&self) -> Result<usize, TableError> {
         let mut total = 0;
-        for index in 0..SHARDS {
-            for key in [session_key(index), cookie_key(index)] {
-                if let Some((bytes, _)) = self.store.get(&key)? {
-                    total += bytes.len() + key.len();
-                }
+        let keys = (0..SHARDS)
+            .flat_map(|i| [session_key(i), cookie_key(i)])
+            .chain((0..SEEN_SHARDS).map(seen_key));
+        for key in keys {
+            if let Some((bytes, _)) = self.store.get(&key)? {
+                total += bytes.len() + key.len();
             }
         }
         Ok(total)
@@ -714,11 +1147,56 @@ mod tests {
         }
         assert!(t.sweep(0..SHARDS, later + 1, &cfg).unwrap().is_empty());
         let empty_shards = (0..SHARDS)
-            .flat_map(|i| [session_key(i), cookie_key(i)])
+            .map(session_key)
             .filter(|k| store.get(k).unwrap().is_some())
             .map(|k| k.len() + 1)
-            .sum::<usize>();
+            .sum::<usize>()
+            + (0..SEEN_SHARDS)
+                .map(seen_key)
+                .chain((0..SHARDS).map(cookie_key))
+                .filter(|k| store.get(k).unwrap().is_some())
+                .map(|k| k.len())
+                .sum::<usize>();
         assert_eq!(t.footprint().unwrap(), empty_shards);
+    }
+
+    #[test]
+    fn a_realistic_session_takes_under_256_bytes() {
+        // The Envoy benchmark's session: 32-char user id, 33-char username, a browser UA.
+        let (store, cfg) = (MemoryStore::default(), Config::default());
+        let t = SessionTable::new(&store);
+        let empty = t.footprint().unwrap();
+        let n = 2_000u32;
+        for i in 0..n {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
+            id[4..8].copy_from_slice(&i.to_le_bytes());
+            let mut cookie = id;
+            cookie[8] = 1;
+            t.insert(
+                Session {
+                    id,
+                    user_id: format!("{i:032}"),
+                    username: format!("bench-user-{i:022}"),
+                    role: "student".into(),
+                    ip: "127.0.0.1".into(),
+                    user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36".into(),
+                    login_ms: 1_795_830_252_123,
+                    last_ms: 1_795_830_252_123,
+                    cookie,
+                    aliases: vec![],
+                },
+                &cfg,
+            )
+            .unwrap();
+        }
+        let keys: usize = (0..SHARDS)
+            .flat_map(|i| [session_key(i), cookie_key(i)])
+            .chain((0..SEEN_SHARDS).map(seen_key))
+            .map(|k| k.len())
+            .sum();
+        let per = (t.footprint().unwrap() - keys) as f64 / f64::from(n);
+        assert!(per <= 210.0, "{per} bytes per session ({empty} empty)");
     }
 
     #[test]
@@ -788,9 +1266,19 @@ mod tests {
                 .unwrap()
                 .is_empty());
             let after = store.bytes();
-            // Only the keys stay (Envoy cannot delete them); every value is an empty list.
+            // Only the keys stay (Envoy cannot delete them); every value is an empty
+            // list (one byte), or no bytes for the fixed-width shards.
             let (keys, values) = store.values();
-            assert_eq!(values, keys, "round {round}: {after} bytes left of {peak}");
+            let seen_keys = (0..SEEN_SHARDS)
+                .map(seen_key)
+                .chain((0..SHARDS).map(cookie_key))
+                .filter(|k| store.get(k).unwrap().is_some())
+                .count();
+            assert_eq!(
+                values,
+                keys - seen_keys,
+                "round {round}: {after} bytes left of {peak}"
+            );
             // Every round ends where the first did: nothing accumulates.
             assert_eq!(*after_first.get_or_insert(after), after, "round {round}");
         }

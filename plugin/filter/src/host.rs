@@ -64,26 +64,114 @@ pub fn now_ms() -> u64 {
     now_us() / 1000
 }
 
-/// One header's raw bytes; header values are attacker-controlled and may not be UTF-8.
-pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(map, name).ok().flatten()
+/// A whole header map, read with one hostcall (`proxy_get_header_map_pairs`).
+/// Reading headers one by one costs Envoy a hostcall plus a call back into the VM
+/// (to allocate the copy) per header, 1.5-2 µs each; the whole map of a browser
+/// request is one of each. The host's serialized map is kept as it came and
+/// indexed once (the SDK's `get_map_bytes` would allocate two vectors per header).
+/// Values are raw bytes: they are attacker-controlled and may not be UTF-8.
+pub struct Headers {
+    data: Vec<u8>,
+    /// (name, value) byte ranges into `data`.
+    pairs: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
-/// All values of a header (e.g. every `set-cookie`). Asks for the single value
-/// first: most responses have none, and then the whole map is never copied.
-pub fn header_all(map: MapType, name: &str) -> Vec<Vec<u8>> {
-    if header(map, name).is_none() {
-        return Vec::new();
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+impl Headers {
+    pub fn read(map: MapType) -> Headers {
+        let mut ptr: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer to `size` bytes it allocated through
+        // the SDK's `proxy_on_memory_allocate` (a `Vec<u8>` of capacity `size`,
+        // leaked), which this takes ownership of exactly once, as the SDK does.
+        let data = unsafe {
+            match proxy_get_header_map_pairs(map, &mut ptr, &mut size) {
+                Status::Ok if !ptr.is_null() => Vec::from_raw_parts(ptr, size, size),
+                _ => Vec::new(),
+            }
+        };
+        let pairs = index_pairs(&data).unwrap_or_default();
+        Headers { data, pairs }
     }
-    hostcalls::get_map_bytes(map)
-        .map(|pairs| {
-            pairs
-                .into_iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)
-                .collect()
+
+    fn values<'a>(&'a self, name: &'a str) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
+        self.pairs.iter().filter_map(move |(k, v)| {
+            let key = self.data.get(k.clone())?;
+            key.eq_ignore_ascii_case(name.as_bytes())
+                .then(|| self.data.get(v.clone()))
+                .flatten()
         })
-        .unwrap_or_default()
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        let (_, v) = self.pairs.iter().find(|(k, _)| {
+            self.data
+                .get(k.clone())
+                .is_some_and(|key| key.eq_ignore_ascii_case(name.as_bytes()))
+        })?;
+        self.data.get(v.clone())
+    }
+
+    /// Every value of `name` (e.g. each `set-cookie`), in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
+        self.values(name)
+    }
+
+    /// The `cookie` header; several (HTTP/2 may split it) are joined with "; ".
+    pub fn cookie(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let mut all = self.values("cookie");
+        let first = all.next()?;
+        match all.next() {
+            None => Some(std::borrow::Cow::Borrowed(first)),
+            Some(second) => {
+                let mut joined = first.to_vec();
+                for v in std::iter::once(second).chain(all) {
+                    joined.extend_from_slice(b"; ");
+                    joined.extend_from_slice(v);
+                }
+                Some(std::borrow::Cow::Owned(joined))
+            }
+        }
+    }
+}
+
+type PairRanges = Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>;
+
+/// proxy-wasm's map serialization: a u32 count, then a (name length, value
+/// length) u32 pair per header, then each name and value followed by a NUL.
+/// `None` if the host's bytes do not add up.
+fn index_pairs(data: &[u8]) -> Option<PairRanges> {
+    let u32_at = |at: usize| -> Option<usize> {
+        let b: [u8; 4] = data.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(b)).ok()
+    };
+    if data.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = u32_at(0)?;
+    let mut p = count.checked_mul(8)?.checked_add(4)?;
+    let mut pairs = Vec::with_capacity(count.min(256));
+    for n in 0..count {
+        let (k_len, v_len) = (u32_at(4 + n * 8)?, u32_at(8 + n * 8)?);
+        let k = p..p.checked_add(k_len)?;
+        p = k.end.checked_add(1)?;
+        let v = p..p.checked_add(v_len)?;
+        p = v.end.checked_add(1)?;
+        if v.end > data.len() {
+            return None;
+        }
+        pairs.push((k, v));
+    }
+    Some(pairs)
 }
 
 pub fn remove_header(map: MapType, name: &str) {

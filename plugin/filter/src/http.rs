@@ -60,7 +60,7 @@ impl Stream {
 
     /// Answers a `route_prefix` route locally. Data routes need the admin token or
     /// an admin-role session; the dashboard page itself carries no data.
-    fn handle_admin(&self, route: AdminRoute, path: &[u8]) {
+    fn handle_admin(&self, route: AdminRoute, path: &[u8], auth: Option<&[u8]>) {
         const JSON: &str = "application/json";
         let now = self.start_us / 1000;
         let cfg = &self.vm.cfg;
@@ -73,8 +73,7 @@ impl Stream {
                 gateway::dashboard_html(cfg).into_bytes(),
             ),
             data => {
-                let auth = host::header(MapType::HttpRequestHeaders, "authorization");
-                let token = auth.as_deref().and_then(gateway::bearer);
+                let token = auth.and_then(gateway::bearer);
                 let session = self
                     .cookie
                     .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten())
@@ -106,14 +105,11 @@ impl Stream {
 
     /// The client's address: the configured forwarding header (trusted hops only)
     /// or the peer.
-    fn client_ip(&self) -> String {
+    fn client_ip(&self, headers: &host::Headers) -> String {
         let cfg = &self.vm.cfg;
-        let forwarded = cfg
-            .client_ip_header
-            .as_deref()
-            .and_then(|h| host::header(MapType::HttpRequestHeaders, h));
+        let forwarded = cfg.client_ip_header.as_deref().and_then(|h| headers.get(h));
         let peer = host::property(&["source", "address"]);
-        identity::client_ip(cfg, forwarded.as_deref(), peer.as_deref())
+        identity::client_ip(cfg, forwarded, peer.as_deref())
     }
 
     /// Makes sure a verified token's session is in the table, starting it (a
@@ -124,6 +120,7 @@ impl Stream {
         key: CookieHash,
         token: CookieHash,
         who: Identity,
+        headers: &host::Headers,
         user_agent: &[u8],
         now: u64,
     ) -> bool {
@@ -140,7 +137,7 @@ impl Stream {
                     &self.vm.hasher,
                     key,
                     who,
-                    self.client_ip(),
+                    self.client_ip(headers),
                     identity::clean_user_agent(user_agent),
                     now,
                 ) else {
@@ -291,16 +288,19 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.start_us = host::now_us();
         let cfg = &self.vm.cfg;
+        // One hostcall for the whole map instead of one per header.
+        let headers = host::Headers::read(MapType::HttpRequestHeaders);
         for name in cfg.trusted_identity_headers() {
-            host::remove_header(MapType::HttpRequestHeaders, name);
+            if headers.get(name).is_some() {
+                host::remove_header(MapType::HttpRequestHeaders, name);
+            }
         }
-        let method = host::header(MapType::HttpRequestHeaders, ":method").unwrap_or_default();
-        let path = host::header(MapType::HttpRequestHeaders, ":path").unwrap_or_default();
-        self.route = gateway::route(cfg, &method, &path);
-        let user_agent =
-            host::header(MapType::HttpRequestHeaders, "user-agent").unwrap_or_default();
-        self.ignored = identity::is_ignored_agent(cfg, &user_agent);
-        let cookie_header = host::header(MapType::HttpRequestHeaders, "cookie");
+        let method = headers.get(":method").unwrap_or_default();
+        let path = headers.get(":path").unwrap_or_default();
+        self.route = gateway::route(cfg, method, path);
+        let user_agent = headers.get("user-agent").unwrap_or_default();
+        self.ignored = identity::is_ignored_agent(cfg, user_agent);
+        let cookie_header = headers.cookie();
         let cookie = cookie_header.as_deref().and_then(|c| {
             identity::request_cookie(c, &cfg.session_cookie).map(|v| self.vm.hasher.hash(v))
         });
@@ -308,17 +308,13 @@ impl HttpContext for Stream {
         // A verified JWT names the user; it takes precedence over a session cookie.
         let bearer = match &cfg.jwt {
             Some(jwt) if !self.ignored => {
-                let header = jwt
-                    .header
-                    .as_deref()
-                    .and_then(|h| host::header(MapType::HttpRequestHeaders, h));
-                jwt.token(header.as_deref(), cookie_header.as_deref())
-                    .map(|t| {
-                        self.vm
-                            .tokens
-                            .borrow_mut()
-                            .check(jwt, &self.vm.hasher, t, now)
-                    })
+                let header = jwt.header.as_deref().and_then(|h| headers.get(h));
+                jwt.token(header, cookie_header.as_deref()).map(|t| {
+                    self.vm
+                        .tokens
+                        .borrow_mut()
+                        .check(jwt, &self.vm.hasher, t, now)
+                })
             }
             _ => None,
         };
@@ -356,22 +352,21 @@ impl HttpContext for Stream {
         {
             if matches!(self.route, Route::Admin(_)) {
                 self.bearer_admin = Some(who);
-            } else if !self.bearer_session(key, token, who, &user_agent, now) {
+            } else if !self.bearer_session(key, token, who, &headers, user_agent, now) {
                 self.cookie = None;
             }
         }
         self.bearer = verified && self.cookie.is_some();
         match self.route {
             Route::Admin(admin) => {
-                self.handle_admin(admin, &path);
+                self.handle_admin(admin, path, headers.get("authorization"));
                 Action::Pause
             }
             Route::Login(_) if !self.ignored => {
                 self.login = Some(LoginAttempt {
-                    ip: self.client_ip(),
-                    user_agent: identity::clean_user_agent(&user_agent),
-                    content_type: host::header(MapType::HttpRequestHeaders, "content-type")
-                        .unwrap_or_default(),
+                    ip: self.client_ip(&headers),
+                    user_agent: identity::clean_user_agent(user_agent),
+                    content_type: headers.get("content-type").unwrap_or_default().to_vec(),
                     claimed: Identity::default(),
                     accepted: None,
                 });
@@ -413,15 +408,13 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         let cfg = &self.vm.cfg;
-        let status = host::header(MapType::HttpResponseHeaders, ":status")
-            .and_then(|s| {
-                std::str::from_utf8(&s)
-                    .ok()
-                    .and_then(|s| s.parse::<u16>().ok())
-            })
+        let headers = host::Headers::read(MapType::HttpResponseHeaders);
+        let status = headers
+            .get(":status")
+            .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
             .unwrap_or(0);
-        let change = host::header_all(MapType::HttpResponseHeaders, "set-cookie")
-            .iter()
+        let change = headers
+            .all("set-cookie")
             .rev()
             .find_map(|v| identity::set_cookie(v, &cfg.session_cookie, now))
             .map(|c| match c {
@@ -430,17 +423,17 @@ impl HttpContext for Stream {
             });
         let old = self.cookie.map(|h| h.to_vec());
         let location = match self.route {
-            Route::Login(_) => host::header(MapType::HttpResponseHeaders, "location"),
+            Route::Login(_) => headers.get("location"),
             _ => None,
         };
-        let success = gateway::succeeded(cfg, self.route, status, location.as_deref());
+        let success = gateway::succeeded(cfg, self.route, status, location);
         match gateway::transition(self.route, success, old.as_deref(), change) {
             Transition::Login { cookie } => {
                 let Ok(cookie) = <CookieHash>::try_from(cookie.as_slice()) else {
                     return Action::Continue;
                 };
                 let from_headers = identity::from_response_headers(cfg, |name| {
-                    host::header(MapType::HttpResponseHeaders, name)
+                    headers.get(name).map(<[u8]>::to_vec)
                 });
                 if let Some(attempt) = self.login.as_mut() {
                     attempt.accepted = Some((cookie, from_headers));

@@ -6,6 +6,7 @@ use headcount_core::bearer::TokenCache;
 use headcount_core::events::{self, Events, Kind, EVENTS_KEY};
 use headcount_core::gateway::{self, AdminRoute};
 use headcount_core::history::{History, HISTORY_KEY};
+use headcount_core::snapshot::Snapshot;
 use headcount_core::stats::Counts;
 use headcount_core::table::TableError;
 use headcount_core::table::{SessionTable, SharedStore, StoreError, SHARDS};
@@ -13,7 +14,7 @@ use headcount_core::traffic::{self, TrafficDelta};
 use headcount_core::{prometheus, record};
 use headcount_core::{stats, Config, CookieHash, CookieHasher, Session};
 use proxy_wasm::types::MetricType;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 
 const SECRET_KEY: &str = "headcount.v1.secret";
@@ -21,8 +22,10 @@ const SWEEP_KEY: &str = "headcount.v1.next_sweep";
 /// Distinct cookies buffered between flushes; beyond this, requests count as anonymous
 /// so a flood of random cookies cannot grow memory.
 const MAX_PENDING: usize = 65_536;
-/// Shards swept per tick by the sweeping VM (all of them: sweeps are rare).
-const SWEEP_SHARDS: usize = SHARDS;
+/// Session and cookie shards cleaned of orphans and stale cookie entries per sweep
+/// (expired sessions are found in the activity shards, all of them every sweep):
+/// a whole round takes 32 sweeps, 160 s at the default interval.
+const SWEEP_WINDOW: usize = 16;
 
 /// Activity seen for one cookie since the last flush.
 #[derive(Clone, Copy)]
@@ -64,6 +67,10 @@ pub struct Vm {
     traffic: RefCell<TrafficDelta>,
     /// Verified (and refused) bearer tokens, so a token is checked once per VM.
     pub tokens: RefCell<TokenCache>,
+    /// Session shards kept decoded between stats reads and sweeps.
+    snapshot: RefCell<Snapshot>,
+    /// Where the next sweep's cleaning window starts.
+    sweep_cursor: Cell<usize>,
 }
 
 impl Vm {
@@ -110,6 +117,8 @@ impl Vm {
             pending: RefCell::new(HashMap::new()),
             traffic: RefCell::new(TrafficDelta::default()),
             tokens: RefCell::new(TokenCache::new()),
+            snapshot: RefCell::new(Snapshot::new()),
+            sweep_cursor: Cell::new(0),
         })
     }
 
@@ -233,16 +242,17 @@ impl Vm {
     /// Removes expired sessions and publishes the counts as gauges.
     fn sweep(&self, now: u64) {
         let table = self.table();
-        match table.sweep(0..SWEEP_SHARDS, now, &self.cfg) {
+        let start = self.sweep_cursor.get() % SHARDS;
+        self.sweep_cursor.set((start + SWEEP_WINDOW) % SHARDS);
+        match table.sweep(start..(start + SWEEP_WINDOW).min(SHARDS), now, &self.cfg) {
             Ok(ended) => {
                 host::add_counter(self.metrics.expiries, ended.len() as u64);
                 self.events(Kind::Expiry, &ended, now);
             }
             Err(e) => host::warn(&format!("sweep failed: {e}")),
         }
-        match self.collect(now, 0) {
-            Ok(collector) => {
-                let counts = collector.counts();
+        match self.counts(now) {
+            Ok(counts) => {
                 self.publish(&counts);
                 let sampled = record::update(&EnvoyStore, HISTORY_KEY, |h: &mut History| {
                     h.record(&counts, now);
@@ -256,11 +266,11 @@ impl Vm {
         }
     }
 
-    /// One pass over every session: counts, and the `limit` most recent for listing.
-    fn collect(&self, now: u64, limit: usize) -> Result<stats::Collector<'_>, TableError> {
-        let mut collector = stats::Collector::new(&self.cfg, now, limit);
-        self.table().scan(|s| collector.visit(s))?;
-        Ok(collector)
+    /// One pass over every session's activity (details decoded only where changed).
+    fn counts(&self, now: u64) -> Result<Counts, TableError> {
+        self.snapshot
+            .borrow_mut()
+            .counts(&EnvoyStore, now, &self.cfg)
     }
 
     fn publish(&self, c: &Counts) {
@@ -319,7 +329,7 @@ impl Vm {
                 (200, JSON, to_json(&ev.view(events::after_param(path))))
             }
             AdminRoute::Metrics => {
-                let counts = self.collect(now, 0).map_err(e)?.counts();
+                let counts = self.counts(now).map_err(e)?;
                 let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
                 (
                     200,
@@ -332,9 +342,13 @@ impl Vm {
                     .map_or(stats::DEFAULT_LISTED, |n| {
                         usize::try_from(n).unwrap_or(stats::MAX_LISTED)
                     });
-                let collector = self.collect(now, limit).map_err(e)?;
                 let traffic = traffic::load(&store).map_err(s)?;
-                (200, JSON, collector.report(traffic.figures(now)).to_json())
+                let report = self
+                    .snapshot
+                    .borrow_mut()
+                    .report(&store, now, &self.cfg, limit, traffic.figures(now))
+                    .map_err(e)?;
+                (200, JSON, report.to_json())
             }
         })
     }
