@@ -4,6 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+import cases
 from helpers import PLUGIN_CONFIG, TIMEOUT, bearer, login, stats, summary, ua, wait_stats
 
 PREFIX = "/__headcount"
@@ -94,74 +95,15 @@ def test_per_user_limit_ends_the_oldest_session(start_envoy):
 
 def test_privacy_options_store_less(start_envoy):
     envoy = start_envoy(dict(PLUGIN_CONFIG, anonymize_ip=True, reduce_user_agent=True))
-    login(envoy.url, "student1", user_agent=ua("private"))
-    s = session_of(envoy.url, "student1")
-    assert s["ip"] == "127.0.0.0", s
-    assert s["user_agent"] == "Firefox 140 on Linux", s
+    cases.privacy_options_store_less(envoy.url)
 
 
 def test_form_login_route_counts_only_a_redirect_to_the_dashboard(start_envoy):
-    config = dict(PLUGIN_CONFIG, login_routes=[
-        {"path": "/api/v1/auth/login"},
-        {"path": "/login", "success_statuses": [302], "success_location_prefix": "/dashboard",
-         "identity": ["request_body"]},
-    ])
-    envoy = start_envoy(config)
-    s = requests.Session()
-    s.headers["User-Agent"] = ua("form")
-    bad = s.post(envoy.url + "/login", data={"username": "teacher1", "password": "nope"},
-                 allow_redirects=False, timeout=TIMEOUT)
-    assert bad.status_code == 302 and bad.headers["location"].startswith("/?error")
-    assert s.cookies.get("session"), "the failed login set a cookie (the hard case)"
-    good = s.post(envoy.url + "/login", data={"username": "teacher1", "password": "password"},
-                  allow_redirects=False, timeout=TIMEOUT)
-    assert good.status_code == 302 and good.headers["location"] == "/dashboard"
-    snap = wait_stats(envoy.url, lambda x: x["active_sessions"] >= 1)
-    assert [(x["username"], x["role"]) for x in snap["sessions"]] == [("teacher1", "unknown")], summary(snap)
-    # The JSON route still works beside it.
-    login(envoy.url, "admin_user", user_agent=ua("json"))
-    assert wait_stats(envoy.url, lambda x: x["active_users"] == 2)["active_users"] == 2
+    envoy = start_envoy(dict(PLUGIN_CONFIG, login_routes=cases.FORM_LOGIN_ROUTES))
+    cases.form_login_counts_only_a_redirect_to_the_dashboard(envoy.url)
 
 
 def test_ten_thousand_sessions_over_the_cap_keep_the_numbers_exact(start_envoy):
-    """10,200 distinct users each start a session (one verified JWT each, the cheapest way to
-    make a session through the real gateway) at a cap of 200, from 8 clients in parallel across
-    both Envoy workers: exactly 200 sessions stay, 10,000 are evicted, traffic keeps flowing."""
-    import time as _time
-
-    from jwt_tokens import DEFAULT_JWT_SECRET, claims, sign_jwt
-    from test_jwt import JWT_CONFIG
-
-    cap, over = 200, 10_000
-    envoy = start_envoy(dict(JWT_CONFIG, max_sessions=cap))
-    base = envoy.url
-    tokens = [sign_jwt(claims(f"user{i}", "student", str(1000 + i)), DEFAULT_JWT_SECRET)
-              for i in range(cap + over)]
-
-    def run(chunk):
-        with requests.Session() as s:
-            for t in chunk:
-                r = s.get(base + "/healthz", headers={"Authorization": f"Bearer {t}"}, timeout=TIMEOUT)
-                assert r.status_code == 200 and r.headers.get("x-demo-app") == "1"
-
-    t0 = _time.monotonic()
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(run, [tokens[i::8] for i in range(8)]))
-    elapsed = _time.monotonic() - t0
-    print(f"{cap + over} sessions started in {elapsed:.1f}s")
-    snap = wait_stats(base, lambda x: x["active_sessions"] == cap
-                      and x["traffic"]["requests_today"] == cap + over, timeout=10)
-    assert snap["active_sessions"] == cap and snap["active_users"] == cap, summary(snap)
-    assert snap["by_role"]["student"] == cap
-    assert snap["traffic"]["authenticated_requests_today"] == cap + over, snap["traffic"]
-    metrics = requests.get(base + PREFIX + "/metrics", headers=bearer(), timeout=TIMEOUT).text
-    assert f"headcount_evictions_total {over}\n" in metrics, metrics
-    assert f"headcount_logins_total {cap + over}\n" in metrics, metrics
-    # Still flowing, and a kept session is still followed (no new session, no eviction).
-    kept = next(s["username"] for s in snap["sessions"])
-    token = tokens[int(kept.removeprefix("user"))]
-    assert requests.get(base + "/healthz", headers={"Authorization": f"Bearer {token}"},
-                        timeout=TIMEOUT).status_code == 200
-    snap = wait_stats(base, lambda x: x["traffic"]["authenticated_requests_today"] == cap + over + 1)
-    assert snap["traffic"]["authenticated_requests_today"] == cap + over + 1, snap["traffic"]
-    assert snap["active_sessions"] == cap, summary(snap)
+    """10,200 distinct users at a cap of 200, from 8 clients across both Envoy workers."""
+    envoy = start_envoy(dict(PLUGIN_CONFIG, jwt={"hs256_secret": cases.DEFAULT_JWT_SECRET}, max_sessions=200))
+    cases.sessions_over_the_cap_keep_the_numbers_exact(envoy.url, cap=200, over=10_000)

@@ -1,7 +1,9 @@
 """Issue 7 in the Worker: admin revocation (enforced at the edge, persisted, cleaned by the alarm),
 the live-session cap and the per-user limit, with exact counts."""
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import requests
 
@@ -9,6 +11,9 @@ import helpers
 from helpers import (PLUGIN_CONFIG, SHORT_WINDOWS, TIMEOUT, bearer, login, stats, summary, ua, wait_debug,
                      wait_stats)
 from test_dashboard_data import events_of, metric, metrics_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "envoy" / "e2e"))
+import cases  # noqa: E402  (test bodies shared with the Envoy suite)
 
 PREFIX = "/__headcount"
 REVOKED = {"error": "session revoked"}
@@ -298,3 +303,19 @@ def test_four_shards_apply_the_same_rules(start_worker):
     assert sorted(kinds) == ["eviction", "login", "login", "login", "login", "login", "revocation"], kinds
     assert kinds[0] == "revocation", kinds
     assert helpers.debug(base)["stored_revoked"] == 3
+
+
+def test_privacy_options_store_less(start_worker):
+    wp = start_worker(dict(PLUGIN_CONFIG, anonymize_ip=True, reduce_user_agent=True))
+    cases.privacy_options_store_less(wp.url)
+
+
+def test_form_login_route_counts_only_a_redirect_to_the_dashboard(start_worker):
+    wp = start_worker(dict(PLUGIN_CONFIG, login_routes=cases.FORM_LOGIN_ROUTES))
+    cases.form_login_counts_only_a_redirect_to_the_dashboard(wp.url)
+
+
+def test_ten_thousand_sessions_over_the_cap_keep_the_numbers_exact(start_worker):
+    """10,200 distinct users at a cap of 200, from 8 parallel clients."""
+    wp = start_worker(dict(PLUGIN_CONFIG, jwt={"hs256_secret": cases.DEFAULT_JWT_SECRET}, max_sessions=200))
+    cases.sessions_over_the_cap_keep_the_numbers_exact(wp.url, cap=200, over=10_000)
