@@ -157,6 +157,8 @@ Headcount demo is running (Envoy {LISTENER_PORT} -> demo app {APP_PORT}).
 
   Users: admin_user (admin), teacher1 (teacher), student1, student2, student3 (students)
   Password for all: password
+  API clients: POST {BASE}/api/v2/auth/token with {{"username", "password"}} gives a
+              JWT; requests with "Authorization: Bearer <token>" are counted too.
 
 Press Ctrl-C to stop.
 """, flush=True)
