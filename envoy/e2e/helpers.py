@@ -1,4 +1,5 @@
-"""Client helpers for the Headcount end-to-end tests (plain HTTP against a real Envoy)."""
+"""Client helpers for both end-to-end suites: plain HTTP against the gateway under test (a real
+Envoy here, the Worker in workerd in workers/e2e), plus the Worker's debug header."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from typing import Any, Callable
 
 import requests
 
-TIMEOUT = 5  # seconds, for every HTTP call
+TIMEOUT = 10  # seconds, for every HTTP call (a Worker isolate's first request is slower)
 PASSWORD = "password"
 ADMIN_TOKEN = "e2e-admin-token"
 STATS_PATH = "/__headcount/stats"
 
 # The standard plugin configuration of the tests: a long activity window (so that nothing expires
-# while a test runs) and fast flushing/sweeping so that shared data and gauges catch up quickly.
+# while a test runs) and fast flushing/sweeping so that shared state and gauges catch up quickly.
 PLUGIN_CONFIG = {
     "admin_token": ADMIN_TOKEN,
     "active_window_seconds": 60,
@@ -38,6 +39,8 @@ USERS = {
     "student3": ("5", "student"),
 }
 
+NOBODY_BY_ROLE = {"admin": 0, "teacher": 0, "student": 0}
+
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) HeadcountE2E/1.0 Firefox/140.0"
 
 
@@ -48,7 +51,7 @@ def ua(tag: str) -> str:
 
 def login(base_url: str, username: str, user_agent: str = BROWSER_UA, password: str = PASSWORD,
           form: bool = False, headers: dict[str, str] | None = None) -> requests.Session:
-    """Log a demo user in through Envoy; returns the requests.Session holding its cookie."""
+    """Log a demo user in through the gateway; returns the requests.Session holding its cookie."""
     s = requests.Session()
     s.headers["User-Agent"] = user_agent
     if headers:
@@ -142,3 +145,27 @@ def raw_request(port: int, data: bytes, host: str = "127.0.0.1", timeout: float 
         name, _, value = line.partition(b":")
         headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
     return status, headers, body
+
+
+def debug(base_url: str, token: str = ADMIN_TOKEN) -> dict[str, int]:
+    """The Worker's x-headcount-debug header (HEADCOUNT_DEBUG=1) from a stats request:
+    the isolate's counters as they were before that request, and the rows the shards hold."""
+    r = stats_response(base_url, token)
+    assert r.status_code == 200, f"stats: {r.status_code} {r.text[:500]}"
+    raw = r.headers.get("x-headcount-debug")
+    assert raw, f"no x-headcount-debug header (HEADCOUNT_DEBUG=1?): {dict(r.headers)}"
+    out = {}
+    for part in raw.split(";"):
+        key, _, value = part.strip().partition("=")
+        out[key] = int(value)
+    return out
+
+
+def wait_debug(base_url: str, predicate: Callable[[dict[str, int]], bool], timeout: float = 5.0,
+               interval: float = 0.2) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        d = debug(base_url)
+        if predicate(d) or time.monotonic() >= deadline:
+            return d
+        time.sleep(interval)

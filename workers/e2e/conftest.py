@@ -21,16 +21,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import requests
@@ -39,22 +37,18 @@ HERE = Path(__file__).resolve().parent
 WORKERS = HERE.parent
 REPO = WORKERS.parent
 ARTIFACTS = HERE / "artifacts"
-DEMO_APP = REPO / "envoy" / "demo" / "app.py"
 WRANGLER = WORKERS / "node_modules" / ".bin" / "wrangler"
 BUILD_DIR = WORKERS / "build"
 STARTUP_TIMEOUT = 60.0
 
 sys.path.insert(0, str(HERE))
+# The demo app process, the HTTP helpers and the shared test bodies are the Envoy suite's.
+sys.path.insert(0, str(REPO / "envoy" / "e2e"))
 import helpers  # noqa: E402
+from demo_process import DemoApp, free_port, running_demo_app  # noqa: E402
 
 _WORKERS_STARTED = pytest.StashKey[list]()
 _ARTIFACT_DIR = pytest.StashKey[Path]()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wrangler_env() -> dict[str, str]:
@@ -160,54 +154,10 @@ def worker_build() -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_app():
-    """The demo Flask app on a free port; yields an object with .url, .port, .log_text()."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log_path = ARTIFACTS / "demo_app.log"
-    log_file = open(log_path, "wb")
-    env = dict(os.environ, DEMO_SECRET_KEY=secrets.token_hex(32), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, str(DEMO_APP), "--port", str(port)], cwd=REPO,
-                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
-    app = DemoApp(proc=proc, port=port, log_path=log_path)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"demo app exited with {proc.returncode}:\n{app.log_text()}")
-            try:
-                if requests.get(app.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"demo app not healthy after 20s:\n{app.log_text()}")
-            time.sleep(0.05)
+def demo_app() -> Iterator[DemoApp]:
+    """The demo Flask app on a free port (.url, .port, .log_text())."""
+    with running_demo_app(ARTIFACTS) as app:
         yield app
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        log_file.close()
-
-
-@dataclass
-class DemoApp:
-    proc: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def _wait_ready(wp: WorkerProcess, timeout: float = STARTUP_TIMEOUT) -> None:
