@@ -95,3 +95,58 @@ def sessions_over_the_cap_keep_the_numbers_exact(base, cap, over, clients=8):
     snap = h.wait_stats(base, lambda x: x["traffic"]["authenticated_requests_today"] == cap + over + 1)
     assert snap["traffic"]["authenticated_requests_today"] == cap + over + 1, snap["traffic"]
     assert snap["active_sessions"] == cap, h.summary(snap)
+
+
+def three_logins_are_three_users_with_details(base):
+    """Three demo users log in (each also sending an untrusted X-Forwarded-For) and make one
+    request each: three users with the right identity, IP, agent, times; 6 authenticated requests."""
+    from datetime import timedelta
+
+    h = _h()
+    agents = {"admin_user": h.ua("admin-laptop"), "teacher1": h.ua("teacher-desk"),
+              "student1": h.ua("student-phone")}
+    before = h.now_utc() - timedelta(seconds=2)  # clock slack
+    # A client-sent X-Forwarded-For is not trusted without client_ip_header.
+    clients = {name: h.login(base, name, user_agent=agent, headers={"X-Forwarded-For": "198.51.100.7"})
+               for name, agent in agents.items()}
+    for s in clients.values():
+        assert s.get(base + "/api/v1/me", timeout=h.TIMEOUT).status_code == 200
+
+    snap = h.wait_stats(base, lambda s: s["active_sessions"] == 3
+                        and s["traffic"]["authenticated_requests_today"] >= 6)
+    assert snap["active_users"] == 3, h.summary(snap)
+    assert snap["active_sessions"] == 3, h.summary(snap)
+    assert snap["window_seconds"] == 60
+    assert snap["by_role"] == {"admin": 1, "teacher": 1, "student": 1}, h.summary(snap)
+    assert len(snap["sessions"]) == 3, h.summary(snap)
+    generated = h.parse_time(snap["generated_at"])
+    assert before <= generated <= h.now_utc() + timedelta(seconds=2)
+    by_name = {x["username"]: x for x in snap["sessions"]}
+    assert set(by_name) == set(agents), h.summary(snap)
+    for name, x in by_name.items():
+        user_id, role = h.USERS[name]
+        assert x["user_id"] == user_id, x
+        assert x["role"] == role, x
+        assert x["ip"] == "127.0.0.1", x
+        assert x["user_agent"] == agents[name], x
+        assert h.is_uuid(x["session_id"]), x
+        login_time, last = h.parse_time(x["login_time"]), h.parse_time(x["last_activity"])
+        assert before <= login_time <= last <= generated + timedelta(seconds=1), x
+        assert isinstance(x["duration_seconds"], (int, float)), x
+        assert 0 <= x["duration_seconds"] <= (generated - login_time).total_seconds() + 1, x
+    assert len({x["session_id"] for x in snap["sessions"]}) == 3
+    traffic = snap["traffic"]
+    assert traffic["authenticated_requests_today"] == 6, h.summary(snap)  # 3 logins + 3 requests
+    assert traffic["requests_today"] == (traffic["authenticated_requests_today"]
+                                         + traffic["anonymous_requests_today"]), h.summary(snap)
+
+
+def html_form_login_is_counted(base):
+    h = _h()
+    s = h.login(base, "student2", user_agent=h.ua("form"), form=True)
+    assert s.get(base + "/dashboard", timeout=h.TIMEOUT).status_code == 200
+    snap = h.wait_stats(base, lambda s: s["active_sessions"] == 1)
+    assert snap["active_users"] == 1, h.summary(snap)
+    assert snap["by_role"] == {"admin": 0, "teacher": 0, "student": 1}, h.summary(snap)
+    [x] = snap["sessions"]
+    assert (x["user_id"], x["username"], x["role"]) == ("4", "student2", "student"), x

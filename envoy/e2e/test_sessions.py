@@ -1,65 +1,19 @@
 """(b) logins are counted with the right identity; (c) one user with two sessions."""
 
 import threading
-from datetime import timedelta
 
 import requests
 
-from helpers import (TIMEOUT, USERS, is_uuid, login, now_utc, parse_time, summary, ua,
-                     wait_stats)
+import cases
+from helpers import TIMEOUT, USERS, login, summary, ua, wait_stats
 
 
 def test_three_logins_are_three_users_with_details(envoy):
-    base = envoy.url
-    agents = {"admin_user": ua("admin-laptop"), "teacher1": ua("teacher-desk"),
-              "student1": ua("student-phone")}
-    before = now_utc() - timedelta(seconds=2)  # clock slack
-    # A client-sent X-Forwarded-For is not trusted without client_ip_header.
-    clients = {name: login(base, name, user_agent=agent, headers={"X-Forwarded-For": "198.51.100.7"})
-               for name, agent in agents.items()}
-    for s in clients.values():
-        assert s.get(base + "/api/v1/me", timeout=TIMEOUT).status_code == 200
-
-    snap = wait_stats(base, lambda s: s["active_sessions"] == 3
-                      and s["traffic"]["authenticated_requests_today"] >= 3)
-    assert snap["active_users"] == 3, summary(snap)
-    assert snap["active_sessions"] == 3, summary(snap)
-    assert snap["window_seconds"] == 60
-    assert snap["by_role"] == {"admin": 1, "teacher": 1, "student": 1}, summary(snap)
-    assert len(snap["sessions"]) == 3, summary(snap)
-    generated = parse_time(snap["generated_at"])
-    assert before <= generated <= now_utc() + timedelta(seconds=2)
-
-    by_name = {x["username"]: x for x in snap["sessions"]}
-    assert set(by_name) == set(agents), summary(snap)
-    for name, x in by_name.items():
-        user_id, role = USERS[name]
-        assert x["user_id"] == user_id, x
-        assert x["role"] == role, x
-        assert x["ip"] == "127.0.0.1", x
-        assert x["user_agent"] == agents[name], x
-        assert is_uuid(x["session_id"]), x
-        login_time, last = parse_time(x["login_time"]), parse_time(x["last_activity"])
-        assert before <= login_time <= last <= generated + timedelta(seconds=1), x
-        assert isinstance(x["duration_seconds"], (int, float)), x
-        assert 0 <= x["duration_seconds"] <= (generated - login_time).total_seconds() + 1, x
-    assert len({x["session_id"] for x in snap["sessions"]}) == 3
-
-    traffic = snap["traffic"]
-    assert traffic["authenticated_requests_today"] >= 3, summary(snap)
-    assert traffic["requests_today"] == (traffic["authenticated_requests_today"]
-                                         + traffic["anonymous_requests_today"]), summary(snap)
+    cases.three_logins_are_three_users_with_details(envoy.url)
 
 
 def test_html_form_login_is_counted(envoy):
-    base = envoy.url
-    s = login(base, "student2", user_agent=ua("form"), form=True)
-    assert s.get(base + "/dashboard", timeout=TIMEOUT).status_code == 200
-    snap = wait_stats(base, lambda s: s["active_sessions"] == 1)
-    assert snap["active_users"] == 1, summary(snap)
-    assert snap["by_role"] == {"admin": 0, "teacher": 0, "student": 1}, summary(snap)
-    [x] = snap["sessions"]
-    assert (x["user_id"], x["username"], x["role"]) == ("4", "student2", "student"), x
+    cases.html_form_login_is_counted(envoy.url)
 
 
 def test_failed_login_counts_nobody(envoy):

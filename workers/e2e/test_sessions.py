@@ -2,60 +2,21 @@
 to logout; several users at once."""
 
 import threading
-from datetime import timedelta
 
 import requests
 
-from helpers import (TIMEOUT, USERS, is_uuid, login, now_utc, parse_time, summary, ua, wait_stats)
+import cases
+from helpers import TIMEOUT, USERS, login, parse_time, summary, ua, wait_stats
 
 PATHS = ["/api/v1/me", "/api/v1/courses", "/dashboard", "/api/v1/me", "/api/v1/courses"]
 
 
 def test_three_logins_are_three_users_with_details(worker):
-    base = worker.url
-    agents = {"admin_user": ua("admin-laptop"), "teacher1": ua("teacher-desk"),
-              "student1": ua("student-phone")}
-    before = now_utc() - timedelta(seconds=2)  # clock slack
-    # A client-sent X-Forwarded-For is not trusted without client_ip_header.
-    clients = {name: login(base, name, user_agent=agent, headers={"X-Forwarded-For": "198.51.100.7"})
-               for name, agent in agents.items()}
-    for s in clients.values():
-        assert s.get(base + "/api/v1/me", timeout=TIMEOUT).status_code == 200
-
-    snap = wait_stats(base, lambda s: s["active_sessions"] == 3
-                      and s["traffic"]["authenticated_requests_today"] >= 6)
-    assert snap["active_users"] == 3, summary(snap)
-    assert snap["active_sessions"] == 3, summary(snap)
-    assert snap["window_seconds"] == 60
-    assert snap["by_role"] == {"admin": 1, "teacher": 1, "student": 1}, summary(snap)
-    generated = parse_time(snap["generated_at"])
-    assert before <= generated <= now_utc() + timedelta(seconds=2)
-    by_name = {x["username"]: x for x in snap["sessions"]}
-    assert set(by_name) == set(agents), summary(snap)
-    for name, x in by_name.items():
-        user_id, role = USERS[name]
-        assert x["user_id"] == user_id, x
-        assert x["role"] == role, x
-        assert x["ip"] == "127.0.0.1", x  # CF-Connecting-IP
-        assert x["user_agent"] == agents[name], x
-        assert is_uuid(x["session_id"]), x
-        login_time, last = parse_time(x["login_time"]), parse_time(x["last_activity"])
-        assert before <= login_time <= last <= generated + timedelta(seconds=1), x
-        assert 0 <= x["duration_seconds"] <= (generated - login_time).total_seconds() + 1, x
-    assert len({x["session_id"] for x in snap["sessions"]}) == 3
-    traffic = snap["traffic"]
-    assert traffic["authenticated_requests_today"] == 6, summary(snap)  # 3 logins + 3 requests
-    assert traffic["requests_today"] == (traffic["authenticated_requests_today"]
-                                         + traffic["anonymous_requests_today"]), summary(snap)
+    cases.three_logins_are_three_users_with_details(worker.url)
 
 
 def test_html_form_login_is_counted(worker):
-    s = login(worker.url, "student2", user_agent=ua("form"), form=True)
-    assert s.get(worker.url + "/dashboard", timeout=TIMEOUT).status_code == 200
-    snap = wait_stats(worker.url, lambda s: s["active_sessions"] == 1)
-    assert snap["by_role"] == {"admin": 0, "teacher": 0, "student": 1}, summary(snap)
-    [x] = snap["sessions"]
-    assert (x["user_id"], x["username"], x["role"]) == ("4", "student2", "student"), x
+    cases.html_form_login_is_counted(worker.url)
 
 
 def test_same_user_twice_is_one_user_with_two_sessions(worker):
