@@ -150,3 +150,31 @@ def html_form_login_is_counted(base):
     assert snap["by_role"] == {"admin": 0, "teacher": 0, "student": 1}, h.summary(snap)
     [x] = snap["sessions"]
     assert (x["user_id"], x["username"], x["role"]) == ("4", "student2", "student"), x
+
+
+def revoked_token_is_answered_401_at_the_edge(base):
+    """With the demo JWT secret and enforce_revocation: a revoked token gets 401 before the app on
+    every route and never restarts its session; the user's next token is a new session."""
+    from jwt_tokens import app_token
+
+    h = _h()
+    token = app_token(base, "student3")
+    call = lambda path, t=token: requests.get(base + path, headers={"Authorization": f"Bearer {t}"},  # noqa: E731
+                                              timeout=h.TIMEOUT)
+    assert call("/api/v1/me").status_code == 200
+    snap = h.wait_stats(base, lambda x: x["active_users"] == 1)
+    sid = snap["sessions"][0]["session_id"]
+    r = requests.post(f"{base}{PREFIX}/sessions/{sid}/revoke", headers=h.bearer(), timeout=h.TIMEOUT)
+    assert r.status_code == 200, r.text
+    for path in ("/api/v1/me", "/api/v1/courses", "/healthz", "/api/v1/auth/login"):
+        r = call(path)
+        assert r.status_code == 401 and r.json() == {"error": "session revoked"}, (path, r.status_code)
+        assert "x-demo-app" not in r.headers
+    snap = h.stats(base)
+    assert snap["active_sessions"] == 0, h.summary(snap)
+    # Another token of the same user is a new session and works.
+    assert call("/api/v1/me", app_token(base, "student3")).status_code == 200
+    snap = h.wait_stats(base, lambda x: x["active_sessions"] == 1)
+    assert snap["active_sessions"] == 1 and snap["sessions"][0]["session_id"] != sid, h.summary(snap)
+    text = h.metrics_of(base)
+    assert (h.metric(text, "headcount_logins_total"), h.metric(text, "headcount_revocations_total")) == (2, 1), text

@@ -4,6 +4,7 @@ Envoy here, the Worker in workerd in workers/e2e), plus the Worker's debug heade
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import uuid
@@ -169,3 +170,47 @@ def wait_debug(base_url: str, predicate: Callable[[dict[str, int]], bool], timeo
         if predicate(d) or time.monotonic() >= deadline:
             return d
         time.sleep(interval)
+
+
+# The plugin's own routes (under the default route prefix).
+PREFIX = "/__headcount"
+
+
+def admin_get(base: str, path: str, **kw) -> requests.Response:
+    """GET ``PREFIX + path`` (e.g. "/events?after=3"); pass headers=bearer() for credentials."""
+    return requests.get(base + PREFIX + path, timeout=TIMEOUT, **kw)
+
+
+def wait_for(fetch: Callable[[], Any], predicate: Callable[[Any], bool], timeout: float = 5.0) -> Any:
+    """Calls ``fetch`` until ``predicate`` holds or ``timeout`` passes; returns the last value."""
+    deadline = time.monotonic() + timeout
+    value = fetch()
+    while not predicate(value) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = fetch()
+    return value
+
+
+def local(r: requests.Response, status: int) -> requests.Response:
+    """An answer of the plugin itself: this status, never proxied, never cached."""
+    assert r.status_code == status, (r.request.url, r.status_code, r.text[:300])
+    assert "x-demo-app" not in r.headers, "answered by the app: the route was proxied"
+    assert r.headers.get("cache-control") == "no-store", r.headers
+    return r
+
+
+def events_of(base: str, after: int | None = None) -> dict[str, Any]:
+    path = "/events" if after is None else f"/events?after={after}"
+    return local(admin_get(base, path, headers=bearer()), 200).json()
+
+
+def metrics_of(base: str, token: str = ADMIN_TOKEN) -> str:
+    r = local(admin_get(base, "/metrics", headers=bearer(token)), 200)
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4"), r.headers
+    return r.text
+
+
+def metric(text: str, name: str) -> int:
+    m = re.search(rf"^{re.escape(name)} (\d+)$", text, flags=re.M)
+    assert m, (name, text)
+    return int(m.group(1))

@@ -1,26 +1,13 @@
 """Issue 5's data routes: history, events, Prometheus metrics, the page shell, device names."""
 
-import time
 
 import requests
 
-from helpers import ADMIN_TOKEN, PLUGIN_CONFIG, TIMEOUT, bearer, login, stats, summary, ua, wait_stats
+from helpers import (ADMIN_TOKEN, PLUGIN_CONFIG, PREFIX, TIMEOUT, admin_get, bearer, login, stats, summary,
+                     ua, wait_for, wait_stats)
 
-PREFIX = "/__headcount"
 METRICS_TOKEN = "e2e-metrics-token"
 
-
-def get(base, path, **kw):
-    return requests.get(base + PREFIX + path, timeout=TIMEOUT, **kw)
-
-
-def wait_for(fetch, predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not predicate(value) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = fetch()
-    return value
 
 
 def test_data_routes_need_the_same_authorization_as_stats(start_envoy):
@@ -28,19 +15,19 @@ def test_data_routes_need_the_same_authorization_as_stats(start_envoy):
     student = login(envoy.url, "student1", user_agent=ua("student"))
     admin = login(envoy.url, "admin_user", user_agent=ua("admin"))
     for path in ["/history", "/events", "/metrics"]:
-        r = get(envoy.url, path)
+        r = admin_get(envoy.url, path)
         assert r.status_code == 401 and "error" in r.json(), (path, r.status_code)
         assert r.headers.get("cache-control") == "no-store"
         assert "x-demo-app" not in r.headers
-        assert get(envoy.url, path, headers=bearer("wrong-token-123")).status_code == 403, path
+        assert admin_get(envoy.url, path, headers=bearer("wrong-token-123")).status_code == 403, path
         r = student.get(envoy.url + PREFIX + path, timeout=TIMEOUT)
         assert r.status_code == 403 and "student1" not in r.text, path
         assert admin.get(envoy.url + PREFIX + path, timeout=TIMEOUT).status_code == 200, path
-        assert get(envoy.url, path, headers=bearer()).status_code == 200, path
+        assert admin_get(envoy.url, path, headers=bearer()).status_code == 200, path
     # The metrics token opens /metrics only.
-    assert get(envoy.url, "/metrics", headers=bearer(METRICS_TOKEN)).status_code == 200
-    assert get(envoy.url, "/stats", headers=bearer(METRICS_TOKEN)).status_code == 403
-    assert get(envoy.url, "/events", headers=bearer(METRICS_TOKEN)).status_code == 403
+    assert admin_get(envoy.url, "/metrics", headers=bearer(METRICS_TOKEN)).status_code == 200
+    assert admin_get(envoy.url, "/stats", headers=bearer(METRICS_TOKEN)).status_code == 403
+    assert admin_get(envoy.url, "/events", headers=bearer(METRICS_TOKEN)).status_code == 403
 
 
 def test_events_feed_records_login_logout_and_expiry(start_envoy):
@@ -48,16 +35,16 @@ def test_events_feed_records_login_logout_and_expiry(start_envoy):
     s = login(envoy.url, "student2", user_agent=ua("events"))
     t = login(envoy.url, "teacher1", user_agent=ua("events"))
     assert s.post(envoy.url + "/api/v1/auth/logout", timeout=TIMEOUT).status_code == 200
-    events = wait_for(lambda: get(envoy.url, "/events", headers=bearer()).json(),
+    events = wait_for(lambda: admin_get(envoy.url, "/events", headers=bearer()).json(),
                       lambda e: [x["kind"] for x in e["events"]] == ["logout", "login", "login"])
     kinds = [(x["kind"], x["username"]) for x in events["events"]]
     assert kinds == [("logout", "student2"), ("login", "teacher1"), ("login", "student2")], events
     assert events["next"] == 3
     assert all(x["at"].endswith("Z") and len(x["session_id"]) == 36 for x in events["events"])
     # Polling with after= returns only what is new.
-    assert get(envoy.url, "/events?after=3", headers=bearer()).json()["events"] == []
+    assert admin_get(envoy.url, "/events?after=3", headers=bearer()).json()["events"] == []
     # teacher1 goes idle: the sweep ends the session and the feed says so.
-    expired = wait_for(lambda: get(envoy.url, "/events?after=3", headers=bearer()).json(),
+    expired = wait_for(lambda: admin_get(envoy.url, "/events?after=3", headers=bearer()).json(),
                        lambda e: e["events"], timeout=10)
     assert [(x["kind"], x["username"]) for x in expired["events"]] == [("expiry", "teacher1")], expired
     del t
@@ -70,7 +57,7 @@ def test_prometheus_metrics_are_exact(start_envoy):
     login(envoy.url, "student1", user_agent=ua("second-device"))
     s = login(envoy.url, "teacher1", user_agent=ua("leaves"))
     s.post(envoy.url + "/api/v1/auth/logout", timeout=TIMEOUT)
-    r = get(envoy.url, "/metrics", headers=bearer())
+    r = admin_get(envoy.url, "/metrics", headers=bearer())
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     lines = set(r.text.splitlines())
     for want in [
@@ -93,7 +80,7 @@ def test_history_has_sixty_minutes_with_the_current_peak(start_envoy):
     envoy = start_envoy(PLUGIN_CONFIG)
     login(envoy.url, "student1", user_agent=ua("history"))
     login(envoy.url, "student3", user_agent=ua("history"))
-    hist = wait_for(lambda: get(envoy.url, "/history", headers=bearer()).json(),
+    hist = wait_for(lambda: admin_get(envoy.url, "/history", headers=bearer()).json(),
                     lambda h: h["minutes"][-1]["active_users"] == 2)
     minutes = hist["minutes"]
     assert len(minutes) == 60
@@ -106,7 +93,7 @@ def test_history_has_sixty_minutes_with_the_current_peak(start_envoy):
 def test_dashboard_page_is_served_by_the_plugin_without_data(envoy):
     login(envoy.url, "admin_user", user_agent=ua("page"))
     for path in ["/", ""]:
-        r = get(envoy.url, path)
+        r = admin_get(envoy.url, path)
         assert r.status_code == 200, (path, r.status_code)
         assert "x-demo-app" not in r.headers
         assert r.headers["content-type"].startswith("text/html")

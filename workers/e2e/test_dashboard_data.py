@@ -1,55 +1,15 @@
 """The dashboard's data routes in the Worker (issue 5): /history, /events?after=N and /metrics, with
 the Envoy filter's shapes, authorization and Cache-Control; the page that polls them."""
 
-import re
-import time
-
 import requests
 
 import helpers
-from helpers import ADMIN_TOKEN, PLUGIN_CONFIG, TIMEOUT, bearer, login, summary, ua
+from helpers import (PLUGIN_CONFIG, PREFIX, TIMEOUT, admin_get, bearer, events_of, local, login, metric,
+                     metrics_of, summary, ua, wait_for)
 
-PREFIX = "/__headcount"
 METRICS_TOKEN = "e2e-metrics-token"
 DATA_ROUTES = ["/history", "/events", "/metrics"]
 
-
-def get(base, path, **kw):
-    return requests.get(base + PREFIX + path, timeout=TIMEOUT, **kw)
-
-
-def wait_for(fetch, predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not predicate(value) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = fetch()
-    return value
-
-
-def local(r, status):
-    """An answer of the Worker itself: status, never proxied, never cached."""
-    assert r.status_code == status, (r.request.url, r.status_code, r.text[:300])
-    assert "x-demo-app" not in r.headers, "answered by the app: the route was proxied"
-    assert r.headers.get("cache-control") == "no-store", r.headers
-    return r
-
-
-def events_of(base, after=None):
-    path = "/events" if after is None else f"/events?after={after}"
-    return local(get(base, path, headers=bearer()), 200).json()
-
-
-def metrics_of(base, token=ADMIN_TOKEN):
-    r = local(get(base, "/metrics", headers=bearer(token)), 200)
-    assert r.headers["content-type"].startswith("text/plain; version=0.0.4"), r.headers
-    return r.text
-
-
-def metric(text, name):
-    m = re.search(rf"^{re.escape(name)} (\d+)$", text, flags=re.M)
-    assert m, (name, text)
-    return int(m.group(1))
 
 
 def test_data_routes_need_the_same_authorization_as_stats(start_worker):
@@ -58,25 +18,25 @@ def test_data_routes_need_the_same_authorization_as_stats(start_worker):
     student = login(base, "student1", user_agent=ua("student"))
     admin = login(base, "admin_user", user_agent=ua("admin"))
     for path in DATA_ROUTES:
-        body = local(get(base, path), 401).json()
+        body = local(admin_get(base, path), 401).json()
         assert set(body) == {"error"} and body["error"], (path, body)
-        local(get(base, path, headers=bearer("wrong-token-123")), 403)
+        local(admin_get(base, path, headers=bearer("wrong-token-123")), 403)
         r = local(student.get(base + PREFIX + path, timeout=TIMEOUT), 403)
         assert "student1" not in r.text and "admin_user" not in r.text, (path, r.text)
         local(admin.get(base + PREFIX + path, timeout=TIMEOUT), 200)
-        local(get(base, path, headers=bearer()), 200)
+        local(admin_get(base, path, headers=bearer()), 200)
         # Read-only routes: other methods are refused locally.
         for method in ("POST", "PUT", "DELETE"):
             r = requests.request(method, base + PREFIX + path, headers=bearer(), timeout=TIMEOUT)
             local(r, 405)
         local(requests.head(base + PREFIX + path, headers=bearer(), timeout=TIMEOUT), 200)
     # The metrics token opens /metrics only.
-    local(get(base, "/metrics", headers=bearer(METRICS_TOKEN)), 200)
+    local(admin_get(base, "/metrics", headers=bearer(METRICS_TOKEN)), 200)
     for path in ["/stats", "/events", "/history"]:
-        local(get(base, path, headers=bearer(METRICS_TOKEN)), 403)
+        local(admin_get(base, path, headers=bearer(METRICS_TOKEN)), 403)
     # Without a metrics_token configured, that token is just wrong.
     other = start_worker(PLUGIN_CONFIG)
-    local(get(other.url, "/metrics", headers=bearer(METRICS_TOKEN)), 403)
+    local(admin_get(other.url, "/metrics", headers=bearer(METRICS_TOKEN)), 403)
 
 
 def test_events_feed_records_login_logout_and_expiry(start_worker):
@@ -152,14 +112,14 @@ def test_prometheus_metrics_are_exact(worker):
 
 def test_history_has_sixty_minutes_with_the_current_peak(worker):
     base = worker.url
-    empty = local(get(base, "/history", headers=bearer()), 200).json()
+    empty = local(admin_get(base, "/history", headers=bearer()), 200).json()
     assert set(empty) == {"minutes"} and len(empty["minutes"]) == 60, empty
     assert all(m == {"minute": m["minute"], "active_users": 0, "active_sessions": 0}
                for m in empty["minutes"]), empty
     login(base, "student1", user_agent=ua("history"))
     login(base, "student3", user_agent=ua("history"))
     login(base, "student3", user_agent=ua("history-phone"))
-    hist = wait_for(lambda: local(get(base, "/history", headers=bearer()), 200).json(),
+    hist = wait_for(lambda: local(admin_get(base, "/history", headers=bearer()), 200).json(),
                     lambda h: h["minutes"][-1]["active_sessions"] == 3, timeout=8)
     minutes = hist["minutes"]
     assert len(minutes) == 60
@@ -175,7 +135,7 @@ def test_history_has_sixty_minutes_with_the_current_peak(worker):
 def test_dashboard_page_is_served_and_carries_no_data(worker):
     login(worker.url, "admin_user", user_agent=ua("page"))
     for path in ["/", ""]:
-        r = local(get(worker.url, path), 200)
+        r = local(admin_get(worker.url, path), 200)
         assert r.headers["content-type"].startswith("text/html")
         assert "<html" in r.text.lower() and "{{PREFIX}}" not in r.text
         assert "admin_user" not in r.text  # the page carries no data

@@ -3,7 +3,6 @@ sessions from storage (seen in the stored-row counts of the debug header)."""
 
 import time
 
-import requests
 
 import helpers
 from helpers import SHORT_WINDOWS, TIMEOUT, login, summary, ua, wait_debug, wait_stats

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import requests
 
+import cases
 from helpers import (PLUGIN_CONFIG, TIMEOUT, USERS, bearer, debug, stats, stats_response, summary, ua,
                      wait_stats)
-from test_dashboard_data import events_of, metric, metrics_of
+from helpers import events_of, metric, metrics_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "envoy" / "e2e"))
 from jwt_tokens import (DEFAULT_JWT_SECRET, RS256_TOKEN, RSA_PUBLIC_KEY, app_token, bad_tokens, claims,  # noqa: E402
@@ -165,25 +166,4 @@ def test_sids_logout_and_admin_tokens(start_worker):
 
 def test_a_revoked_token_is_answered_401_at_the_edge(start_worker):
     wp = start_worker(dict(JWT_CONFIG, enforce_revocation=True))
-    base = wp.url
-    token = app_token(base, "student3")
-    assert call(base, token).status_code == 200
-    snap = wait_stats(base, lambda x: x["active_users"] == 1)
-    sid = snap["sessions"][0]["session_id"]
-    r = requests.post(f"{base}{PREFIX}/sessions/{sid}/revoke", headers=bearer(), timeout=TIMEOUT)
-    assert r.status_code == 200, r.text
-    for path in ("/api/v1/me", "/api/v1/courses", "/healthz", "/api/v1/auth/login"):
-        r = requests.get(base + path, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
-        assert r.status_code == 401 and r.json() == REVOKED, (path, r.status_code, r.text[:200])
-        assert "x-demo-app" not in r.headers
-    snap = stats(base)
-    assert snap["active_sessions"] == 0, summary(snap)
-    # Another token of the same user is a new session and works.
-    assert call(base, app_token(base, "student3")).status_code == 200
-    snap = wait_stats(base, lambda x: x["active_sessions"] == 1)
-    assert snap["active_sessions"] == 1 and snap["sessions"][0]["session_id"] != sid, summary(snap)
-    text = metrics_of(base)
-    assert (metric(text, "headcount_logins_total"), metric(text, "headcount_revocations_total")) == (2, 1), text
-    # The revoked token stays refused and never starts its session again.
-    assert call(base, token).status_code == 401
-    assert stats(base)["active_sessions"] == 1
+    cases.revoked_token_is_answered_401_at_the_edge(wp.url)

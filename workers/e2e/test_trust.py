@@ -10,7 +10,7 @@ import requests
 import helpers
 from helpers import (PLUGIN_CONFIG, SHORT_WINDOWS, TIMEOUT, bearer, login, stats, summary, ua, wait_debug,
                      wait_stats)
-from test_dashboard_data import events_of, metric, metrics_of
+from helpers import events_of, metric, metrics_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "envoy" / "e2e"))
 import cases  # noqa: E402  (test bodies shared with the Envoy suite)
