@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod bearer;
 pub mod config;
+pub mod cookie_cache;
 pub mod device;
 pub mod events;
 pub mod gateway;
@@ -25,5 +26,6 @@ pub mod table;
 pub mod traffic;
 
 pub use config::{Config, ConfigError};
+pub use cookie_cache::CookieCache;
 pub use session::{CookieHash, CookieHasher, Session};
 pub use table::{SessionTable, SharedStore, StoreError, TableError};

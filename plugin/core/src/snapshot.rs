@@ -243,7 +243,22 @@ impl Snapshot {
                 .collect();
             chosen.sort_by(|(la, a), (lb, b)| lb.cmp(la).then(a.username.cmp(b.username)));
             chosen.truncate(k + 1);
-            sessions = chosen.iter().map(|(last, r)| view(r, *last, now)).collect();
+            // Users share a few user agents: unpack and describe each one once.
+            let mut agents: HashMap<&str, (String, String)> = HashMap::new();
+            sessions = chosen
+                .iter()
+                .map(|(last, r)| {
+                    let (user_agent, device) = agents
+                        .entry(r.agent)
+                        .or_insert_with(|| {
+                            let ua = agent::unpack(r.agent);
+                            let device = crate::device::describe(&ua);
+                            (ua, device)
+                        })
+                        .clone();
+                    view(r, user_agent, device, *last, now)
+                })
+                .collect();
         }
         Ok(Stats {
             active_users: counts.active_users,
@@ -257,15 +272,20 @@ impl Snapshot {
     }
 }
 
-fn view(r: &RecordRef<'_>, last_ms: u64, now: u64) -> SessionView {
-    let user_agent = agent::unpack(r.agent);
+fn view(
+    r: &RecordRef<'_>,
+    user_agent: String,
+    device: String,
+    last_ms: u64,
+    now: u64,
+) -> SessionView {
     SessionView {
         session_id: uuid::Uuid::from_bytes(r.id).hyphenated().to_string(),
         user_id: r.user_id.to_string(),
         username: r.username.to_string(),
         role: r.role.to_string(),
         ip: r.ip.to_string(),
-        device: crate::device::describe(&user_agent),
+        device,
         user_agent,
         login_time: rfc3339(r.login_ms),
         last_activity: rfc3339(last_ms),
@@ -302,10 +322,16 @@ mod tests {
         let (store, cfg) = (MemoryStore::default(), Config::default());
         let t = SessionTable::new(&store);
         let now = 400_000;
+        let mut firefox = s(3, "student1", "student", now - 30);
+        // Another user agent among repeated ones: each listed session gets its own
+        // (the report unpacks and describes each distinct agent once).
+        firefox.user_agent =
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0"
+                .into();
         let all = vec![
             s(1, "admin_user", "admin", now - 10),
             s(2, "student1", "student", now - 20),
-            s(3, "student1", "student", now - 30),
+            firefox,
             s(4, "student2", "student", now - 300_001),
             s(5, "guest", "auditor", now),
             s(6, "tie_b", "student", now - 20),

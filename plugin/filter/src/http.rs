@@ -302,7 +302,8 @@ impl HttpContext for Stream {
         self.ignored = identity::is_ignored_agent(cfg, user_agent);
         let cookie_header = headers.cookie();
         let cookie = cookie_header.as_deref().and_then(|c| {
-            identity::request_cookie(c, &cfg.session_cookie).map(|v| self.vm.hasher.hash(v))
+            identity::request_cookie(c, &cfg.session_cookie)
+                .map(|v| self.vm.cookie_cache.borrow_mut().hash(&self.vm.hasher, v))
         });
         let now = self.start_us / 1000;
         // A verified JWT names the user; it takes precedence over a session cookie.
@@ -418,7 +419,14 @@ impl HttpContext for Stream {
             .rev()
             .find_map(|v| identity::set_cookie(v, &cfg.session_cookie, now))
             .map(|c| match c {
-                CookieChange::Set(v) => CookieChange::Set(self.vm.hasher.hash(&v).to_vec()),
+                // Through the cache: the client's next requests send this value.
+                CookieChange::Set(v) => CookieChange::Set(
+                    self.vm
+                        .cookie_cache
+                        .borrow_mut()
+                        .hash(&self.vm.hasher, &v)
+                        .to_vec(),
+                ),
                 CookieChange::Cleared => CookieChange::Cleared,
             });
         let old = self.cookie.map(|h| h.to_vec());

@@ -12,7 +12,7 @@ use headcount_core::table::TableError;
 use headcount_core::table::{SessionTable, SharedStore, StoreError, SHARDS};
 use headcount_core::traffic::{self, TrafficDelta};
 use headcount_core::{prometheus, record};
-use headcount_core::{stats, Config, CookieHash, CookieHasher, Session};
+use headcount_core::{stats, Config, CookieCache, CookieHash, CookieHasher, Session};
 use proxy_wasm::types::MetricType;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -26,6 +26,9 @@ const MAX_PENDING: usize = 65_536;
 /// (expired sessions are found in the activity shards, all of them every sweep):
 /// a whole round takes 32 sweeps, 160 s at the default interval.
 const SWEEP_WINDOW: usize = 16;
+/// Cookie values whose HMAC a VM remembers (32 B each: 1 MiB per VM, allocated at the
+/// first cookie): a repeat cookie then costs a SipHash instead of an HMAC-SHA-256.
+const COOKIE_CACHE_SLOTS: usize = 32_768;
 
 /// Activity seen for one cookie since the last flush.
 #[derive(Clone, Copy)]
@@ -62,6 +65,8 @@ pub struct Metrics {
 pub struct Vm {
     pub cfg: Config,
     pub hasher: CookieHasher,
+    /// Request cookie values hashed recently (see `COOKIE_CACHE_SLOTS`).
+    pub cookie_cache: RefCell<CookieCache>,
     pub metrics: Metrics,
     pending: RefCell<HashMap<CookieHash, Pending>>,
     traffic: RefCell<TrafficDelta>,
@@ -110,8 +115,12 @@ impl Vm {
             cfg.session_cookie,
             cfg.active_window_ms / 1000
         ));
+        let Some(cache_key) = host::random16() else {
+            return Err("the host gave no randomness for the cookie cache key".into());
+        };
         Ok(Vm {
             hasher: CookieHasher::new(&secret),
+            cookie_cache: RefCell::new(CookieCache::new(cache_key, COOKIE_CACHE_SLOTS)),
             cfg,
             metrics,
             pending: RefCell::new(HashMap::new()),
