@@ -188,7 +188,12 @@ fn looks_like_jwt(t: &[u8]) -> bool {
 }
 
 /// The session key a verified token maps to (see the module docs).
-pub fn session_key(hasher: &CookieHasher, claims: &jwt::Claims, token: &[u8]) -> CookieHash {
+/// `token_hash` is the token's keyed hash, which is the key itself for a token without `sid`.
+pub fn session_key(
+    hasher: &CookieHasher,
+    claims: &jwt::Claims,
+    token_hash: &CookieHash,
+) -> CookieHash {
     match &claims.sid {
         Some(sid) => {
             let mut input = Vec::with_capacity(8 + claims.user_id.len() + sid.len());
@@ -198,7 +203,7 @@ pub fn session_key(hasher: &CookieHasher, claims: &jwt::Claims, token: &[u8]) ->
             input.extend_from_slice(sid.as_bytes());
             hasher.hash(&input)
         }
-        None => hasher.hash(token),
+        None => *token_hash,
     }
 }
 
@@ -304,7 +309,19 @@ impl TokenCache {
         token: &[u8],
         now: u64,
     ) -> Bearer {
-        let token_hash = hasher.hash(token);
+        self.check_hashed(cfg, hasher, token, hasher.hash(token), now)
+    }
+
+    /// As [`TokenCache::check`], for a host that already has `hasher.hash(token)`
+    /// (e.g. from its cache of cookie HMACs), so a known token costs no HMAC.
+    pub fn check_hashed(
+        &mut self,
+        cfg: &BearerConfig,
+        hasher: &CookieHasher,
+        token: &[u8],
+        token_hash: CookieHash,
+        now: u64,
+    ) -> Bearer {
         match self.verdicts.get(&token_hash) {
             Some(Verdict::Valid {
                 key,
@@ -329,7 +346,7 @@ impl TokenCache {
         self.make_room(now);
         match verdict {
             Ok(claims) => {
-                let key = session_key(hasher, &claims, token);
+                let key = session_key(hasher, &claims, &token_hash);
                 let identity = claims.identity();
                 let until = claims
                     .exp

@@ -311,10 +311,12 @@ impl HttpContext for Stream {
             Some(jwt) if !self.ignored => {
                 let header = jwt.header.as_deref().and_then(|h| headers.get(h));
                 jwt.token(header, cookie_header.as_deref()).map(|t| {
+                    // The token's HMAC comes from the same per-VM cache as cookies'.
+                    let hash = self.vm.cookie_cache.borrow_mut().hash(&self.vm.hasher, t);
                     self.vm
                         .tokens
                         .borrow_mut()
-                        .check(jwt, &self.vm.hasher, t, now)
+                        .check_hashed(jwt, &self.vm.hasher, t, hash, now)
                 })
             }
             _ => None,
