@@ -9,7 +9,8 @@
 //! (The two variables skip fat LTO and single-unit codegen of wasmtime, which the workspace's
 //! release profile would otherwise apply to the bench build and which make it take many
 //! minutes; the figures don't depend on them. The run itself takes about a minute.) Set `HEADCOUNT_BENCH_SIZES`
-//! (e.g. `1000,10000`) to run fewer sizes.
+//! (e.g. `1000,10000`) to run fewer sizes. `HEADCOUNT_FUEL_TRACE=1` prints each callback's
+//! fuel as it runs (any harness run), to see which hook an operation's cost is in.
 //!
 //! Two figures per operation: wall time through the harness (wasmtime + host calls + the
 //! harness's own bookkeeping, so an upper bound of what Envoy would spend) and fuel, i.e.

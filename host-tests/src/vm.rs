@@ -214,6 +214,8 @@ pub(crate) struct VmInner {
     next_context: u32,
     failed: Option<String>,
     fuel_total: u64,
+    /// `HEADCOUNT_FUEL_TRACE` set: print each callback's fuel to stderr (profiling).
+    fuel_trace: bool,
     mailbox: Mailbox,
 }
 
@@ -269,6 +271,9 @@ impl VmInner {
         let result = func.call(&mut self.store, params);
         let left = self.store.get_fuel().unwrap_or(0);
         self.fuel_total += CALL_FUEL.saturating_sub(left);
+        if self.fuel_trace {
+            eprintln!("fuel {callback} {}", CALL_FUEL.saturating_sub(left));
+        }
         self.state().current_context = 0;
         result.map_err(|e| {
             let message = format!("{e:?}");
@@ -832,6 +837,7 @@ impl Vm {
             next_context: ROOT_CONTEXT_ID + 1,
             failed: None,
             fuel_total: 0,
+            fuel_trace: std::env::var_os("HEADCOUNT_FUEL_TRACE").is_some(),
             mailbox,
         };
 

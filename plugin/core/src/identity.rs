@@ -110,13 +110,44 @@ pub fn combine(
 
 /// Bots and crawlers are never counted, even with a session cookie.
 pub fn is_ignored_agent(cfg: &Config, user_agent: &[u8]) -> bool {
-    if cfg.ignore_user_agents.is_empty() {
-        return false;
+    // One pass over the agent's bytes, compared in place (no lowercased copy, no
+    // searcher per pattern): patterns are only tried where their first byte occurs.
+    let mut first = [0u64; 4];
+    for needle in &cfg.ignore_user_agents {
+        match needle.as_bytes().first() {
+            Some(&b) => set_bit(&mut first, b),
+            None => return true,
+        }
     }
-    let ua = String::from_utf8_lossy(user_agent).to_ascii_lowercase();
-    cfg.ignore_user_agents
-        .iter()
-        .any(|needle| ua.contains(needle.as_str()))
+    (0..user_agent.len()).any(|i| {
+        let here = user_agent.get(i..).unwrap_or_default();
+        let b = here.first().map_or(0, u8::to_ascii_lowercase);
+        has_bit(&first, b)
+            && cfg
+                .ignore_user_agents
+                .iter()
+                .any(|needle| starts_with_ignore_ascii_case(here, needle.as_bytes()))
+    })
+}
+
+fn set_bit(bits: &mut [u64; 4], b: u8) {
+    if let Some(word) = bits.get_mut(usize::from(b >> 6)) {
+        *word |= 1 << (b & 63);
+    }
+}
+
+fn has_bit(bits: &[u64; 4], b: u8) -> bool {
+    bits.get(usize::from(b >> 6))
+        .is_some_and(|word| word & (1 << (b & 63)) != 0)
+}
+
+/// Whether `haystack` starts with `needle` (already lowercase), ignoring ASCII case.
+fn starts_with_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.len() >= needle.len()
+        && haystack
+            .iter()
+            .zip(needle)
+            .all(|(h, n)| h.to_ascii_lowercase() == *n)
 }
 
 /// The user agent as stored: lossy UTF-8, control characters dropped, bounded.
@@ -354,5 +385,20 @@ mod tests {
             &cfg,
             b"Mozilla/5.0 (X11; Linux x86_64) Firefox/120"
         ));
+        // At either end, cut short at the end, around bytes that are not UTF-8.
+        assert!(is_ignored_agent(&cfg, b"SPIDER"));
+        assert!(is_ignored_agent(&cfg, b"x\xff\xfeCrawler"));
+        assert!(!is_ignored_agent(&cfg, b"Crawle"));
+        assert!(!is_ignored_agent(&cfg, b"\xffbo\xfft"));
+        assert!(!is_ignored_agent(&cfg, b""));
+        let mut cfg = Config {
+            ignore_user_agents: vec!["é-bot".into(), "zz".into()],
+            ..Config::default()
+        };
+        assert!(is_ignored_agent(&cfg, "x É-BOT é-BoT".as_bytes()));
+        assert!(!is_ignored_agent(&cfg, "É-BOT z".as_bytes()));
+        assert!(is_ignored_agent(&cfg, b"aZz"));
+        cfg.ignore_user_agents.clear();
+        assert!(!is_ignored_agent(&cfg, b"Googlebot"));
     }
 }

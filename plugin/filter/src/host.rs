@@ -57,7 +57,12 @@ pub fn now_us() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        // Not `as_micros`: its u128 division is a software routine in Wasm.
+        .map_or(0, |d| {
+            d.as_secs()
+                .saturating_mul(1_000_000)
+                .saturating_add(u64::from(d.subsec_micros()))
+        })
 }
 
 pub fn now_ms() -> u64 {

@@ -299,8 +299,18 @@ impl HttpContext for Stream {
         let path = headers.get(":path").unwrap_or_default();
         self.route = gateway::route(cfg, method, path);
         let user_agent = headers.get("user-agent").unwrap_or_default();
-        self.ignored = identity::is_ignored_agent(cfg, user_agent);
         let cookie_header = headers.cookie();
+        let jwt_header = cfg
+            .jwt
+            .as_ref()
+            .and_then(|jwt| jwt.header.as_deref())
+            .and_then(|h| headers.get(h));
+        // Only a request that could name someone needs its agent checked: a bot
+        // without credentials is anonymous traffic either way.
+        let could_identify = cookie_header.is_some()
+            || jwt_header.is_some()
+            || matches!(self.route, Route::Login(_));
+        self.ignored = could_identify && identity::is_ignored_agent(cfg, user_agent);
         let cookie = cookie_header.as_deref().and_then(|c| {
             identity::request_cookie(c, &cfg.session_cookie)
                 .map(|v| self.vm.cookie_cache.borrow_mut().hash(&self.vm.hasher, v))
@@ -309,8 +319,7 @@ impl HttpContext for Stream {
         // A verified JWT names the user; it takes precedence over a session cookie.
         let bearer = match &cfg.jwt {
             Some(jwt) if !self.ignored => {
-                let header = jwt.header.as_deref().and_then(|h| headers.get(h));
-                jwt.token(header, cookie_header.as_deref()).map(|t| {
+                jwt.token(jwt_header, cookie_header.as_deref()).map(|t| {
                     // The token's HMAC comes from the same per-VM cache as cookies'.
                     let hash = self.vm.cookie_cache.borrow_mut().hash(&self.vm.hasher, t);
                     self.vm
