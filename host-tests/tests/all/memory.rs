@@ -73,14 +73,15 @@ fn sessions_that_come_and_go_leave_no_growth() {
         "linear memory above 3 MiB: {memory:?}"
     );
     // Shared data is a fixed set of keys (session and cookie-index shards, the secret, the
-    // traffic record, the sweep slot): after a sweep only empty shards remain. A shard first
+    // traffic record, the sweep slot, the 2 KB of shard generations): after a sweep only empty
+    // shards remain. A shard first
     // written in a later round adds its key once, so the size settles instead of growing with
     // the sessions ever seen (8000 here, ~190 bytes each while alive).
     let keys = host.shared_data_len();
     assert!(keys <= 1100, "keys: {keys}");
     for (round, bytes) in shared.iter().enumerate() {
         assert!(
-            *bytes <= 32 * 1024,
+            *bytes <= 36 * 1024,
             "round {round}: {bytes} bytes of shared data after the sweep: {shared:?}"
         );
     }

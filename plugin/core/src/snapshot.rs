@@ -13,7 +13,8 @@ use crate::config::Config;
 use crate::session;
 use crate::stats::{rfc3339, Counts, SessionView, Stats, MAX_LISTED};
 use crate::table::{
-    seen_key, session_key, RecordRef, Seen, SharedStore, TableError, SEEN_SHARDS, SHARDS,
+    generation, seen_key, session_key, RecordRef, Seen, SharedStore, TableError,
+    GENERATIONS_KEY, SEEN_SHARDS, SHARDS,
 };
 use crate::traffic::TrafficFigures;
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +33,8 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
+    /// The shard's generation when it was read (`None`: read without one).
+    generation: Option<u64>,
     cas: Option<u32>,
     bytes: Vec<u8>,
     entries: Vec<Entry>,
@@ -44,6 +47,8 @@ pub struct Snapshot {
     role_ids: HashMap<String, u32>,
     /// Shards decoded (again) by the last pass, for tests and benchmarks.
     pub decoded: usize,
+    /// Shards copied out of shared data by the last pass.
+    pub copied: usize,
 }
 
 impl Default for Snapshot {
@@ -89,6 +94,7 @@ impl Snapshot {
             roles: Vec::new(),
             role_ids: HashMap::new(),
             decoded: 0,
+            copied: 0,
         }
     }
 
@@ -102,13 +108,29 @@ impl Snapshot {
         id
     }
 
-    /// Makes shard `index` current: one read, and a decode only if it changed.
-    fn refresh(&mut self, store: &impl SharedStore, index: usize) -> Result<(), TableError> {
+    /// Makes shard `index` current: nothing if its generation did not move, else
+    /// one read, and a decode only if its CAS value changed.
+    fn refresh(
+        &mut self,
+        store: &impl SharedStore,
+        index: usize,
+        generation: Option<u64>,
+    ) -> Result<(), TableError> {
+        if generation.is_some()
+            && self
+                .shards
+                .get(index)
+                .is_some_and(|s| s.generation == generation)
+        {
+            return Ok(());
+        }
+        self.copied += 1;
         let (bytes, cas) = match store.get(&session_key(index))? {
             Some((b, cas)) => (b, Some(cas)),
             None => (Vec::new(), None),
         };
-        if self.shards.get(index).is_some_and(|s| s.cas == cas) {
+        if let Some(shard) = self.shards.get_mut(index).filter(|s| s.cas == cas) {
+            shard.generation = generation;
             return Ok(());
         }
         self.decoded += 1;
@@ -128,6 +150,7 @@ impl Snapshot {
         }
         if let Some(shard) = self.shards.get_mut(index) {
             *shard = Shard {
+                generation,
                 cas,
                 bytes,
                 entries,
@@ -145,6 +168,13 @@ impl Snapshot {
         list: bool,
     ) -> Result<(Counts, Vec<Candidate>), TableError> {
         self.decoded = 0;
+        self.copied = 0;
+        // Read first: a details write lands before its generation moves, so a
+        // shard read after this is at least as new as the generation seen here.
+        let generations = store
+            .get(GENERATIONS_KEY)?
+            .map(|(b, _)| b)
+            .unwrap_or_default();
         let mut users: Vec<u64> = Vec::new();
         let mut by_role: Vec<Vec<u64>> = Vec::new();
         let mut candidates = Vec::new();
@@ -155,7 +185,7 @@ impl Snapshot {
                 continue;
             }
             for index in (a..SHARDS).step_by(SEEN_SHARDS) {
-                self.refresh(store, index)?;
+                self.refresh(store, index, generation(&generations, index))?;
                 let Some(shard) = self.shards.get(index) else {
                     continue;
                 };
@@ -353,12 +383,14 @@ mod tests {
                 .unwrap();
             assert_eq!(got, want, "limit {limit}");
         }
-        // Nothing changed: nothing decoded again. A touch changes only activity.
+        // Nothing changed: nothing copied or decoded again. A touch changes only
+        // activity.
         snap.counts(&store, now, &cfg).unwrap();
-        assert_eq!(snap.decoded, 0);
+        assert_eq!((snap.copied, snap.decoded), (0, 0));
         t.touch(&[([4; 16], now)], now).unwrap();
         let c = snap.counts(&store, now, &cfg).unwrap();
         assert_eq!((snap.decoded, c.active_sessions, c.active_users), (0, 7, 6));
+        assert_eq!(snap.copied, 0);
         // A logout: fresh counts (its shard is not even read once its activity
         // shard is empty).
         t.end(&[5; 16], now, &cfg).unwrap();
@@ -367,10 +399,25 @@ mod tests {
         assert_eq!(c.by_role.get("auditor"), None);
         // A rotation changes one shard: one decode, and the report shows it.
         t.rotate(&[1; 16], &[99; 16], now + 5, &cfg).unwrap();
-        let r = snap.report(&store, now + 5, &cfg, 1, traffic).unwrap();
-        assert_eq!(snap.decoded, 1);
+        let r = snap.report(&store, now + 5, &cfg, 1, traffic.clone()).unwrap();
+        assert_eq!((snap.copied, snap.decoded), (1, 1));
         assert_eq!(r.sessions[0].username, "admin_user");
         assert_eq!(r.sessions[0].last_activity, rfc3339(now + 5));
         assert_eq!(r.sessions[0].device, "Chrome 126 on Linux");
+        // A malformed generations key: every shard is checked by its CAS value
+        // again. The next write rebuilds it under a new epoch, and the restarted
+        // generations are not taken for the ones cached (every shard once more).
+        let (_, cas) = store.get(GENERATIONS_KEY).unwrap().unwrap();
+        store.set(GENERATIONS_KEY, b"junk", Some(cas)).unwrap();
+        // (Every shard whose activity shard is not empty: 8 per session here.)
+        let c = snap.counts(&store, now + 5, &cfg).unwrap();
+        let every = snap.copied;
+        assert_eq!((every, snap.decoded, c.active_sessions), (6 * 8, 0, 6));
+        t.rotate(&[99; 16], &[98; 16], now + 6, &cfg).unwrap();
+        let c = snap.counts(&store, now + 6, &cfg).unwrap();
+        assert_eq!((snap.copied, snap.decoded, c.active_sessions), (every, 1, 6));
+        let r = snap.report(&store, now + 6, &cfg, 1, traffic).unwrap();
+        assert_eq!(r.sessions[0].last_activity, rfc3339(now + 6));
+        assert_eq!(snap.copied, 0);
     }
 }

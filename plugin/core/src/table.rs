@@ -198,6 +198,26 @@ pub fn user_key(index: usize) -> String {
 /// Cookie hashes of revoked sessions with the time they may be forgotten.
 pub const REVOKED_KEY: &str = "headcount.v2.revoked";
 
+/// A little-endian u32 epoch, then one u32 per details shard, bumped after every
+/// write to that shard: a reader keeping shards decoded copies this one 2 KB key
+/// and then only the shards whose generation moved, instead of all 512 to compare
+/// CAS values. The epoch moves if the key ever has to be rebuilt, so generations
+/// from before never match again.
+pub const GENERATIONS_KEY: &str = "headcount.v2.generations";
+const GENERATIONS_LEN: usize = 4 + SHARDS * 4;
+
+/// Shard `index`'s generation (with the key's epoch) in the generations key's
+/// bytes; `None` if the key is missing or malformed: readers then check every
+/// shard.
+pub fn generation(bytes: &[u8], index: usize) -> Option<u64> {
+    if bytes.len() != GENERATIONS_LEN {
+        return None;
+    }
+    let epoch = generation_at(bytes);
+    let g = generation_at(bytes.get(4 + index * 4..)?);
+    Some(u64::from(epoch) << 32 | u64::from(g))
+}
+
 /// The live-session count (a postcard `u64`).
 pub const COUNT_KEY: &str = "headcount.v2.count";
 
@@ -390,6 +410,13 @@ fn fixed_retain<const LEN: usize>(
     bytes.len() != before
 }
 
+/// The little-endian u32 at the start of `b` (missing bytes read as zero).
+fn generation_at(b: &[u8]) -> u32 {
+    let mut w = [0u8; 4];
+    w.iter_mut().zip(b).for_each(|(d, s)| *d = *s);
+    u32::from_le_bytes(w)
+}
+
 fn seen_put(bytes: &mut Vec<u8>, a: &Activity) {
     fixed_put(bytes, seen_record(a));
 }
@@ -468,6 +495,39 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         T: DeserializeOwned + Serialize + Default,
     {
         record::update(self.store, key, f)
+    }
+
+    /// CAS read-modify-write of details shard `index`; a write that changed it
+    /// then bumps the shard's generation (after the write, so a reader that sees
+    /// the new generation reads at least the new details).
+    fn update_details<R>(
+        &self,
+        index: usize,
+        mut f: impl FnMut(&mut SessionShard) -> (bool, R),
+    ) -> Result<R, TableError> {
+        let mut changed = false;
+        let out = self.update::<SessionShard, _>(&session_key(index), |shard| {
+            let (c, r) = f(shard);
+            changed = c;
+            (c, r)
+        })?;
+        if changed {
+            update_raw(self.store, GENERATIONS_KEY, |bytes| {
+                if bytes.len() != GENERATIONS_LEN {
+                    // Missing or malformed: rebuilt under a new epoch, so no reader
+                    // mistakes a restarted count for one it has seen.
+                    let epoch = generation_at(bytes).wrapping_add(1);
+                    *bytes = vec![0; GENERATIONS_LEN];
+                    bytes.splice(0..4, epoch.to_le_bytes());
+                }
+                if let Some(g) = bytes.get_mut(4 + index * 4..8 + index * 4) {
+                    let next = generation_at(g).wrapping_add(1);
+                    g.copy_from_slice(&next.to_le_bytes());
+                }
+                (true, ())
+            })?;
+        }
+        Ok(out)
     }
 
     /// An activity shard's bytes (empty if never written).
@@ -589,7 +649,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             (true, fresh)
         })?;
         let record = Record::of(&session);
-        self.update::<SessionShard, _>(&session_key(shard_of(&id)), |shard| {
+        self.update_details(shard_of(&id), |shard| {
             shard.retain(|s| s.id != id);
             shard.push(record.clone());
             (true, ())
@@ -730,7 +790,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         };
         self.count_add(-1)?;
         let record =
-            self.update::<SessionShard, _>(&session_key(shard_of(id)), |shard| {
+            self.update_details(shard_of(id), |shard| {
                 match shard.iter().position(|s| s.id == *id) {
                     Some(pos) => (true, Some(shard.remove(pos))),
                     None => (false, None),
@@ -870,7 +930,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         };
         self.index(&[*to], r.session, deadline)?;
         let (record, dropped) =
-            self.update::<SessionShard, _>(&session_key(shard_of(&r.session)), |shard| {
+            self.update_details(shard_of(&r.session), |shard| {
                 let Some(s) = shard.iter_mut().find(|s| s.id == r.session) else {
                     return (false, (None, Vec::new()));
                 };
@@ -958,7 +1018,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         }
         let mut ended = Vec::new();
         for (index, ids) in &expired {
-            let gone = self.update::<SessionShard, _>(&session_key(*index), |shard| {
+            let gone = self.update_details(*index, |shard| {
                 let (gone, keep): (Vec<Record>, Vec<Record>) = std::mem::take(shard)
                     .into_iter()
                     .partition(|s| ids.contains_key(&s.id));
@@ -977,7 +1037,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
                 .get(index % SEEN_SHARDS)
                 .map(|b| Seen::new(b))
                 .unwrap_or(Seen::new(&[]));
-            let gone = self.update::<SessionShard, _>(&session_key(index), |shard| {
+            let gone = self.update_details(index, |shard| {
                 let (gone, keep): (Vec<Record>, Vec<Record>) =
                     std::mem::take(shard).into_iter().partition(|s| {
                         seen.get(&s.id).is_none()
@@ -1026,7 +1086,8 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         let mut total = 0;
         let keys = (0..SHARDS)
             .flat_map(|i| [session_key(i), cookie_key(i)])
-            .chain((0..SEEN_SHARDS).map(seen_key));
+            .chain((0..SEEN_SHARDS).map(seen_key))
+            .chain([GENERATIONS_KEY.to_string()]);
         for key in keys {
             if let Some((bytes, _)) = self.store.get(&key)? {
                 total += bytes.len() + key.len();
@@ -1156,7 +1217,9 @@ mod tests {
                 .chain((0..SHARDS).map(cookie_key))
                 .filter(|k| store.get(k).unwrap().is_some())
                 .map(|k| k.len())
-                .sum::<usize>();
+                .sum::<usize>()
+            + GENERATIONS_KEY.len()
+            + GENERATIONS_LEN;
         assert_eq!(t.footprint().unwrap(), empty_shards);
     }
 
@@ -1267,8 +1330,11 @@ mod tests {
                 .is_empty());
             let after = store.bytes();
             // Only the keys stay (Envoy cannot delete them); every value is an empty
-            // list (one byte), or no bytes for the fixed-width shards.
+            // list (one byte), or no bytes for the fixed-width shards, besides the
+            // fixed-size generations.
             let (keys, values) = store.values();
+            let values = values - GENERATIONS_LEN;
+            let keys = keys - 1;
             let seen_keys = (0..SEEN_SHARDS)
                 .map(seen_key)
                 .chain((0..SHARDS).map(cookie_key))
