@@ -23,6 +23,8 @@ fn engine() -> Result<&'static Engine, Error> {
             // bounds runaway loops (every call gets `CALL_FUEL`).
             config.consume_fuel(true);
             config.cranelift_opt_level(OptLevel::Speed);
+            #[cfg(feature = "profile")]
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
             Engine::new(&config).map_err(|e| format!("{e:?}"))
         })
         .as_ref()
