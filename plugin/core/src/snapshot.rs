@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 /// One session's details as the pass needs them.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    id: [u8; 16],
+    /// The session id as a big-endian integer: the activity shard is sorted in
+    /// this order, and comparing integers costs no `memcmp` call in Wasm.
+    key: u128,
     /// Hash of the user id (distinct users are counted by it).
     user: u64,
     /// Index into `Snapshot::roles`.
@@ -142,7 +144,7 @@ impl Snapshot {
         let mut entries = Vec::with_capacity(found.len());
         for (offset, id, user, role) in found {
             entries.push(Entry {
-                id,
+                key: u128::from_be_bytes(id),
                 user,
                 role: self.role_id(&role),
                 offset: u32::try_from(offset).unwrap_or(u32::MAX),
@@ -175,35 +177,36 @@ impl Snapshot {
             .get(GENERATIONS_KEY)?
             .map(|(b, _)| b)
             .unwrap_or_default();
-        let mut users: Vec<u64> = Vec::new();
-        let mut by_role: Vec<Vec<u64>> = Vec::new();
+        // (user, role) of every active session: one sort counts both distinct
+        // users and distinct users per role.
+        let mut users: Vec<(u64, u32)> = Vec::new();
         let mut candidates = Vec::new();
+        let mut keys: Vec<u128> = Vec::new();
         for a in 0..SEEN_SHARDS {
             let seen_bytes = store.get(&seen_key(a))?.map(|(b, _)| b).unwrap_or_default();
             let seen = Seen::new(&seen_bytes);
             if seen.is_empty() {
                 continue;
             }
+            keys.clear();
+            keys.extend(seen.records().map(|r| {
+                let id: [u8; 16] = r.get(..16).and_then(|b| b.try_into().ok()).unwrap_or_default();
+                u128::from_be_bytes(id)
+            }));
             for index in (a..SHARDS).step_by(SEEN_SHARDS) {
                 self.refresh(store, index, generation(&generations, index))?;
                 let Some(shard) = self.shards.get(index) else {
                     continue;
                 };
                 for (i, e) in shard.entries.iter().enumerate() {
-                    let Some(act) = seen.get(&e.id) else {
+                    let Some(act) = keys.binary_search(&e.key).ok().and_then(|at| seen.at(at))
+                    else {
                         continue;
                     };
                     if !session::active(act.login_ms, act.last_ms, now, cfg) {
                         continue;
                     }
-                    users.push(e.user);
-                    let role = usize::try_from(e.role).unwrap_or(usize::MAX);
-                    if by_role.len() <= role {
-                        by_role.resize_with(role.saturating_add(1), Vec::new);
-                    }
-                    if let Some(r) = by_role.get_mut(role) {
-                        r.push(e.user);
-                    }
+                    users.push((e.user, e.role));
                     if list {
                         candidates.push((
                             act.last_ms,
@@ -215,19 +218,28 @@ impl Snapshot {
             }
         }
         let active_sessions = users.len();
-        let distinct = |mut v: Vec<u64>| {
-            v.sort_unstable();
-            v.dedup();
-            v.len()
-        };
+        users.sort_unstable();
+        users.dedup();
+        let mut per_role = vec![0usize; self.roles.len()];
+        let mut active_users = 0;
+        let mut last_user = None;
+        for (user, role) in &users {
+            if last_user != Some(*user) {
+                active_users += 1;
+                last_user = Some(*user);
+            }
+            if let Some(n) = per_role.get_mut(usize::try_from(*role).unwrap_or(usize::MAX)) {
+                *n += 1;
+            }
+        }
         let mut roles: BTreeMap<String, usize> = cfg.roles.iter().map(|r| (r.clone(), 0)).collect();
-        for (id, members) in by_role.into_iter().enumerate() {
-            if let (Some(name), false) = (self.roles.get(id), members.is_empty()) {
-                roles.insert(name.clone(), distinct(members));
+        for (name, n) in self.roles.iter().zip(per_role) {
+            if n > 0 {
+                roles.insert(name.clone(), n);
             }
         }
         let counts = Counts {
-            active_users: distinct(users),
+            active_users,
             active_sessions,
             by_role: roles,
         };
