@@ -12,14 +12,14 @@ fn ten_thousand_logins_over_the_cap_keep_the_numbers_exact() {
         login(&vm, i, &format!("user{i}"), "student", &format!("c{i}"));
         if i == CAP {
             // Memory at the cap, for comparison with memory far past it.
-            host.tick_all().unwrap();
+            flush_all(&host);
         }
     }
     let at_cap = host.shared_data_bytes();
     // Traffic keeps flowing at the cap: the newest sessions are followed.
     browse(&vm, &format!("c{}", CAP + OVER - 1));
     anonymous(&vm);
-    host.tick_all().unwrap();
+    flush_all(&host);
     let s = stats(&vm);
     assert_eq!(s["active_sessions"], CAP, "{}", s["active_sessions"]);
     assert_eq!(s["active_users"], CAP);

@@ -1,9 +1,9 @@
 //! Shared helpers: a configured host, and the app's login / browse / logout / stats calls.
 //!
 //! Flush rule: a VM buffers the activity of requests carrying a session cookie and writes it
-//! to shared data on its tick (and before it answers the stats route itself). So to see
-//! activity seen by one VM in the stats served by another, tick the first VM (or
-//! `host.tick_all()`) before reading.
+//! to shared data over the ticks of one flush interval (and all of it before it answers the
+//! stats route itself). So to see activity seen by one VM in the stats served by another,
+//! `flush` the first VM (or `flush_all`) before reading.
 
 use host_tests::{Exchange, Host, Vm};
 use serde_json::{json, Value};
@@ -13,6 +13,23 @@ pub const LOGIN: &str = "/api/v1/auth/login";
 pub const LOGOUT: &str = "/api/v1/auth/logout";
 pub const STATS: &str = "/__headcount/stats";
 pub const UA: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) Safari/605.1.15";
+
+/// Ticks per `flush_interval_ms`: the filter spreads its flush over this many ticks, each
+/// writing the activity buffered for a quarter of the cookie shards.
+pub const TICKS_PER_FLUSH: u32 = 4;
+
+/// Ticks `vm` through one flush interval (every buffered request written); whether every
+/// tick was delivered.
+pub fn flush(vm: &Vm) -> bool {
+    (0..TICKS_PER_FLUSH).all(|_| vm.tick().unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// Every VM of `host` through one flush interval.
+pub fn flush_all(host: &Host) {
+    for _ in 0..TICKS_PER_FLUSH {
+        host.tick_all().unwrap_or_else(|e| panic!("{e}"));
+    }
+}
 
 /// The plugin configuration: the admin token plus `extra` keys.
 pub fn config(extra: Value) -> String {

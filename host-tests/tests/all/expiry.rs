@@ -49,7 +49,7 @@ fn idle_sessions_end_at_the_sweep_after_the_timeout() {
 
     host.advance(Duration::from_secs(600));
     browse(&vm, "i2");
-    assert!(vm.tick().unwrap());
+    assert!(flush(&vm));
     assert_eq!(
         host.metric("headcount_expiries_total"),
         Some(0),
@@ -57,7 +57,7 @@ fn idle_sessions_end_at_the_sweep_after_the_timeout() {
     );
 
     host.advance(Duration::from_secs(1));
-    vm.tick().unwrap();
+    flush(&vm);
     assert_eq!(host.metric("headcount_expiries_total"), Some(1));
     assert_eq!(host.metric("headcount_active_users"), Some(1));
     assert_eq!(host.metric("headcount_active_sessions"), Some(1));
@@ -66,7 +66,7 @@ fn idle_sessions_end_at_the_sweep_after_the_timeout() {
     // The ended session does not come back with its old cookie.
     browse(&vm, "i1");
     host.advance(Duration::from_secs(1));
-    vm.tick().unwrap();
+    flush(&vm);
     let s = stats(&vm);
     assert_eq!(usernames(&s), ["busy"]);
     let ex = vm.get(STATS).cookie("session", "i1").send().unwrap();
@@ -85,11 +85,11 @@ fn the_maximum_lifetime_ends_even_a_busy_session() {
     for _ in 0..4 {
         host.advance(Duration::from_secs(200));
         browse(&vm, "m");
-        vm.tick().unwrap();
+        flush(&vm);
     }
     host.advance(Duration::from_secs(100)); // T0 + 900 s
     browse(&vm, "m");
-    vm.tick().unwrap();
+    flush(&vm);
     let s = stats(&vm);
     assert_eq!(
         s["active_users"], 1,
@@ -98,7 +98,7 @@ fn the_maximum_lifetime_ends_even_a_busy_session() {
     assert_eq!(only_session(&s)["duration_seconds"], 900);
 
     host.advance(Duration::from_secs(1));
-    vm.tick().unwrap();
+    flush(&vm);
     let s = stats(&vm);
     assert_eq!(s["active_users"], 0, "{s:#}");
     assert_eq!(host.metric("headcount_expiries_total"), Some(1));
@@ -111,14 +111,14 @@ fn gauges_follow_the_sweep() {
     login(&vm, 1, "a", "admin", "g1");
     login(&vm, 2, "b", "student", "g2");
     login(&vm, 2, "b", "student", "g3"); // same user, second device
-    vm.tick().unwrap();
+    flush(&vm);
     assert_eq!(host.metric("headcount_active_users"), Some(2));
     assert_eq!(host.metric("headcount_active_sessions"), Some(3));
     assert_eq!(host.metric("headcount_active_users_role_admin"), Some(1));
     assert_eq!(host.metric("headcount_active_users_role_student"), Some(1));
     assert_eq!(host.metric("headcount_active_users_role_teacher"), Some(0));
     host.advance(Duration::from_secs(301));
-    vm.tick().unwrap();
+    flush(&vm);
     assert_eq!(host.metric("headcount_active_users"), Some(0));
     assert_eq!(
         host.metric("headcount_expiries_total"),

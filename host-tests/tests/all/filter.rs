@@ -4,6 +4,7 @@
 use crate::common::*;
 use host_tests::{Host, LogLevel};
 use serde_json::json;
+use std::time::Duration;
 
 #[test]
 fn the_filter_uses_only_implemented_host_calls() {
@@ -18,15 +19,56 @@ fn the_filter_uses_only_implemented_host_calls() {
         "{}",
         vm.logs_text()
     );
-    assert_eq!(vm.tick_period(), Some(std::time::Duration::from_secs(1)));
-}
-
-#[test]
-fn the_flush_interval_is_the_tick_period() {
-    let (_host, vm) = start(json!({ "flush_interval_ms": 250 }));
+    // The default flush interval (1 s), spread over four ticks.
     assert_eq!(
         vm.tick_period(),
         Some(std::time::Duration::from_millis(250))
+    );
+}
+
+#[test]
+fn the_flush_is_spread_over_four_ticks_per_interval() {
+    let host = Host::new();
+    let cfg = config(json!({ "flush_interval_ms": 400, "sweep_interval_seconds": 3600 }));
+    let (a, b) = (host.vm(&cfg).unwrap(), host.vm(&cfg).unwrap());
+    assert_eq!(a.tick_period(), Some(Duration::from_millis(100)));
+    // The first tick claims the hourly sweep; the ticks below only flush.
+    flush(&a);
+    for i in 0..200u64 {
+        login(&a, i, &format!("user{i}"), "student", &format!("cookie-{i}"));
+    }
+    host.advance(Duration::from_secs(30));
+    for i in 0..200u64 {
+        browse(&a, &format!("cookie-{i}"));
+    }
+    // Worker b sees a's activity as a's ticks write it: a share per tick, all of it
+    // within one flush interval, and no tick does most of the work.
+    let seen_by_b = || {
+        stats(&b)["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["duration_seconds"] == 30 && s["last_activity"] != s["login_time"])
+            .count()
+    };
+    let mut seen = vec![seen_by_b()];
+    let mut fuel = Vec::new();
+    for _ in 0..TICKS_PER_FLUSH {
+        let before = a.fuel_consumed();
+        assert!(a.tick().unwrap());
+        fuel.push(a.fuel_consumed() - before);
+        seen.push(seen_by_b());
+    }
+    assert_eq!(seen.first(), Some(&0), "{seen:?}");
+    assert_eq!(seen.last(), Some(&200), "{seen:?}");
+    for w in seen.windows(2) {
+        let share = w[1] - w[0];
+        assert!((20..=80).contains(&share), "per tick: {seen:?}");
+    }
+    let total: u64 = fuel.iter().sum();
+    assert!(
+        fuel.iter().all(|f| *f * 2 < total),
+        "one tick did most of the flush: {fuel:?}"
     );
 }
 

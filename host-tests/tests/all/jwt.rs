@@ -55,8 +55,8 @@ fn call(vm: &Vm, token: &str) -> Exchange {
 }
 
 fn settle(host: &Host) {
-    host.tick_all().unwrap();
-    host.tick_all().unwrap();
+    flush_all(&host);
+    flush_all(&host);
 }
 
 #[test]

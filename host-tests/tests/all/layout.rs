@@ -51,7 +51,7 @@ fn flushes_touch_only_activity_records_and_stay_exact_across_three_workers() {
     for vm in &vms {
         let pending = host.pending_forced_mismatches();
         host.force_cas_mismatches("headcount.v2.seen.", 20u32.saturating_sub(pending));
-        assert!(vm.tick().unwrap());
+        assert!(flush(&vm));
     }
     assert_eq!(
         details(&host),
@@ -111,7 +111,7 @@ fn cached_details_never_hide_a_login_logout_rotation_or_touch() {
     // A touch flushed by b shows on a, and idle sessions leave the count.
     host.advance(Duration::from_secs(301));
     browse(&b, "c5");
-    b.tick().unwrap();
+    flush(&b);
     let s = stats(&a);
     assert_eq!(s["active_sessions"], 1, "{s:#}");
     assert_eq!(usernames(&s), ["user05"]);

@@ -33,7 +33,7 @@ fn sessions_that_come_and_go_leave_no_growth() {
         }
         // Gauges are refreshed by the sweep, at most once per sweep interval.
         host.advance(Duration::from_secs(1));
-        vm.tick().unwrap();
+        flush(&vm);
         peak_shared = peak_shared.max(host.shared_data_bytes());
         assert_eq!(
             host.metric("headcount_logins_total"),
@@ -45,7 +45,7 @@ fn sessions_that_come_and_go_leave_no_growth() {
         );
         // Everyone goes idle past the timeout; the sweep ends them all.
         host.advance(Duration::from_secs(601));
-        vm.tick().unwrap();
+        flush(&vm);
         assert_eq!(host.metric("headcount_active_sessions"), Some(0));
         assert_eq!(
             host.metric("headcount_expiries_total"),
@@ -110,8 +110,8 @@ fn a_flood_of_forged_cookies_is_bounded() {
                 .unwrap();
         }
         // Unknown cookies are retried once, then dropped.
-        vm.tick().unwrap();
-        vm.tick().unwrap();
+        flush(&vm);
+        flush(&vm);
         memory.push(vm.memory_bytes());
         shared.push(host.shared_data_bytes());
     }

@@ -76,7 +76,7 @@ fn a_rotation_seen_by_one_worker_is_followed_by_another() {
         .unwrap();
     host.advance(Duration::from_secs(30));
     browse(&b, "w2");
-    b.tick().unwrap();
+    flush(&b);
     let s = stats(&a);
     assert_eq!(s["active_sessions"], 1);
     assert_eq!(

@@ -25,8 +25,8 @@ fn requests_are_split_into_authenticated_and_anonymous() {
     vm.get(STATS).bearer(TOKEN).send().unwrap(); // plugin route: not traffic
                                                  // A cookie that matches no session is held for one more flush (it may be a rotation
                                                  // another worker has not written yet), then counted as anonymous.
-    vm.tick().unwrap();
-    vm.tick().unwrap();
+    flush(&vm);
+    flush(&vm);
     host.advance(Duration::from_secs(1));
     let t = &stats(&vm)["traffic"];
     assert_eq!(t["requests_today"], 8, "{t:#}");
@@ -65,7 +65,7 @@ fn counters_reset_at_utc_midnight() {
     host.set_time(midnight - Duration::from_secs(2));
     anonymous(&vm);
     anonymous(&vm);
-    vm.tick().unwrap();
+    flush(&vm);
     assert_eq!(stats(&vm)["traffic"]["requests_today"], 2);
     host.set_time(midnight + Duration::from_millis(500));
     anonymous(&vm);
@@ -85,7 +85,7 @@ fn every_workers_traffic_is_summed() {
             anonymous(vm);
         }
     }
-    host.tick_all().unwrap();
+    flush_all(&host);
     assert_eq!(stats(&vms[0])["traffic"]["requests_today"], 6);
 }
 
@@ -101,8 +101,8 @@ fn requests_made_with_a_live_session_are_authenticated_including_logout_and_rota
         .unwrap();
     browse(&vm, "c2");
     logout(&vm, "c2");
-    vm.tick().unwrap();
-    vm.tick().unwrap();
+    flush(&vm);
+    flush(&vm);
     let t = &stats(&vm)["traffic"];
     assert_eq!(t["requests_today"], 4, "{t:#}");
     assert_eq!(t["authenticated_requests_today"], 4, "{t:#}");
@@ -121,8 +121,8 @@ fn a_late_request_with_the_previous_cookie_value_is_authenticated() {
     // value stays an alias of the session); then the user logs out before the next flush.
     browse(&vm, "c1");
     logout(&vm, "c2");
-    vm.tick().unwrap();
-    vm.tick().unwrap();
+    flush(&vm);
+    flush(&vm);
     let t = &stats(&vm)["traffic"];
     assert_eq!(t["requests_today"], 4, "{t:#}");
     assert_eq!(t["authenticated_requests_today"], 4, "{t:#}");

@@ -30,8 +30,10 @@ impl RootContext for Root {
             .unwrap_or_default();
         match vm::Vm::configure(&raw) {
             Ok(vm) => {
+                // The flush is spread over FLUSH_SLICES ticks per interval.
+                let period = vm.cfg.flush_interval_ms / vm::FLUSH_SLICES;
                 if let Err(s) = proxy_wasm::hostcalls::set_tick_period(
-                    std::time::Duration::from_millis(vm.cfg.flush_interval_ms),
+                    std::time::Duration::from_millis(period),
                 ) {
                     host::warn(&format!(
                         "no tick ({s:?}); activity is flushed on the stats route only"
@@ -47,8 +49,9 @@ impl RootContext for Root {
         }
     }
 
-    /// Every `flush_interval_ms`: writes this VM's coalesced activity and traffic,
-    /// and, if this VM wins the sweep slot, removes expired sessions and sets gauges.
+    /// `FLUSH_SLICES` times per `flush_interval_ms`: writes a slice of this VM's
+    /// coalesced activity (and, once per interval, its traffic), and, if this VM wins
+    /// the sweep slot, removes expired sessions and sets gauges.
     fn on_tick(&mut self) {
         if let Some(vm) = &self.vm {
             vm.tick(host::now_ms());
