@@ -115,18 +115,21 @@ pub fn is_ignored_agent(cfg: &Config, user_agent: &[u8]) -> bool {
     let mut first = [0u64; 4];
     for needle in &cfg.ignore_user_agents {
         match needle.as_bytes().first() {
-            Some(&b) => set_bit(&mut first, b),
+            // Both cases, so the scan needs no lowercasing.
+            Some(&b) => {
+                set_bit(&mut first, b);
+                set_bit(&mut first, b.to_ascii_uppercase());
+            }
             None => return true,
         }
     }
-    (0..user_agent.len()).any(|i| {
-        let here = user_agent.get(i..).unwrap_or_default();
-        let b = here.first().map_or(0, u8::to_ascii_lowercase);
+    user_agent.iter().enumerate().any(|(i, &b)| {
         has_bit(&first, b)
-            && cfg
-                .ignore_user_agents
-                .iter()
-                .any(|needle| starts_with_ignore_ascii_case(here, needle.as_bytes()))
+            && user_agent.get(i..).is_some_and(|here| {
+                cfg.ignore_user_agents
+                    .iter()
+                    .any(|needle| starts_with_ignore_ascii_case(here, needle.as_bytes()))
+            })
     })
 }
 
