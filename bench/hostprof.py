@@ -35,6 +35,9 @@ from collections import Counter
 from pathlib import Path
 
 LONG_RUN = 3
+# Samples (cpu-clock at 999 Hz) further apart than this were not one call: the thread
+# was off the CPU in between (an idle main thread ticks once a second).
+MAX_GAP_S = 0.0025
 HOST_NAME = re.compile(rb"^(proxy_[a-z_]+|fd_[a-z_]+|clock_[a-z_]+|random_get|environ_[a-z_]+|"
                        rb"args_[a-z_]+|proc_exit|sched_yield|poll_oneoff|path_[a-z_]+)$")
 
@@ -179,14 +182,15 @@ def analyze(perf_data: Path, envoy: Path) -> dict:
     for seq in by_thread.values():
         run: list[float] = []
         for t, in_wasm in seq + [(0.0, False)]:
-            if in_wasm:
+            if in_wasm and (not run or t - run[-1] <= MAX_GAP_S):
                 run.append(t)
             else:
                 if len(run) >= LONG_RUN:
                     long_calls += len(run)
                     step = (run[-1] - run[0]) / (len(run) - 1)
                     stalls.append((run[-1] - run[0] + step) * 1000)
-                run = []
+                # A sample in Wasm after a gap starts the next call.
+                run = [t] if in_wasm else []
     share = {k: v / total for k, v in counts.most_common()} if total else {}
     if total:
         share["long Wasm calls (timer: flush, sweep), included above"] = long_calls / total
