@@ -11,7 +11,7 @@
 use crate::agent;
 use crate::config::Config;
 use crate::session;
-use crate::stats::{rfc3339, Counts, SessionView, Stats, MAX_LISTED};
+use crate::stats::{self, rfc3339, Counts, SessionView, Stats, MAX_LISTED};
 use crate::table::{
     generation, seen_key, session_key, RecordRef, Seen, SharedStore, TableError,
     GENERATIONS_KEY, SEEN_SHARDS, SHARDS,
@@ -31,6 +31,9 @@ struct Entry {
     role: u32,
     /// Where the record starts in the shard's bytes.
     offset: u32,
+    login_ms: u64,
+    /// Where the username is in the shard's bytes (listings sort by it on ties).
+    username: (u32, u32),
 }
 
 #[derive(Default)]
@@ -40,6 +43,9 @@ struct Shard {
     cas: Option<u32>,
     bytes: Vec<u8>,
     entries: Vec<Entry>,
+    /// JSON of the listed sessions' fields that never change (`SessionFixed`),
+    /// by entry, made the first time each is listed; dropped with the entries.
+    fixed_json: HashMap<u32, Box<[u8]>>,
 }
 
 /// Decoded session shards, kept between passes (one per VM).
@@ -51,7 +57,13 @@ pub struct Snapshot {
     pub decoded: usize,
     /// Shards copied out of shared data by the last pass.
     pub copied: usize,
+    /// Entries in the shards' `fixed_json` (bounded by `MAX_FIXED_JSON`).
+    fixed_json_count: usize,
 }
+
+/// Listed sessions whose fixed JSON a VM keeps (~300 bytes each): past this, all
+/// of it is dropped and made again as sessions are listed.
+const MAX_FIXED_JSON: usize = 4 * crate::stats::DEFAULT_LISTED;
 
 impl Default for Snapshot {
     fn default() -> Self {
@@ -97,6 +109,7 @@ impl Snapshot {
             role_ids: HashMap::new(),
             decoded: 0,
             copied: 0,
+            fixed_json_count: 0,
         }
     }
 
@@ -136,26 +149,44 @@ impl Snapshot {
             return Ok(());
         }
         self.decoded += 1;
-        let found: Vec<(usize, [u8; 16], u64, String)> = records(&bytes)
+        let base = bytes.as_ptr() as usize;
+        // Entries with their role's name; role ids are given below (`role_id`
+        // needs `self` while `bytes` is borrowed).
+        let found: Vec<(Entry, String)> = records(&bytes)
             .unwrap_or_default()
             .into_iter()
-            .map(|(offset, r)| (offset, r.id, user_key(r.user_id), r.role.to_string()))
+            .map(|(offset, r)| {
+                // Borrowed from `bytes`, so its address gives its place there.
+                let at = (r.username.as_ptr() as usize).saturating_sub(base);
+                let entry = Entry {
+                    key: u128::from_be_bytes(r.id),
+                    user: user_key(r.user_id),
+                    role: 0,
+                    offset: u32::try_from(offset).unwrap_or(u32::MAX),
+                    login_ms: r.login_ms,
+                    username: (
+                        u32::try_from(at).unwrap_or(u32::MAX),
+                        u32::try_from(r.username.len()).unwrap_or(0),
+                    ),
+                };
+                (entry, r.role.to_string())
+            })
             .collect();
         let mut entries = Vec::with_capacity(found.len());
-        for (offset, id, user, role) in found {
+        for (entry, role) in found {
             entries.push(Entry {
-                key: u128::from_be_bytes(id),
-                user,
                 role: self.role_id(&role),
-                offset: u32::try_from(offset).unwrap_or(u32::MAX),
+                ..entry
             });
         }
         if let Some(shard) = self.shards.get_mut(index) {
+            self.fixed_json_count -= shard.fixed_json.len();
             *shard = Shard {
                 generation,
                 cas,
                 bytes,
                 entries,
+                fixed_json: HashMap::new(),
             };
         }
         Ok(())
@@ -256,6 +287,37 @@ impl Snapshot {
         Ok(self.pass(store, now, cfg, false)?.0)
     }
 
+    /// The `limit` most recently active of `candidates` (newest first, then by
+    /// username), as (last activity, shard, entry).
+    fn listing(&self, mut candidates: Vec<Candidate>, limit: usize) -> Vec<Candidate> {
+        let Some(k) = limit.min(candidates.len()).checked_sub(1) else {
+            return Vec::new();
+        };
+        // The k-th most recent activity; everything at least as recent is listed
+        // or loses only a tie on the username.
+        candidates.select_nth_unstable_by(k, |x, y| y.0.cmp(&x.0));
+        let boundary = candidates.get(k).map_or(0, |c| c.0);
+        let mut chosen: Vec<Candidate> = candidates
+            .into_iter()
+            .filter(|c| c.0 >= boundary)
+            .collect();
+        // Ties are broken by username, read in place.
+        let username = |&(_, shard, i): &Candidate| -> Option<&[u8]> {
+            let s = self.shards.get(shard as usize)?;
+            let (at, len) = s.entries.get(i as usize)?.username;
+            s.bytes.get(at as usize..(at as usize).checked_add(len as usize)?)
+        };
+        chosen.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| username(a).cmp(&username(b))));
+        chosen.truncate(k + 1);
+        chosen
+    }
+
+    fn record(&self, (_, shard, i): Candidate) -> Option<RecordRef<'_>> {
+        let shard = self.shards.get(usize::try_from(shard).ok()?)?;
+        let e = shard.entries.get(usize::try_from(i).ok()?)?;
+        record_at(&shard.bytes, e.offset)
+    }
+
     /// The stats report, listing the `limit` most recently active sessions
     /// (newest first, then by username).
     pub fn report(
@@ -267,41 +329,25 @@ impl Snapshot {
         traffic: TrafficFigures,
     ) -> Result<Stats, TableError> {
         let limit = limit.min(MAX_LISTED);
-        let (counts, mut candidates) = self.pass(store, now, cfg, limit > 0)?;
-        let mut sessions = Vec::new();
-        if let Some(k) = limit.min(candidates.len()).checked_sub(1) {
-            // The k-th most recent activity; everything at least as recent is listed
-            // or loses only a tie on the username.
-            candidates.select_nth_unstable_by(k, |x, y| y.0.cmp(&x.0));
-            let boundary = candidates.get(k).map_or(0, |c| c.0);
-            let mut chosen: Vec<(u64, RecordRef<'_>)> = candidates
-                .iter()
-                .filter(|c| c.0 >= boundary)
-                .filter_map(|&(last, shard, i)| {
-                    let shard = self.shards.get(usize::try_from(shard).ok()?)?;
-                    let e = shard.entries.get(usize::try_from(i).ok()?)?;
-                    Some((last, record_at(&shard.bytes, e.offset)?))
-                })
-                .collect();
-            chosen.sort_by(|(la, a), (lb, b)| lb.cmp(la).then(a.username.cmp(b.username)));
-            chosen.truncate(k + 1);
-            // Users share a few user agents: unpack and describe each one once.
-            let mut agents: HashMap<&str, (String, String)> = HashMap::new();
-            sessions = chosen
-                .iter()
-                .map(|(last, r)| {
-                    let (user_agent, device) = agents
-                        .entry(r.agent)
-                        .or_insert_with(|| {
-                            let ua = agent::unpack(r.agent);
-                            let device = crate::device::describe(&ua);
-                            (ua, device)
-                        })
-                        .clone();
-                    view(r, user_agent, device, *last, now)
-                })
-                .collect();
-        }
+        let (counts, candidates) = self.pass(store, now, cfg, limit > 0)?;
+        // Users share a few user agents: unpack and describe each one once.
+        let mut agents: HashMap<&str, (String, String)> = HashMap::new();
+        let sessions = self
+            .listing(candidates, limit)
+            .into_iter()
+            .filter_map(|c| {
+                let r = self.record(c)?;
+                let (user_agent, device) = agents
+                    .entry(r.agent)
+                    .or_insert_with(|| {
+                        let ua = agent::unpack(r.agent);
+                        let device = crate::device::describe(&ua);
+                        (ua, device)
+                    })
+                    .clone();
+                Some(view(&r, user_agent, device, c.0, now))
+            })
+            .collect();
         Ok(Stats {
             active_users: counts.active_users,
             active_sessions: counts.active_sessions,
@@ -312,6 +358,106 @@ impl Snapshot {
             generated_at: rfc3339(now),
         })
     }
+
+    /// `report(..).to_json()`, byte for byte, without building the listed
+    /// sessions' strings: each one's unchanging fields are kept as JSON from the
+    /// first report that listed it, so a report writes only last activity and
+    /// duration afresh.
+    pub fn report_json(
+        &mut self,
+        store: &impl SharedStore,
+        now: u64,
+        cfg: &Config,
+        limit: usize,
+        traffic: TrafficFigures,
+    ) -> Result<Vec<u8>, TableError> {
+        let limit = limit.min(MAX_LISTED);
+        let (counts, candidates) = self.pass(store, now, cfg, limit > 0)?;
+        let listed = self.listing(candidates, limit);
+        let missing = listed
+            .iter()
+            .filter(|&&(_, shard, i)| {
+                !self
+                    .shards
+                    .get(shard as usize)
+                    .is_some_and(|s| s.fixed_json.contains_key(&i))
+            })
+            .count();
+        if self.fixed_json_count + missing > MAX_FIXED_JSON {
+            self.shards.iter_mut().for_each(|s| s.fixed_json.clear());
+            self.fixed_json_count = 0;
+        }
+        let mut agents: HashMap<String, (String, String)> = HashMap::new();
+        for &c in &listed {
+            let (_, shard, i) = c;
+            if self
+                .shards
+                .get(shard as usize)
+                .is_none_or(|s| s.fixed_json.contains_key(&i))
+            {
+                continue;
+            }
+            let Some(json) = self.record(c).map(|r| fixed_json(&r, &mut agents)) else {
+                continue;
+            };
+            if let Some(s) = self.shards.get_mut(shard as usize) {
+                s.fixed_json.insert(i, json);
+                self.fixed_json_count += 1;
+            }
+        }
+        let head = Stats {
+            active_users: counts.active_users,
+            active_sessions: counts.active_sessions,
+            window_seconds: cfg.active_window_ms / 1000,
+            by_role: counts.by_role,
+            sessions: Vec::new(),
+            traffic,
+            generated_at: rfc3339(now),
+        };
+        let mut out = Vec::with_capacity(512 + listed.len() * 448);
+        stats::write_report(&mut out, &head, |out| {
+            let mut first = true;
+            for &(last, shard, i) in &listed {
+                let Some(s) = self.shards.get(shard as usize) else {
+                    continue;
+                };
+                let (Some(json), Some(e)) = (s.fixed_json.get(&i), s.entries.get(i as usize))
+                else {
+                    continue;
+                };
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(json);
+                let login_ms = e.login_ms;
+                stats::write_session_end(out, &rfc3339(last), now.saturating_sub(login_ms) / 1000);
+            }
+        });
+        Ok(out)
+    }
+}
+
+/// A listed session's unchanging fields as JSON (`SessionFixed`).
+fn fixed_json(r: &RecordRef<'_>, agents: &mut HashMap<String, (String, String)>) -> Box<[u8]> {
+    let (user_agent, device) = agents.entry(r.agent.to_string()).or_insert_with(|| {
+        let ua = agent::unpack(r.agent);
+        let device = crate::device::describe(&ua);
+        (ua, device)
+    });
+    let mut out = Vec::with_capacity(320);
+    stats::SessionFixed {
+        session_id: &uuid::Uuid::from_bytes(r.id).hyphenated().to_string(),
+        user_id: r.user_id,
+        username: r.username,
+        role: r.role,
+        ip: r.ip,
+        user_agent,
+        device,
+        login_time: &rfc3339(r.login_ms),
+    }
+    .write_json(&mut out);
+    out.into_boxed_slice()
 }
 
 fn view(
@@ -394,6 +540,17 @@ mod tests {
                 .report(&store, now, &cfg, limit, traffic.clone())
                 .unwrap();
             assert_eq!(got, want, "limit {limit}");
+            // The JSON with kept fixed fields is the report's, byte for byte (twice:
+            // when they are made, and when they are reused).
+            for _ in 0..2 {
+                let json = snap
+                    .report_json(&store, now, &cfg, limit, traffic.clone())
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8(json).unwrap(),
+                    String::from_utf8(want.to_json()).unwrap()
+                );
+            }
         }
         // Nothing changed: nothing copied or decoded again. A touch changes only
         // activity.
@@ -410,9 +567,18 @@ mod tests {
         assert_eq!((snap.decoded, c.active_sessions), (0, 6));
         assert_eq!(c.by_role.get("auditor"), None);
         // A rotation changes one shard: one decode, and the report shows it.
+        let kept = snap.fixed_json_count;
         t.rotate(&[1; 16], &[99; 16], now + 5, &cfg).unwrap();
         let r = snap.report(&store, now + 5, &cfg, 1, traffic.clone()).unwrap();
         assert_eq!((snap.copied, snap.decoded), (1, 1));
+        // The re-decoded shard's kept JSON went with it: the listing shows the change.
+        assert_eq!(snap.fixed_json_count, kept - 1);
+        let json = snap
+            .report_json(&store, now + 5, &cfg, 100, traffic.clone())
+            .unwrap();
+        let want = snap.report(&store, now + 5, &cfg, 100, traffic.clone()).unwrap();
+        assert_eq!(json, want.to_json());
+        assert!(snap.fixed_json_count >= want.sessions.len());
         assert_eq!(r.sessions[0].username, "admin_user");
         assert_eq!(r.sessions[0].last_activity, rfc3339(now + 5));
         assert_eq!(r.sessions[0].device, "Chrome 126 on Linux");

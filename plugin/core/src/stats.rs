@@ -180,50 +180,93 @@ impl Stats {
     /// per-token writes were a quarter of a 10k-session report's cost.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(512 + self.sessions.len() * 448);
-        out.extend_from_slice(b"{\"active_users\":");
-        json_value(&mut out, &self.active_users);
-        out.extend_from_slice(b",\"active_sessions\":");
-        json_value(&mut out, &self.active_sessions);
-        out.extend_from_slice(b",\"window_seconds\":");
-        json_value(&mut out, &self.window_seconds);
-        out.extend_from_slice(b",\"by_role\":");
-        json_value(&mut out, &self.by_role);
-        out.extend_from_slice(b",\"sessions\":[");
-        for (i, s) in self.sessions.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
+        write_report(&mut out, self, |out| {
+            for (i, s) in self.sessions.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                s.write_json(out);
             }
-            s.write_json(&mut out);
-        }
-        out.extend_from_slice(b"],\"traffic\":");
-        json_value(&mut out, &self.traffic);
-        out.extend_from_slice(b",\"generated_at\":");
-        json_str(&mut out, &self.generated_at);
-        out.push(b'}');
+        });
         out
     }
 }
 
-impl SessionView {
-    fn write_json(&self, out: &mut Vec<u8>) {
+/// Writes `head` as the report's JSON, with `sessions` writing the list's items
+/// (`head.sessions` itself is not read).
+pub(crate) fn write_report(out: &mut Vec<u8>, head: &Stats, sessions: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(b"{\"active_users\":");
+    json_value(out, &head.active_users);
+    out.extend_from_slice(b",\"active_sessions\":");
+    json_value(out, &head.active_sessions);
+    out.extend_from_slice(b",\"window_seconds\":");
+    json_value(out, &head.window_seconds);
+    out.extend_from_slice(b",\"by_role\":");
+    json_value(out, &head.by_role);
+    out.extend_from_slice(b",\"sessions\":[");
+    sessions(out);
+    out.extend_from_slice(b"],\"traffic\":");
+    json_value(out, &head.traffic);
+    out.extend_from_slice(b",\"generated_at\":");
+    json_str(out, &head.generated_at);
+    out.push(b'}');
+}
+
+/// A listed session's fields that never change, as the start of its JSON object.
+pub(crate) struct SessionFixed<'a> {
+    pub session_id: &'a str,
+    pub user_id: &'a str,
+    pub username: &'a str,
+    pub role: &'a str,
+    pub ip: &'a str,
+    pub user_agent: &'a str,
+    pub device: &'a str,
+    pub login_time: &'a str,
+}
+
+impl SessionFixed<'_> {
+    /// Everything up to `login_time`; `write_session_end` closes the object.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
         let fields = [
-            ("{\"session_id\":", &self.session_id),
-            (",\"user_id\":", &self.user_id),
-            (",\"username\":", &self.username),
-            (",\"role\":", &self.role),
-            (",\"ip\":", &self.ip),
-            (",\"user_agent\":", &self.user_agent),
-            (",\"device\":", &self.device),
-            (",\"login_time\":", &self.login_time),
-            (",\"last_activity\":", &self.last_activity),
+            ("{\"session_id\":", self.session_id),
+            (",\"user_id\":", self.user_id),
+            (",\"username\":", self.username),
+            (",\"role\":", self.role),
+            (",\"ip\":", self.ip),
+            (",\"user_agent\":", self.user_agent),
+            (",\"device\":", self.device),
+            (",\"login_time\":", self.login_time),
         ];
         for (key, value) in fields {
             out.extend_from_slice(key.as_bytes());
             json_str(out, value);
         }
-        out.extend_from_slice(b",\"duration_seconds\":");
-        json_value(out, &self.duration_seconds);
-        out.push(b'}');
+    }
+}
+
+/// The fields that change (last activity, duration) and the object's end.
+pub(crate) fn write_session_end(out: &mut Vec<u8>, last_activity: &str, duration_seconds: u64) {
+    out.extend_from_slice(b",\"last_activity\":");
+    json_str(out, last_activity);
+    out.extend_from_slice(b",\"duration_seconds\":");
+    json_value(out, &duration_seconds);
+    out.push(b'}');
+}
+
+impl SessionView {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        SessionFixed {
+            session_id: &self.session_id,
+            user_id: &self.user_id,
+            username: &self.username,
+            role: &self.role,
+            ip: &self.ip,
+            user_agent: &self.user_agent,
+            device: &self.device,
+            login_time: &self.login_time,
+        }
+        .write_json(out);
+        write_session_end(out, &self.last_activity, self.duration_seconds);
     }
 }
 

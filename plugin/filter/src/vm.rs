@@ -386,9 +386,9 @@ impl Vm {
                 let report = self
                     .snapshot
                     .borrow_mut()
-                    .report(&store, now, &self.cfg, limit, traffic.figures(now))
+                    .report_json(&store, now, &self.cfg, limit, traffic.figures(now))
                     .map_err(e)?;
-                (200, JSON, report.to_json())
+                (200, JSON, report)
             }
         })
     }
