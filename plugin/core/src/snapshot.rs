@@ -17,7 +17,9 @@ use crate::table::{
     GENERATIONS_KEY, SEEN_SHARDS, SHARDS,
 };
 use crate::traffic::TrafficFigures;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 /// One session's details as the pass needs them.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +61,8 @@ pub struct Snapshot {
     pub copied: usize,
     /// Entries in the shards' `fixed_json` (bounded by `MAX_FIXED_JSON`).
     fixed_json_count: usize,
+    /// Hashes user ids for counting distinct users (random keys per VM).
+    user_hasher: RandomState,
 }
 
 /// Listed sessions whose fixed JSON a VM keeps (~300 bytes each): past this, all
@@ -71,15 +75,32 @@ impl Default for Snapshot {
     }
 }
 
+/// Hasher for keys that are already hashes (`Entry::user`, keyed per VM at random,
+/// so nobody can choose user ids that collide): mixes, never rehashes.
+#[derive(Default)]
+struct Mixed(u64);
+
+impl Hasher for Mixed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|b| self.write_u64(u64::from(*b)));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+}
+
 /// An active session found by a pass: (last activity, shard, entry).
 type Candidate = (u64, u32, u32);
 
-fn user_key(user_id: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    user_id.hash(&mut h);
-    h.finish()
-}
 
 /// The records of an encoded session shard, with where each starts.
 fn records(bytes: &[u8]) -> Option<Vec<(usize, RecordRef<'_>)>> {
@@ -110,6 +131,7 @@ impl Snapshot {
             decoded: 0,
             copied: 0,
             fixed_json_count: 0,
+            user_hasher: RandomState::new(),
         }
     }
 
@@ -160,7 +182,7 @@ impl Snapshot {
                 let at = (r.username.as_ptr() as usize).saturating_sub(base);
                 let entry = Entry {
                     key: u128::from_be_bytes(r.id),
-                    user: user_key(r.user_id),
+                    user: self.user_hasher.hash_one(r.user_id),
                     role: 0,
                     offset: u32::try_from(offset).unwrap_or(u32::MAX),
                     login_ms: r.login_ms,
@@ -208,9 +230,12 @@ impl Snapshot {
             .get(GENERATIONS_KEY)?
             .map(|(b, _)| b)
             .unwrap_or_default();
-        // (user, role) of every active session: one sort counts both distinct
-        // users and distinct users per role.
-        let mut users: Vec<(u64, u32)> = Vec::new();
+        // Distinct users, and distinct (user, role) pairs counted per role. The
+        // keys are already hashes: the sets only mix them (no SipHash, no sort).
+        let mut active_sessions = 0usize;
+        let mut users: HashSet<u64, BuildHasherDefault<Mixed>> = HashSet::default();
+        let mut pairs: HashSet<(u64, u32), BuildHasherDefault<Mixed>> = HashSet::default();
+        let mut per_role = vec![0usize; self.roles.len()];
         let mut candidates = Vec::new();
         let mut keys: Vec<u128> = Vec::new();
         for a in 0..SEEN_SHARDS {
@@ -237,7 +262,17 @@ impl Snapshot {
                     if !session::active(act.login_ms, act.last_ms, now, cfg) {
                         continue;
                     }
-                    users.push((e.user, e.role));
+                    active_sessions += 1;
+                    users.insert(e.user);
+                    if pairs.insert((e.user, e.role)) {
+                        let role = usize::try_from(e.role).unwrap_or(usize::MAX);
+                        if per_role.len() <= role {
+                            per_role.resize(role.saturating_add(1), 0);
+                        }
+                        if let Some(n) = per_role.get_mut(role) {
+                            *n += 1;
+                        }
+                    }
                     if list {
                         candidates.push((
                             act.last_ms,
@@ -248,21 +283,7 @@ impl Snapshot {
                 }
             }
         }
-        let active_sessions = users.len();
-        users.sort_unstable();
-        users.dedup();
-        let mut per_role = vec![0usize; self.roles.len()];
-        let mut active_users = 0;
-        let mut last_user = None;
-        for (user, role) in &users {
-            if last_user != Some(*user) {
-                active_users += 1;
-                last_user = Some(*user);
-            }
-            if let Some(n) = per_role.get_mut(usize::try_from(*role).unwrap_or(usize::MAX)) {
-                *n += 1;
-            }
-        }
+        let active_users = users.len();
         let mut roles: BTreeMap<String, usize> = cfg.roles.iter().map(|r| (r.clone(), 0)).collect();
         for (name, n) in self.roles.iter().zip(per_role) {
             if n > 0 {
