@@ -84,3 +84,42 @@ fn a_rotation_seen_by_one_worker_is_followed_by_another() {
         "2026-11-28T10:00:30.000Z"
     );
 }
+
+#[test]
+fn the_session_cookie_is_found_among_other_set_cookies() {
+    let (host, vm) = start(json!({}));
+    login(&vm, 1, "ada", "admin", "v1");
+    // Responses without any Set-Cookie skip the map read; these have several, the
+    // session's not first, so the whole map is still read and followed.
+    host.advance(Duration::from_secs(10));
+    vm.get("/api/v1/profile")
+        .cookie("session", "v1")
+        .respond(
+            200,
+            &[
+                ("set-cookie", "csrf=abc; Path=/"),
+                ("set-cookie", &set_cookie("v2")),
+                ("set-cookie", "theme=dark; Path=/"),
+            ],
+            "{}",
+        )
+        .unwrap();
+    browse(&vm, "v2");
+    let s = stats(&vm);
+    assert_eq!(s["active_sessions"], 1, "{s:#}");
+    assert_eq!(only_session(&s)["last_activity"], "2026-11-28T10:00:10.000Z");
+    // Cleared the same way, behind another cookie: a logout.
+    vm.get("/api/v1/anything")
+        .cookie("session", "v2")
+        .respond(
+            200,
+            &[
+                ("set-cookie", "csrf=def; Path=/"),
+                ("set-cookie", "session=; Path=/; Max-Age=0"),
+            ],
+            "{}",
+        )
+        .unwrap();
+    assert_eq!(stats(&vm)["active_sessions"], 0);
+    assert_eq!(host.metric("headcount_logouts_total"), Some(1));
+}

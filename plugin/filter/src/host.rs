@@ -179,6 +179,12 @@ fn index_pairs(data: &[u8]) -> Option<PairRanges> {
     Some(pairs)
 }
 
+/// Whether `map` has a header `name`: one hostcall, and no copy into the VM when
+/// it is absent (the common case this is for).
+pub fn has_header(map: MapType, name: &str) -> bool {
+    matches!(hostcalls::get_map_value_bytes(map, name), Ok(Some(_)))
+}
+
 pub fn remove_header(map: MapType, name: &str) {
     if let Err(s) = hostcalls::remove_map_value(map, name) {
         warn(&format!("could not remove header `{name}`: {s:?}"));

@@ -419,6 +419,12 @@ impl HttpContext for Stream {
         if !relevant || self.ignored {
             return Action::Continue;
         }
+        // On an app route only a Set-Cookie can change the session; most responses
+        // have none, and asking for one is cheaper than copying the whole map.
+        if self.route == Route::App && !host::has_header(MapType::HttpResponseHeaders, "set-cookie")
+        {
+            return Action::Continue;
+        }
         let cfg = &self.vm.cfg;
         let headers = host::Headers::read(MapType::HttpResponseHeaders);
         let status = headers
