@@ -347,6 +347,19 @@ impl Snapshot {
         record_at(&shard.bytes, e.offset)
     }
 
+    /// A pass's counts and its `limit` (at most `MAX_LISTED`) listed sessions.
+    fn counted_and_listed(
+        &mut self,
+        store: &impl SharedStore,
+        now: u64,
+        cfg: &Config,
+        limit: usize,
+    ) -> Result<(Counts, Vec<Candidate>), TableError> {
+        let limit = limit.min(MAX_LISTED);
+        let (counts, candidates) = self.pass(store, now, cfg, limit > 0)?;
+        Ok((counts, self.listing(candidates, limit)))
+    }
+
     /// The stats report, listing the `limit` most recently active sessions
     /// (newest first, then by username).
     pub fn report(
@@ -357,35 +370,21 @@ impl Snapshot {
         limit: usize,
         traffic: TrafficFigures,
     ) -> Result<Stats, TableError> {
-        let limit = limit.min(MAX_LISTED);
-        let (counts, candidates) = self.pass(store, now, cfg, limit > 0)?;
+        let (counts, listed) = self.counted_and_listed(store, now, cfg, limit)?;
         // Users share a few user agents: unpack and describe each one once.
         let mut agents: HashMap<&str, (String, String)> = HashMap::new();
-        let sessions = self
-            .listing(candidates, limit)
+        let sessions = listed
             .into_iter()
             .filter_map(|c| {
                 let r = self.record(c)?;
                 let (user_agent, device) = agents
                     .entry(r.agent)
-                    .or_insert_with(|| {
-                        let ua = agent::unpack(r.agent);
-                        let device = crate::device::describe(&ua);
-                        (ua, device)
-                    })
+                    .or_insert_with(|| described(r.agent))
                     .clone();
                 Some(view(&r, user_agent, device, c.0, now))
             })
             .collect();
-        Ok(Stats {
-            active_users: counts.active_users,
-            active_sessions: counts.active_sessions,
-            window_seconds: cfg.active_window_ms / 1000,
-            by_role: counts.by_role,
-            sessions,
-            traffic,
-            generated_at: rfc3339(now),
-        })
+        Ok(stats_of(counts, sessions, traffic, cfg, now))
     }
 
     /// `report(..).to_json()`, byte for byte, without building the listed
@@ -400,9 +399,7 @@ impl Snapshot {
         limit: usize,
         traffic: TrafficFigures,
     ) -> Result<Vec<u8>, TableError> {
-        let limit = limit.min(MAX_LISTED);
-        let (counts, candidates) = self.pass(store, now, cfg, limit > 0)?;
-        let listed = self.listing(candidates, limit);
+        let (counts, listed) = self.counted_and_listed(store, now, cfg, limit)?;
         let missing = listed
             .iter()
             .filter(|&&(_, shard, i)| {
@@ -434,15 +431,7 @@ impl Snapshot {
                 self.fixed_json_count += 1;
             }
         }
-        let head = Stats {
-            active_users: counts.active_users,
-            active_sessions: counts.active_sessions,
-            window_seconds: cfg.active_window_ms / 1000,
-            by_role: counts.by_role,
-            sessions: Vec::new(),
-            traffic,
-            generated_at: rfc3339(now),
-        };
+        let head = stats_of(counts, Vec::new(), traffic, cfg, now);
         let mut out = Vec::with_capacity(512 + listed.len() * 448);
         stats::write_report(&mut out, &head, |out| {
             let mut first = true;
@@ -469,11 +458,9 @@ impl Snapshot {
 
 /// A listed session's unchanging fields as JSON (`SessionFixed`).
 fn fixed_json(r: &RecordRef<'_>, agents: &mut HashMap<String, (String, String)>) -> Box<[u8]> {
-    let (user_agent, device) = agents.entry(r.agent.to_string()).or_insert_with(|| {
-        let ua = agent::unpack(r.agent);
-        let device = crate::device::describe(&ua);
-        (ua, device)
-    });
+    let (user_agent, device) = agents
+        .entry(r.agent.to_string())
+        .or_insert_with(|| described(r.agent));
     let mut out = Vec::with_capacity(320);
     stats::SessionFixed {
         session_id: &uuid::Uuid::from_bytes(r.id).hyphenated().to_string(),
@@ -487,6 +474,31 @@ fn fixed_json(r: &RecordRef<'_>, agents: &mut HashMap<String, (String, String)>)
     }
     .write_json(&mut out);
     out.into_boxed_slice()
+}
+
+/// A stored (packed) user agent, unpacked, and the device it names.
+fn described(packed: &str) -> (String, String) {
+    let ua = agent::unpack(packed);
+    let device = crate::device::describe(&ua);
+    (ua, device)
+}
+
+fn stats_of(
+    counts: Counts,
+    sessions: Vec<SessionView>,
+    traffic: TrafficFigures,
+    cfg: &Config,
+    now: u64,
+) -> Stats {
+    Stats {
+        active_users: counts.active_users,
+        active_sessions: counts.active_sessions,
+        window_seconds: cfg.active_window_ms / 1000,
+        by_role: counts.by_role,
+        sessions,
+        traffic,
+        generated_at: rfc3339(now),
+    }
 }
 
 fn view(
