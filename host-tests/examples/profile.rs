@@ -15,18 +15,38 @@ use host_tests::Host;
 use std::time::Duration;
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) Bench/1.0";
 fn main() {
-    let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let what = std::env::var("WHAT").unwrap_or_default();
-    let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let iters: usize = std::env::var("ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let host = Host::new();
-    let vm = host.vm(r#"{"admin_token":"bench-admin-token-0123456789"}"#).unwrap();
+    let vm = host
+        .vm(r#"{"admin_token":"bench-admin-token-0123456789"}"#)
+        .unwrap();
     for i in 0..n {
         let cookie = format!("session=bench-session-{i:08}-0123456789abcdef; Path=/; HttpOnly");
-        vm.post("/api/v1/auth/login").header("content-type", "application/json")
-            .body(format!(r#"{{"username":"user{i}","password":"pw"}}"#)).user_agent(UA)
-            .respond(200, &[("set-cookie", cookie.as_str())], format!(r#"{{"user":{{"id":{i},"username":"user{i}","role":"{}"}}}}"#, ["admin","teacher","student"][i%3])).unwrap();
+        vm.post("/api/v1/auth/login")
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"username":"user{i}","password":"pw"}}"#))
+            .user_agent(UA)
+            .respond(
+                200,
+                &[("set-cookie", cookie.as_str())],
+                format!(
+                    r#"{{"user":{{"id":{i},"username":"user{i}","role":"{}"}}}}"#,
+                    ["admin", "teacher", "student"][i % 3]
+                ),
+            )
+            .unwrap();
         host.advance(Duration::from_millis(2));
-        if (i + 1) % 500 == 0 { vm.tick().unwrap(); }
+        if (i + 1) % 500 == 0 {
+            vm.tick().unwrap();
+        }
     }
     vm.tick().unwrap();
     eprintln!("filled");
@@ -35,16 +55,43 @@ fn main() {
     for k in 0..iters {
         match what.as_str() {
             "flush" => {
-                for j in 0..1000 { let i = (k * 1000 + j * 7) % n;
-                    vm.get("/api/v1/courses").cookie("session", &format!("bench-session-{i:08}-0123456789abcdef")).user_agent(UA).respond(200, &[], "[]").unwrap(); }
+                for j in 0..1000 {
+                    let i = (k * 1000 + j * 7) % n;
+                    vm.get("/api/v1/courses")
+                        .cookie("session", &format!("bench-session-{i:08}-0123456789abcdef"))
+                        .user_agent(UA)
+                        .respond(200, &[], "[]")
+                        .unwrap();
+                }
                 let before = vm.fuel_consumed();
                 host.advance(Duration::from_millis(1000));
                 vm.tick().unwrap();
                 fuel += vm.fuel_consumed() - before;
             }
-            "auth" => { let i = (k * 7) % n; let ex = vm.get("/api/v1/courses").cookie("session", &format!("bench-session-{i:08}-0123456789abcdef")).user_agent(UA).respond(200, &[], "[]").unwrap(); fuel += ex.fuel; }
-            q => { let ex = vm.get(&format!("/__headcount/stats{q}")).bearer("bench-admin-token-0123456789").send().unwrap(); assert_eq!(ex.status, 200); fuel += ex.fuel; }
+            "auth" => {
+                let i = (k * 7) % n;
+                let ex = vm
+                    .get("/api/v1/courses")
+                    .cookie("session", &format!("bench-session-{i:08}-0123456789abcdef"))
+                    .user_agent(UA)
+                    .respond(200, &[], "[]")
+                    .unwrap();
+                fuel += ex.fuel;
+            }
+            q => {
+                let ex = vm
+                    .get(&format!("/__headcount/stats{q}"))
+                    .bearer("bench-admin-token-0123456789")
+                    .send()
+                    .unwrap();
+                assert_eq!(ex.status, 200);
+                fuel += ex.fuel;
+            }
         }
     }
-    eprintln!("{what}: {:.3} ms/iter, fuel {}", t.elapsed().as_secs_f64() * 1000.0 / iters as f64, fuel / iters as u64);
+    eprintln!(
+        "{what}: {:.3} ms/iter, fuel {}",
+        t.elapsed().as_secs_f64() * 1000.0 / iters as f64,
+        fuel / iters as u64
+    );
 }

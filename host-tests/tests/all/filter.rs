@@ -35,7 +35,13 @@ fn the_flush_is_spread_over_four_ticks_per_interval() {
     // The first tick claims the hourly sweep; the ticks below only flush.
     flush(&a);
     for i in 0..200u64 {
-        login(&a, i, &format!("user{i}"), "student", &format!("cookie-{i}"));
+        login(
+            &a,
+            i,
+            &format!("user{i}"),
+            "student",
+            &format!("cookie-{i}"),
+        );
     }
     host.advance(Duration::from_secs(30));
     for i in 0..200u64 {

@@ -107,7 +107,10 @@ fn the_session_cookie_is_found_among_other_set_cookies() {
     browse(&vm, "v2");
     let s = stats(&vm);
     assert_eq!(s["active_sessions"], 1, "{s:#}");
-    assert_eq!(only_session(&s)["last_activity"], "2026-11-28T10:00:10.000Z");
+    assert_eq!(
+        only_session(&s)["last_activity"],
+        "2026-11-28T10:00:10.000Z"
+    );
     // Cleared the same way, behind another cookie: a logout.
     vm.get("/api/v1/anything")
         .cookie("session", "v2")

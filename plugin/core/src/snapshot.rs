@@ -13,8 +13,8 @@ use crate::config::Config;
 use crate::session;
 use crate::stats::{self, rfc3339, Counts, SessionView, Stats, MAX_LISTED};
 use crate::table::{
-    generation, seen_key, session_key, RecordRef, Seen, SharedStore, TableError,
-    GENERATIONS_KEY, SEEN_SHARDS, SHARDS,
+    generation, seen_key, session_key, RecordRef, Seen, SharedStore, TableError, GENERATIONS_KEY,
+    SEEN_SHARDS, SHARDS,
 };
 use crate::traffic::TrafficFigures;
 use std::collections::hash_map::RandomState;
@@ -102,7 +102,6 @@ impl Hasher for Mixed {
 
 /// An active session found by a pass: (last activity, shard, entry).
 type Candidate = (u64, u32, u32);
-
 
 /// The records of an encoded session shard, with where each starts.
 fn records(bytes: &[u8]) -> Option<Vec<(usize, RecordRef<'_>)>> {
@@ -253,7 +252,10 @@ impl Snapshot {
             }
             keys.clear();
             keys.extend(seen.records().map(|r| {
-                let id: [u8; 16] = r.get(..16).and_then(|b| b.try_into().ok()).unwrap_or_default();
+                let id: [u8; 16] = r
+                    .get(..16)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or_default();
                 u128::from_be_bytes(id)
             }));
             for index in (a..SHARDS).step_by(SEEN_SHARDS) {
@@ -326,15 +328,14 @@ impl Snapshot {
         // or loses only a tie on the username.
         candidates.select_nth_unstable_by(k, |x, y| y.0.cmp(&x.0));
         let boundary = candidates.get(k).map_or(0, |c| c.0);
-        let mut chosen: Vec<Candidate> = candidates
-            .into_iter()
-            .filter(|c| c.0 >= boundary)
-            .collect();
+        let mut chosen: Vec<Candidate> =
+            candidates.into_iter().filter(|c| c.0 >= boundary).collect();
         // Ties are broken by username, read in place.
         let username = |&(_, shard, i): &Candidate| -> Option<&[u8]> {
             let s = self.shards.get(shard as usize)?;
             let (at, len) = s.entries.get(i as usize)?.username;
-            s.bytes.get(at as usize..(at as usize).checked_add(len as usize)?)
+            s.bytes
+                .get(at as usize..(at as usize).checked_add(len as usize)?)
         };
         chosen.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| username(a).cmp(&username(b))));
         chosen.truncate(k + 1);
@@ -610,14 +611,18 @@ mod tests {
         // A rotation changes one shard: one decode, and the report shows it.
         let kept = snap.fixed_json_count;
         t.rotate(&[1; 16], &[99; 16], now + 5, &cfg).unwrap();
-        let r = snap.report(&store, now + 5, &cfg, 1, traffic.clone()).unwrap();
+        let r = snap
+            .report(&store, now + 5, &cfg, 1, traffic.clone())
+            .unwrap();
         assert_eq!((snap.copied, snap.decoded), (1, 1));
         // The re-decoded shard's kept JSON went with it: the listing shows the change.
         assert_eq!(snap.fixed_json_count, kept - 1);
         let json = snap
             .report_json(&store, now + 5, &cfg, 100, traffic.clone())
             .unwrap();
-        let want = snap.report(&store, now + 5, &cfg, 100, traffic.clone()).unwrap();
+        let want = snap
+            .report(&store, now + 5, &cfg, 100, traffic.clone())
+            .unwrap();
         assert_eq!(json, want.to_json());
         assert!(snap.fixed_json_count >= want.sessions.len());
         assert_eq!(r.sessions[0].username, "admin_user");
@@ -634,7 +639,10 @@ mod tests {
         assert_eq!((every, snap.decoded, c.active_sessions), (6 * 8, 0, 6));
         t.rotate(&[99; 16], &[98; 16], now + 6, &cfg).unwrap();
         let c = snap.counts(&store, now + 6, &cfg).unwrap();
-        assert_eq!((snap.copied, snap.decoded, c.active_sessions), (every, 1, 6));
+        assert_eq!(
+            (snap.copied, snap.decoded, c.active_sessions),
+            (every, 1, 6)
+        );
         let r = snap.report(&store, now + 6, &cfg, 1, traffic).unwrap();
         assert_eq!(r.sessions[0].last_activity, rfc3339(now + 6));
         assert_eq!(snap.copied, 0);

@@ -789,13 +789,12 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             return Ok(None);
         };
         self.count_add(-1)?;
-        let record =
-            self.update_details(shard_of(id), |shard| {
-                match shard.iter().position(|s| s.id == *id) {
-                    Some(pos) => (true, Some(shard.remove(pos))),
-                    None => (false, None),
-                }
-            })?;
+        let record = self.update_details(shard_of(id), |shard| {
+            match shard.iter().position(|s| s.id == *id) {
+                Some(pos) => (true, Some(shard.remove(pos))),
+                None => (false, None),
+            }
+        })?;
         let Some(record) = record else {
             return Ok(None);
         };
@@ -929,24 +928,23 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             None => return Ok(None),
         };
         self.index(&[*to], r.session, deadline)?;
-        let (record, dropped) =
-            self.update_details(shard_of(&r.session), |shard| {
-                let Some(s) = shard.iter_mut().find(|s| s.id == r.session) else {
-                    return (false, (None, Vec::new()));
-                };
-                if s.cookie == *to {
-                    return (false, (Some(s.clone()), Vec::new()));
-                }
-                let old = std::mem::replace(&mut s.cookie, *to);
-                s.aliases.retain(|a| a != to && *a != old);
-                s.aliases.insert(0, old);
-                let dropped = if s.aliases.len() > MAX_ALIASES {
-                    s.aliases.split_off(MAX_ALIASES)
-                } else {
-                    Vec::new()
-                };
-                (true, (Some(s.clone()), dropped))
-            })?;
+        let (record, dropped) = self.update_details(shard_of(&r.session), |shard| {
+            let Some(s) = shard.iter_mut().find(|s| s.id == r.session) else {
+                return (false, (None, Vec::new()));
+            };
+            if s.cookie == *to {
+                return (false, (Some(s.clone()), Vec::new()));
+            }
+            let old = std::mem::replace(&mut s.cookie, *to);
+            s.aliases.retain(|a| a != to && *a != old);
+            s.aliases.insert(0, old);
+            let dropped = if s.aliases.len() > MAX_ALIASES {
+                s.aliases.split_off(MAX_ALIASES)
+            } else {
+                Vec::new()
+            };
+            (true, (Some(s.clone()), dropped))
+        })?;
         // The rotating request is activity.
         let activity = update_raw(self.store, &seen_key(seen_shard_of(&r.session)), |bytes| {
             let (_, moved) = seen_touch(bytes, &r.session, now);

@@ -32,9 +32,9 @@ impl RootContext for Root {
             Ok(vm) => {
                 // The flush is spread over FLUSH_SLICES ticks per interval.
                 let period = vm.cfg.flush_interval_ms / vm::FLUSH_SLICES;
-                if let Err(s) = proxy_wasm::hostcalls::set_tick_period(
-                    std::time::Duration::from_millis(period),
-                ) {
+                if let Err(s) =
+                    proxy_wasm::hostcalls::set_tick_period(std::time::Duration::from_millis(period))
+                {
                     host::warn(&format!(
                         "no tick ({s:?}); activity is flushed on the stats route only"
                     ));
