@@ -342,6 +342,13 @@ impl Snapshot {
         chosen
     }
 
+    /// Whether a listed session's unchanging fields are already kept as JSON.
+    fn has_fixed_json(&self, (_, shard, i): Candidate) -> bool {
+        self.shards
+            .get(shard as usize)
+            .is_some_and(|s| s.fixed_json.contains_key(&i))
+    }
+
     fn record(&self, (_, shard, i): Candidate) -> Option<RecordRef<'_>> {
         let shard = self.shards.get(usize::try_from(shard).ok()?)?;
         let e = shard.entries.get(usize::try_from(i).ok()?)?;
@@ -401,15 +408,7 @@ impl Snapshot {
         traffic: TrafficFigures,
     ) -> Result<Vec<u8>, TableError> {
         let (counts, listed) = self.counted_and_listed(store, now, cfg, limit)?;
-        let missing = listed
-            .iter()
-            .filter(|&&(_, shard, i)| {
-                !self
-                    .shards
-                    .get(shard as usize)
-                    .is_some_and(|s| s.fixed_json.contains_key(&i))
-            })
-            .count();
+        let missing = listed.iter().filter(|c| !self.has_fixed_json(**c)).count();
         if self.fixed_json_count + missing > MAX_FIXED_JSON {
             self.shards.iter_mut().for_each(|s| s.fixed_json.clear());
             self.fixed_json_count = 0;
@@ -417,11 +416,7 @@ impl Snapshot {
         let mut agents: HashMap<String, (String, String)> = HashMap::new();
         for &c in &listed {
             let (_, shard, i) = c;
-            if self
-                .shards
-                .get(shard as usize)
-                .is_none_or(|s| s.fixed_json.contains_key(&i))
-            {
+            if self.has_fixed_json(c) {
                 continue;
             }
             let Some(json) = self.record(c).map(|r| fixed_json(&r, &mut agents)) else {

@@ -50,8 +50,8 @@ impl RootContext for Root {
     }
 
     /// `FLUSH_SLICES` times per `flush_interval_ms`: writes a slice of this VM's
-    /// coalesced activity (and, once per interval, its traffic), and, if this VM wins
-    /// the sweep slot, removes expired sessions and sets gauges.
+    /// coalesced activity and the traffic counted so far, and, if this VM wins the
+    /// sweep slot, removes expired sessions and sets gauges.
     fn on_tick(&mut self) {
         if let Some(vm) = &self.vm {
             vm.tick(host::now_ms());
