@@ -80,6 +80,9 @@ pub enum Outcome {
     Stalled(String),
     /// The plugin closed the stream.
     Reset(String),
+    /// The plugin paused a request body and the body outgrew Envoy's buffer limit, so
+    /// Envoy answered with this status (413) itself; the upstream never saw it.
+    TooLarge(u16),
 }
 
 /// The result of one request through a VM.

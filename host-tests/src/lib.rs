@@ -35,7 +35,9 @@
 //! * Pause on request/response headers is StopAllIterationAndWatermark: the body is not
 //!   delivered and, unless the plugin calls `proxy_continue_stream` in that callback, the
 //!   stream stalls ([`Outcome::Stalled`]). Pause on a body chunk is StopIterationAndBuffer:
-//!   the next call sees the whole buffer so far.
+//!   the next call sees the whole buffer so far. Data that would take a paused body past
+//!   [`BUFFER_LIMIT`] ends the stream before the plugin sees it: 413
+//!   ([`Outcome::TooLarge`]) for a request, a reset for a response.
 //! * Request headers are readable and writable only in `proxy_on_request_headers` (and while
 //!   it stays paused), response headers only in `proxy_on_response_headers`; everything is
 //!   readable in `proxy_on_log`. Elsewhere `proxy_get_header_map_value` answers
@@ -68,7 +70,7 @@ pub use http::{
     Exchange, LocalReply, Outcome, Request, RequestBuilder, UpstreamRequest, UpstreamResponse,
 };
 pub use shared::{Metric, SharedDataStats};
-pub use vm::{LogEntry, Vm, VmOptions, CALL_FUEL, ROOT_CONTEXT_ID};
+pub use vm::{LogEntry, Vm, VmOptions, BUFFER_LIMIT, CALL_FUEL, ROOT_CONTEXT_ID};
 
 /// Serialization helpers, for tests that build raw ABI payloads.
 pub mod wire {

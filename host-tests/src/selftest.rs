@@ -357,6 +357,37 @@ fn paused_bodies_are_buffered_and_redelivered() {
 }
 
 #[test]
+fn a_paused_body_over_the_buffer_limit_gets_envoys_413() {
+    let host = host();
+    let vm = host.vm("{}").unwrap();
+    // The module pauses every chunk until the last; the second chunk overflows.
+    let big = vec![b'x'; crate::BUFFER_LIMIT];
+    let ex = vm
+        .post("/upload")
+        .chunks([&b"ab"[..], &big, b"cd"])
+        .send()
+        .unwrap();
+    assert_eq!(ex.outcome, Outcome::TooLarge(413));
+    assert_eq!(ex.status, 413);
+    assert!(ex.upstream.is_none());
+    let logs = vm.logs_text();
+    let sizes: Vec<_> = logs.lines().filter(|l| l.contains("body ")).collect();
+    assert_eq!(
+        sizes.len(),
+        1,
+        "the plugin never saw the overflowing chunk: {logs}"
+    );
+    // Exactly at the limit still fits.
+    let fits = vec![b'x'; crate::BUFFER_LIMIT - 4];
+    let ex = vm
+        .post("/upload")
+        .chunks([&b"ab"[..], &fits, b"cd"])
+        .send()
+        .unwrap();
+    assert!(ex.proxied(), "{:?}", ex.outcome);
+}
+
+#[test]
 fn paused_headers_stall_the_stream() {
     let host = host();
     let vm = host.vm("{}").unwrap();

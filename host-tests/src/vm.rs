@@ -25,6 +25,10 @@ pub const CALL_FUEL: u64 = 50_000_000_000;
 /// Context id Envoy-like hosts give the plugin (root) context.
 pub const ROOT_CONTEXT_ID: u32 = 1;
 
+/// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB): the most a paused body
+/// may buffer.
+pub const BUFFER_LIMIT: usize = 1 << 20;
+
 /// One `proxy_log` line (or a line the plugin wrote to stdout/stderr).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
@@ -240,6 +244,8 @@ enum Step {
     Paused,
     Local,
     Reset(&'static str),
+    /// A paused body outgrew [`BUFFER_LIMIT`]; Envoy answers this status itself.
+    TooLarge(u16),
 }
 
 impl VmInner {
@@ -389,10 +395,24 @@ impl VmInner {
         };
         let mut passed = Vec::new();
         let mut buffered: Vec<u8> = Vec::new();
+        let mut paused = false;
         let last = chunks.len().saturating_sub(1);
         for (i, chunk) in chunks.iter().enumerate() {
             let eos = i == last;
             buffered.extend_from_slice(chunk);
+            // Envoy adds new data to a paused body's buffer before it calls the plugin
+            // again, and over the limit it answers itself: 413 for a request; for a
+            // response whose headers already went out, a reset.
+            if paused && buffered.len() > BUFFER_LIMIT {
+                return Ok((
+                    passed,
+                    if request_side {
+                        Step::TooLarge(413)
+                    } else {
+                        Step::Reset("the paused response body outgrew Envoy's buffer limit")
+                    },
+                ));
+            }
             let Some(func) = func.clone() else {
                 passed.append(&mut buffered);
                 continue;
@@ -438,6 +458,7 @@ impl VmInner {
                 }
                 Step::Paused => {
                     // Keep buffering; at end of stream nothing will come to resume it.
+                    paused = true;
                     let s = self.stream()?;
                     if request_side {
                         s.request_body = buffered.clone();
@@ -675,6 +696,7 @@ impl VmInner {
                             Outcome::Stalled("the response was paused and never resumed".into())
                     }
                     Step::Reset(why) => ex.outcome = Outcome::Reset(why.into()),
+                    Step::TooLarge(status) => too_large(&mut ex, status),
                 }
             }
             Step::Local => {
@@ -700,6 +722,7 @@ impl VmInner {
                         }
                         Step::Reset(why) => ex.outcome = Outcome::Reset(why.into()),
                         Step::Local => ex.outcome = Outcome::Local,
+                        Step::TooLarge(status) => too_large(&mut ex, status),
                     }
                 }
             }
@@ -711,6 +734,7 @@ impl VmInner {
                 )
             }
             Step::Reset(why) => ex.outcome = Outcome::Reset(why.into()),
+            Step::TooLarge(status) => too_large(&mut ex, status),
         }
         Ok(ex)
     }
@@ -746,6 +770,14 @@ impl VmInner {
         }
         Ok(())
     }
+}
+
+/// Envoy's own answer when a paused body outgrew [`BUFFER_LIMIT`] (its response
+/// callbacks are not played).
+fn too_large(ex: &mut Exchange, status: u16) {
+    ex.outcome = Outcome::TooLarge(status);
+    ex.status = status;
+    ex.body = b"Payload Too Large".to_vec();
 }
 
 fn status_of(headers: &HeaderMap, fallback: u16) -> u16 {
