@@ -1,6 +1,8 @@
 """(j) Whatever the request looks like, the filter never breaks proxying."""
 
+import http.client
 import json
+import time
 
 import requests
 
@@ -111,6 +113,28 @@ def test_large_login_bodies_still_reach_the_app(envoy):
     assert r.json()["user"]["username"] == "student2"
     snap = wait_stats(base, lambda x: x["active_sessions"] == 1)
     assert [x["username"] for x in snap["sessions"]] == ["student2"], summary(snap)
+
+
+def test_a_login_body_sent_small_then_large_is_not_refused(envoy):
+    """The split a slow client or network makes: Envoy sees a small first chunk, then
+    megabytes. A filter that held the body back after the first chunk got a 413."""
+    payload = json.dumps({"username": "teacher1", "password": "password",
+                          "padding": "p" * (3 * 1024 * 1024)}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", envoy.listener_port, timeout=30)
+    try:
+        conn.putrequest("POST", "/api/v1/auth/login")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(payload)))
+        conn.endheaders(payload[:64])
+        time.sleep(0.3)  # Envoy has passed the first chunk to the filter by now
+        conn.send(payload[64:])
+        r = conn.getresponse()
+        body = r.read()
+    finally:
+        conn.close()
+    assert r.status == 200 and r.getheader("x-demo-app") == "1", (r.status, body[:200])
+    snap = wait_stats(envoy.url, lambda x: x["active_sessions"] == 1)
+    assert [x["username"] for x in snap["sessions"]] == ["teacher1"], summary(snap)
 
 
 def test_unusual_methods_and_paths_are_proxied(envoy):

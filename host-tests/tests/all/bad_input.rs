@@ -2,7 +2,7 @@
 //! something was refused, the log says why.
 
 use crate::common::*;
-use host_tests::{Error, Host, LogLevel, UpstreamResponse};
+use host_tests::{Error, Host, LogLevel, UpstreamResponse, BUFFER_LIMIT};
 use serde_json::json;
 
 fn assert_alive(vm: &host_tests::Vm) {
@@ -196,6 +196,62 @@ fn huge_login_bodies_pass_through_whole() {
         "the upstream got every byte"
     );
     assert_eq!(ex.body.len(), response.len(), "the client got every byte");
+    assert_alive(&vm);
+}
+
+/// How a body splits into chunks is the network's choice. A small first chunk and
+/// then a large one used to get a paused login body past Envoy's buffer limit (413).
+#[test]
+fn a_login_body_that_arrives_small_then_large_is_never_held_back() {
+    let (_host, vm) = start(json!({}));
+    let body = format!(
+        "{{\"username\":\"split\",\"password\":\"pw\",\"pad\":\"{}\"}}",
+        "p".repeat(2 * BUFFER_LIMIT)
+    );
+    let (head, rest) = body.as_bytes().split_at(100);
+    let response = format!(
+        "{{\"user\":{{\"id\":7,\"username\":\"split\",\"role\":\"teacher\"}},\"pad\":\"{}\"}}",
+        "z".repeat(2 * BUFFER_LIMIT)
+    );
+    let (rhead, rrest) = response.as_bytes().split_at(50);
+    let ex = vm
+        .post(LOGIN)
+        .header("content-type", "application/json")
+        .chunks([head, rest])
+        .respond_with(UpstreamResponse {
+            status: 200,
+            headers: vec![("set-cookie".into(), set_cookie("split").into_bytes())],
+            body: vec![rhead.to_vec(), rrest.to_vec()],
+            latency: std::time::Duration::ZERO,
+        })
+        .unwrap();
+    assert!(ex.proxied(), "{:?}", ex.outcome);
+    assert_eq!(ex.upstream.as_ref().unwrap().body, body.as_bytes());
+    assert_eq!(ex.body, response.as_bytes());
+    // Both bodies were too large to read, so the login is named by nobody; it is
+    // still proxied whole, and a later login is counted as usual.
+    let ex = vm
+        .post(LOGIN)
+        .header("content-type", "application/json")
+        .chunks([
+            &b"{\"username\":"[..],
+            b"\"ty",
+            b"ped\",\"password\":\"pw\"}",
+        ])
+        .respond_with(UpstreamResponse {
+            status: 200,
+            headers: vec![("set-cookie".into(), set_cookie("typed").into_bytes())],
+            body: vec![b"{\"user\":".to_vec(), b"{\"id\":8}}".to_vec()],
+            latency: std::time::Duration::ZERO,
+        })
+        .unwrap();
+    assert!(ex.proxied(), "{:?}", ex.outcome);
+    let s = stats(&vm);
+    assert_eq!(
+        only_session(&s)["username"],
+        "typed",
+        "the typed username is read across chunks: {s}"
+    );
     assert_alive(&vm);
 }
 

@@ -9,6 +9,50 @@ use std::net::IpAddr;
 /// Largest body we parse for identity; bigger login bodies are left alone.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// A login body copied chunk by chunk as it streams past, up to [`MAX_BODY`].
+///
+/// The filter never holds a body back: a paused (buffered) body that outgrows the
+/// proxy's buffer limit gets a 413 from Envoy before the filter is asked again, and
+/// how a body splits into chunks is up to the network. So it copies instead.
+#[derive(Debug, Default)]
+pub struct BodyCopy {
+    bytes: Vec<u8>,
+    /// Too large, or a chunk could not be read: the copy is dropped for good.
+    lost: bool,
+}
+
+impl BodyCopy {
+    /// Copies the next chunk of `size` bytes; `read` fetches them, and is called only
+    /// while the body still fits, so a large body costs no reads.
+    pub fn push(&mut self, size: usize, read: impl FnOnce() -> Option<Vec<u8>>) {
+        if self.lost || size == 0 {
+            return;
+        }
+        let chunk = if self.bytes.len().saturating_add(size) <= MAX_BODY {
+            read()
+        } else {
+            None
+        };
+        match chunk {
+            Some(c) if c.len() == size => self.bytes.extend_from_slice(&c),
+            _ => {
+                self.lost = true;
+                self.bytes = Vec::new();
+            }
+        }
+    }
+
+    /// The body is too large (or unreadable): nothing more will be copied.
+    pub fn is_lost(&self) -> bool {
+        self.lost
+    }
+
+    /// The whole body, or `None` if it was lost.
+    pub fn finish(self) -> Option<Vec<u8>> {
+        (!self.lost).then_some(self.bytes)
+    }
+}
+
 /// The value of cookie `name` in a request's `Cookie` header, if present and non-empty.
 /// Non-UTF-8 headers carry no session of ours (session cookies are ASCII).
 pub fn request_cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
@@ -270,6 +314,33 @@ pub fn from_request_body(cfg: &Config, content_type: &[u8], body: &[u8]) -> Iden
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_copy_joins_chunks_and_drops_what_is_too_large() {
+        let mut copy = BodyCopy::default();
+        copy.push(3, || Some(b"abc".to_vec()));
+        copy.push(0, || panic!("an empty chunk is not read"));
+        copy.push(2, || Some(b"de".to_vec()));
+        assert_eq!(copy.finish().as_deref(), Some(&b"abcde"[..]));
+
+        let mut big = BodyCopy::default();
+        big.push(MAX_BODY - 1, || Some(vec![b'x'; MAX_BODY - 1]));
+        big.push(1, || Some(b"y".to_vec()));
+        assert!(!big.is_lost(), "exactly MAX_BODY fits");
+        big.push(1, || panic!("a chunk past MAX_BODY is not read"));
+        assert!(big.is_lost());
+        big.push(1, || panic!("nor any after it"));
+        assert_eq!(big.finish(), None);
+
+        let mut unreadable = BodyCopy::default();
+        unreadable.push(4, || None);
+        unreadable.push(1, || Some(b"a".to_vec()));
+        assert_eq!(unreadable.finish(), None, "a missing chunk loses the copy");
+
+        let mut short = BodyCopy::default();
+        short.push(4, || Some(b"ab".to_vec()));
+        assert_eq!(short.finish(), None, "a short read loses the copy");
+    }
 
     #[test]
     fn finds_the_session_cookie_among_others() {

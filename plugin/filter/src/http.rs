@@ -6,7 +6,7 @@ use crate::vm::{Requester, Vm};
 use headcount_core::bearer::{self, Bearer};
 use headcount_core::events::Kind;
 use headcount_core::gateway::{self, Access, AdminRoute, LoginFacts, Route, Transition};
-use headcount_core::identity::{self, CookieChange, Identity, MAX_BODY};
+use headcount_core::identity::{self, BodyCopy, CookieChange, Identity};
 use headcount_core::{CookieHash, Session};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -36,10 +36,14 @@ struct LoginAttempt {
     ip: String,
     user_agent: String,
     content_type: Vec<u8>,
+    /// The request body as it passes, for the username the client typed.
+    request_body: BodyCopy,
     claimed: Identity,
     /// Set once the upstream accepted the login: the new cookie and header identity,
     /// waiting for the response body.
     accepted: Option<(CookieHash, Identity)>,
+    /// The accepted login's response body as it passes.
+    response_body: BodyCopy,
 }
 
 impl Stream {
@@ -379,8 +383,10 @@ impl HttpContext for Stream {
                     ip: self.client_ip(&headers),
                     user_agent: identity::clean_user_agent(user_agent),
                     content_type: headers.get("content-type").unwrap_or_default().to_vec(),
+                    request_body: BodyCopy::default(),
                     claimed: Identity::default(),
                     accepted: None,
+                    response_body: BodyCopy::default(),
                 });
                 Action::Continue
             }
@@ -388,22 +394,21 @@ impl HttpContext for Stream {
         }
     }
 
-    /// Runs per request body chunk. Only a login's body is read (buffered until the
-    /// end, at most `MAX_BODY`), for the username the client typed. Returns `Pause`
-    /// while buffering, `Continue` otherwise.
+    /// Runs per request body chunk. Only a login's body is read: copied as it
+    /// passes (at most `MAX_BODY`), for the username the client typed. Always
+    /// `Continue`: holding a body back would let Envoy answer 413 for a large one.
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(attempt) = self.login.as_mut() else {
             return Action::Continue;
         };
-        if body_size > MAX_BODY {
-            return Action::Continue;
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        if let Some(body) = host::body(BufferType::HttpRequestBody, body_size) {
-            attempt.claimed =
-                identity::from_request_body(&self.vm.cfg, &attempt.content_type, &body);
+        attempt.request_body.push(body_size, || {
+            host::body(BufferType::HttpRequestBody, body_size)
+        });
+        if end_of_stream {
+            if let Some(body) = std::mem::take(&mut attempt.request_body).finish() {
+                attempt.claimed =
+                    identity::from_request_body(&self.vm.cfg, &attempt.content_type, &body);
+            }
         }
         Action::Continue
     }
@@ -476,23 +481,20 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
-    /// Runs per response body chunk. Only an accepted login's body is buffered (up
-    /// to `MAX_BODY`) to read identity from its JSON. Returns `Pause` while buffering.
+    /// Runs per response body chunk. Only an accepted login's body is read: copied
+    /// as it passes (at most `MAX_BODY`) for identity in its JSON; the login is
+    /// recorded before the last chunk goes on to the client. Always `Continue`.
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let waiting = self.login.as_ref().is_some_and(|a| a.accepted.is_some());
-        if !waiting {
+        let Some(attempt) = self.login.as_mut().filter(|a| a.accepted.is_some()) else {
             return Action::Continue;
+        };
+        attempt.response_body.push(body_size, || {
+            host::body(BufferType::HttpResponseBody, body_size)
+        });
+        if end_of_stream || attempt.response_body.is_lost() {
+            let body = std::mem::take(&mut attempt.response_body).finish();
+            self.finish_login(body.as_deref(), host::now_ms());
         }
-        let now = host::now_ms();
-        if body_size > MAX_BODY {
-            self.finish_login(None, now);
-            return Action::Continue;
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        let body = host::body(BufferType::HttpResponseBody, body_size);
-        self.finish_login(body.as_deref(), now);
         Action::Continue
     }
 
