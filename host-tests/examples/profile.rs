@@ -1,6 +1,7 @@
 //! A workload to profile the filter's own Wasm functions with `perf` (not a test):
 //! N sessions log in, then one operation repeats: `WHAT=` a stats read (`?limit=0`
-//! or any query), `auth` an authenticated request, `flush` 1000 requests and a tick.
+//! or any query), `anon` / `auth` an anonymous / authenticated request, `flush` 1000
+//! requests and a tick.
 //!
 //! ```sh
 //! CARGO_TARGET_DIR=target/prof CARGO_PROFILE_RELEASE_STRIP=false \
@@ -67,6 +68,14 @@ fn main() {
                 host.advance(Duration::from_millis(1000));
                 vm.tick().unwrap();
                 fuel += vm.fuel_consumed() - before;
+            }
+            "anon" => {
+                let ex = vm
+                    .get("/api/v1/courses")
+                    .user_agent(UA)
+                    .respond(200, &[], "[]")
+                    .unwrap();
+                fuel += ex.fuel;
             }
             "auth" => {
                 let i = (k * 7) % n;

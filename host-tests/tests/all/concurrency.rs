@@ -119,7 +119,7 @@ fn workers_on_real_threads_lose_no_update() {
                     );
                     browse(vm, &cookie);
                 }
-                flush(&vm);
+                flush(vm);
             });
         }
     });
@@ -150,7 +150,7 @@ fn activity_reaches_other_workers_at_the_next_flush() {
         only_session(&stats(a))["last_activity"],
         "2026-11-28T10:00:00.000Z"
     );
-    assert!(flush(&b));
+    assert!(flush(b));
     assert_eq!(
         only_session(&stats(a))["last_activity"],
         "2026-11-28T10:01:00.000Z"

@@ -55,8 +55,8 @@ fn call(vm: &Vm, token: &str) -> Exchange {
 }
 
 fn settle(host: &Host) {
-    flush_all(&host);
-    flush_all(&host);
+    flush_all(host);
+    flush_all(host);
 }
 
 #[test]

@@ -51,7 +51,7 @@ fn flushes_touch_only_activity_records_and_stay_exact_across_three_workers() {
     for vm in &vms {
         let pending = host.pending_forced_mismatches();
         host.force_cas_mismatches("headcount.v2.seen.", 20u32.saturating_sub(pending));
-        assert!(flush(&vm));
+        assert!(flush(vm));
     }
     assert_eq!(
         details(&host),
