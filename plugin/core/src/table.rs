@@ -466,13 +466,6 @@ fn update_raw<R>(
     Err(TableError::Contended(key.to_string()))
 }
 
-/// How a touch batch went: which hashes led to a live session.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct TouchOutcome {
-    pub found: Vec<CookieHash>,
-    pub missing: Vec<CookieHash>,
-}
-
 /// Session table operations over any `SharedStore`.
 pub struct SessionTable<'a, S: SharedStore> {
     store: &'a S,
@@ -854,20 +847,25 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     }
 
     /// Marks the sessions behind `batch` (hash, time seen) as seen: one read per
-    /// cookie shard and one in-place write per activity shard involved. Sorting
-    /// does the grouping: no maps, nothing decoded.
-    pub fn touch(&self, batch: &[(CookieHash, u64)], now: u64) -> Result<TouchOutcome, TableError> {
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        let hash = |i: &usize| batch.get(*i).map_or([0; 16], |(h, _)| *h);
-        order.sort_unstable_by_key(|i| (shard_of(&hash(i)), hash(i)));
+    /// cookie shard and one in-place write per activity shard involved. Returns, per
+    /// batch entry, whether it led to a live session. Sorting by shard number does
+    /// the grouping (lookups inside a shard are binary searches): no maps, nothing
+    /// decoded.
+    pub fn touch(&self, batch: &[(CookieHash, u64)], now: u64) -> Result<Vec<bool>, TableError> {
+        // (cookie shard, position in the batch): plain integers sort fast.
+        let mut order: Vec<(usize, usize)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (h, _))| (shard_of(h), i))
+            .collect();
+        order.sort_unstable();
         // (activity shard, session id, time, position in the batch)
         let mut resolved: Vec<(usize, [u8; 16], u64, usize)> = Vec::with_capacity(batch.len());
         let mut current: Option<(usize, Vec<u8>)> = None;
-        for i in order {
+        for (index, i) in order {
             let Some((h, t)) = batch.get(i) else {
                 continue;
             };
-            let index = shard_of(h);
             if current.as_ref().map(|(c, _)| *c) != Some(index) {
                 current = Some((index, self.cookie_bytes(index)?));
             }
@@ -876,8 +874,8 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
                 resolved.push((seen_shard_of(&r.session), r.session, *t, i));
             }
         }
-        resolved.sort_unstable_by_key(|(shard, id, _, _)| (*shard, *id));
-        let mut found = vec![false; batch.len()];
+        resolved.sort_unstable_by_key(|(shard, _, _, _)| *shard);
+        let mut hit = vec![false; batch.len()];
         for group in resolved.chunk_by(|a, b| a.0 == b.0) {
             let Some(index) = group.first().map(|g| g.0) else {
                 continue;
@@ -895,20 +893,12 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
                 (changed, hits)
             })?;
             for i in hits {
-                if let Some(f) = found.get_mut(i) {
+                if let Some(f) = hit.get_mut(i) {
                     *f = true;
                 }
             }
         }
-        let mut outcome = TouchOutcome::default();
-        for ((h, _), hit) in batch.iter().zip(found) {
-            if hit {
-                outcome.found.push(*h);
-            } else {
-                outcome.missing.push(*h);
-            }
-        }
-        Ok(outcome)
+        Ok(hit)
     }
 
     /// Follows a cookie rotation `from` -> `to`. Returns the session if `from` was known.
@@ -1148,9 +1138,8 @@ mod tests {
             Some("a".into())
         );
         assert_eq!(t.resolve(&h(2), 1_000).unwrap(), None);
-        let out = t.touch(&[(h(1), 5_000), (h(2), 5_000)], 5_000).unwrap();
-        assert_eq!(out.found, vec![h(1)]);
-        assert_eq!(out.missing, vec![h(2)]);
+        let hit = t.touch(&[(h(1), 5_000), (h(2), 5_000)], 5_000).unwrap();
+        assert_eq!(hit, vec![true, false]);
         assert_eq!(
             t.resolve(&h(1), 5_000).unwrap().map(|s| s.last_ms),
             Some(5_000)
@@ -1195,10 +1184,10 @@ mod tests {
         assert_eq!(t.resolve(&h(5), later).unwrap(), None);
         assert!(t.resolve(&h(19), later).unwrap().is_some());
         // A touch batch keyed by many of those values lands once, on the session.
-        let out = t
+        let hit = t
             .touch(&[(h(2), 50), (h(10), 60), (h(99), 55)], 60)
             .unwrap();
-        assert_eq!(out.found.len(), 3);
+        assert_eq!(hit, vec![true; 3]);
         assert_eq!(t.resolve(&h(99), 60).unwrap().map(|s| s.last_ms), Some(60));
         assert!(t.end(&h(20), 70, &cfg).unwrap().is_some());
         for n in (1..=20).chain([99]) {

@@ -15,7 +15,7 @@ use headcount_core::{prometheus, record};
 use headcount_core::{stats, Config, CookieCache, CookieHash, CookieHasher, Session};
 use proxy_wasm::types::MetricType;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 const SECRET_KEY: &str = "headcount.v1.secret";
 const SWEEP_KEY: &str = "headcount.v1.next_sweep";
@@ -231,12 +231,11 @@ impl Vm {
             let touches: Vec<(CookieHash, u64)> =
                 batch.iter().map(|(h, p)| (*h, p.last_ms)).collect();
             match self.table().touch(&touches, now) {
-                Ok(outcome) => {
-                    let found: HashSet<CookieHash> = outcome.found.into_iter().collect();
+                Ok(hit) => {
                     let mut traffic = self.traffic.borrow_mut();
                     let mut pending = self.pending.borrow_mut();
-                    for (h, p) in batch {
-                        if found.contains(&h) {
+                    for ((h, p), hit) in batch.into_iter().zip(hit) {
+                        if hit {
                             traffic.authenticated += p.requests;
                         } else if !p.retried {
                             // The VM is single-threaded: nothing arrived for `h` since the drain.
