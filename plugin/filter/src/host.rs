@@ -4,7 +4,6 @@
 use headcount_core::table::{SharedStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
-use std::time::UNIX_EPOCH;
 
 /// CAS token meaning "only if the key does not exist yet": Envoy creates a missing
 /// key whatever the token, and no live key carries this one in practice.
@@ -52,17 +51,17 @@ pub fn error(message: &str) {
     log(LogLevel::Error, message);
 }
 
-/// Host time in Unix milliseconds and microseconds (0 if the host refuses).
+/// Host time in Unix microseconds (0 if the host refuses). Through the raw import:
+/// the SDK's `get_current_time` panics on a bad status, and its `SystemTime` detour
+/// (u128 arithmetic in Wasm) was a tenth of an anonymous request's hook.
 pub fn now_us() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        // Not `as_micros`: its u128 division is a software routine in Wasm.
-        .map_or(0, |d| {
-            d.as_secs()
-                .saturating_mul(1_000_000)
-                .saturating_add(u64::from(d.subsec_micros()))
-        })
+    let mut ns: u64 = 0;
+    // SAFETY: the host writes one u64 through the pointer it is given.
+    if unsafe { proxy_get_current_time_nanoseconds(&mut ns) } == Status::Ok as u32 {
+        ns / 1000
+    } else {
+        0
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -79,15 +78,42 @@ pub struct Headers {
     data: Vec<u8>,
     /// (name, value) byte ranges into `data`.
     pairs: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    /// The pair of each header every request asks for, found while indexing: looking
+    /// them up one scan each was a quarter of an anonymous request's hook.
+    common: [Option<usize>; COMMON.len()],
+    /// How many `cookie` headers there are (HTTP/2 may split one).
+    cookies: usize,
+}
+
+/// Headers every request reads, by their index in `Headers::common`.
+const COMMON: [&str; 4] = [":method", ":path", "user-agent", "cookie"];
+const METHOD: usize = 0;
+const PATH: usize = 1;
+const USER_AGENT: usize = 2;
+const COOKIE: usize = 3;
+
+/// Which of `COMMON` a header name is: its length picks the one candidate.
+fn common_index(name: &[u8]) -> Option<usize> {
+    let i = match name.len() {
+        7 => METHOD,
+        5 => PATH,
+        10 => USER_AGENT,
+        6 => COOKIE,
+        _ => return None,
+    };
+    let want = COMMON.get(i)?;
+    name.eq_ignore_ascii_case(want.as_bytes()).then_some(i)
 }
 
 #[link(wasm_import_module = "env")]
 extern "C" {
+    // Statuses as plain u32: a value outside `Status` would be undefined behaviour.
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_get_header_map_pairs(
         map_type: MapType,
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
-    ) -> Status;
+    ) -> u32;
 }
 
 impl Headers {
@@ -98,13 +124,54 @@ impl Headers {
         // the SDK's `proxy_on_memory_allocate` (a `Vec<u8>` of capacity `size`,
         // leaked), which this takes ownership of exactly once, as the SDK does.
         let data = unsafe {
-            match proxy_get_header_map_pairs(map, &mut ptr, &mut size) {
-                Status::Ok if !ptr.is_null() => Vec::from_raw_parts(ptr, size, size),
-                _ => Vec::new(),
+            let status = proxy_get_header_map_pairs(map, &mut ptr, &mut size);
+            if status == Status::Ok as u32 && !ptr.is_null() {
+                Vec::from_raw_parts(ptr, size, size)
+            } else {
+                Vec::new()
             }
         };
         let pairs = index_pairs(&data).unwrap_or_default();
-        Headers { data, pairs }
+        let mut common = [None; COMMON.len()];
+        let mut cookies = 0;
+        for (n, (k, _)) in pairs.iter().enumerate() {
+            let Some(i) = data.get(k.clone()).and_then(common_index) else {
+                continue;
+            };
+            if i == COOKIE {
+                cookies += 1;
+            }
+            if let Some(slot @ None) = common.get_mut(i) {
+                *slot = Some(n);
+            }
+        }
+        Headers {
+            data,
+            pairs,
+            common,
+            cookies,
+        }
+    }
+
+    fn common(&self, i: usize) -> Option<&[u8]> {
+        let n = (*self.common.get(i)?)?;
+        let (_, v) = self.pairs.get(n)?;
+        self.data.get(v.clone())
+    }
+
+    /// `:method`.
+    pub fn method(&self) -> Option<&[u8]> {
+        self.common(METHOD)
+    }
+
+    /// `:path`.
+    pub fn path(&self) -> Option<&[u8]> {
+        self.common(PATH)
+    }
+
+    /// `user-agent`.
+    pub fn user_agent(&self) -> Option<&[u8]> {
+        self.common(USER_AGENT)
     }
 
     fn values<'a>(&'a self, name: &'a str) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
@@ -133,19 +200,18 @@ impl Headers {
 
     /// The `cookie` header; several (HTTP/2 may split it) are joined with "; ".
     pub fn cookie(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
-        let mut all = self.values("cookie");
-        let first = all.next()?;
-        match all.next() {
-            None => Some(std::borrow::Cow::Borrowed(first)),
-            Some(second) => {
-                let mut joined = first.to_vec();
-                for v in std::iter::once(second).chain(all) {
-                    joined.extend_from_slice(b"; ");
-                    joined.extend_from_slice(v);
-                }
-                Some(std::borrow::Cow::Owned(joined))
-            }
+        let first = self.common(COOKIE)?;
+        if self.cookies < 2 {
+            return Some(std::borrow::Cow::Borrowed(first));
         }
+        let mut joined = Vec::new();
+        for v in self.values("cookie") {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(v);
+        }
+        Some(std::borrow::Cow::Owned(joined))
     }
 }
 

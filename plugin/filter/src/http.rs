@@ -299,10 +299,10 @@ impl HttpContext for Stream {
                 host::remove_header(MapType::HttpRequestHeaders, name);
             }
         }
-        let method = headers.get(":method").unwrap_or_default();
-        let path = headers.get(":path").unwrap_or_default();
+        let method = headers.method().unwrap_or_default();
+        let path = headers.path().unwrap_or_default();
         self.route = gateway::route(cfg, method, path);
-        let user_agent = headers.get("user-agent").unwrap_or_default();
+        let user_agent = headers.user_agent().unwrap_or_default();
         let cookie_header = headers.cookie();
         let jwt_header = cfg
             .jwt
