@@ -14,7 +14,7 @@ use crate::setup::{self, Setup};
 use futures::StreamExt;
 use headcount_core::bearer::Bearer;
 use headcount_core::gateway::{self, LoginFacts, Route, Transition};
-use headcount_core::identity::{self, CookieChange, Identity, MAX_BODY};
+use headcount_core::identity::{self, BodyCopy, CookieChange, Identity, MAX_BODY};
 use headcount_core::{CookieHash, CookieHasher};
 use std::rc::Rc;
 use worker::{
@@ -371,18 +371,19 @@ fn login_body(resp: &mut Response) -> Option<Response> {
     resp.cloned().ok()
 }
 
-/// Reads at most `MAX_BODY` bytes; a longer body names nobody.
+/// Reads at most `MAX_BODY` bytes through `BodyCopy`, as the filter does; a longer body
+/// names nobody.
 async fn read_limited(mut resp: Response) -> Option<Vec<u8>> {
     let mut stream = resp.stream().ok()?;
-    let mut out = Vec::new();
+    let mut copy = BodyCopy::default();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.ok()?;
-        if out.len() + chunk.len() > MAX_BODY {
+        copy.push(chunk.len(), || Some(chunk));
+        if copy.is_lost() {
             return None;
         }
-        out.extend_from_slice(&chunk);
     }
-    Some(out)
+    copy.finish()
 }
 
 /// Records a login once identity is known (after the response body), like the
