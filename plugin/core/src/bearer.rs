@@ -248,6 +248,32 @@ pub fn transient_session(cfg: &Config, who: Identity, now: u64) -> Option<Sessio
     crate::gateway::new_session(cfg, who, facts)
 }
 
+/// What a store does with a verified token whose session may need starting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The session is live: nothing to do (another worker or node, or an
+    /// earlier request, started it).
+    Live,
+    /// The key belongs to a revoked session: it never comes back.
+    Revoked,
+    /// No such session: start it (a login: limits, event, counters).
+    New,
+    /// The session is over but not yet removed: end it as an expiry, then start
+    /// it again.
+    Restart,
+}
+
+/// The decision for a verified token, given the stored session with its id (if
+/// any) and whether its key is revoked.
+pub fn start(existing: Option<&Session>, revoked: bool, now: u64, cfg: &Config) -> Start {
+    match existing {
+        Some(s) if !s.is_expired(now, cfg) => Start::Live,
+        _ if revoked => Start::Revoked,
+        Some(_) => Start::Restart,
+        None => Start::New,
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Verdict {
     Valid {

@@ -54,6 +54,11 @@ pub struct Events {
 
 impl Events {
     pub fn push(&mut self, kind: Kind, session: &Session, at_ms: u64) {
+        self.push_for(kind, session.id, &session.username, &session.role, at_ms);
+    }
+
+    /// `push` with only what an event keeps of its session.
+    pub fn push_for(&mut self, kind: Kind, id: [u8; 16], username: &str, role: &str, at_ms: u64) {
         let counter = match kind {
             Kind::Login => &mut self.logins_total,
             Kind::Logout => &mut self.logouts_total,
@@ -66,9 +71,9 @@ impl Events {
             seq: self.next_seq,
             kind,
             at_ms,
-            username: session.username.clone(),
-            role: session.role.clone(),
-            session_id: session.id,
+            username: username.to_string(),
+            role: role.to_string(),
+            session_id: id,
         });
         self.next_seq += 1;
         if self.recent.len() > MAX_EVENTS {

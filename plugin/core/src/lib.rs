@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod history;
 pub mod identity;
 pub mod jwt;
+pub mod ledger;
 pub mod memory;
 pub mod prometheus;
 pub mod record;

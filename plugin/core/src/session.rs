@@ -149,6 +149,48 @@ impl Session {
     pub fn uuid(&self) -> String {
         uuid::Uuid::from_bytes(self.id).hyphenated().to_string()
     }
+
+    /// Every cookie value known to lead here: the current one, the kept aliases,
+    /// and `extra` (the value a logout came with, say) if it is not among them.
+    pub fn cookies(&self, extra: Option<&CookieHash>) -> Vec<CookieHash> {
+        let mut all = vec![self.cookie];
+        all.extend(self.aliases.iter().copied());
+        if let Some(h) = extra.filter(|h| !all.contains(h)) {
+            all.push(*h);
+        }
+        all
+    }
+}
+
+/// The rotation rule, for every store: the app re-issued the cookie as `to`. The
+/// current value becomes the newest alias; only the newest `MAX_ALIASES` aliases
+/// are kept for the session's life. Returns `None` if `to` is already current,
+/// else the aliases that fell off (they resolve for `ROTATION_GRACE_MS` only).
+pub fn rotate_cookie(
+    cookie: &mut CookieHash,
+    aliases: &mut Vec<CookieHash>,
+    to: CookieHash,
+) -> Option<Vec<CookieHash>> {
+    if *cookie == to {
+        return None;
+    }
+    let old = std::mem::replace(cookie, to);
+    aliases.retain(|a| *a != to && *a != old);
+    aliases.insert(0, old);
+    Some(if aliases.len() > MAX_ALIASES {
+        aliases.split_off(MAX_ALIASES)
+    } else {
+        Vec::new()
+    })
+}
+
+/// The per-user index key (`max_sessions_per_user`): a plain SHA-256 of the user
+/// id cut to 128 bits (user ids are not secrets), the same on every host.
+pub fn user_key(user_id: &str) -> [u8; 16] {
+    let d = Sha256::digest(user_id.as_bytes());
+    let mut out = [0u8; 16];
+    out.iter_mut().zip(d.iter()).for_each(|(o, b)| *o = *b);
+    out
 }
 
 /// Turns 16 random bytes into a version-4 UUID; the host supplies the randomness.

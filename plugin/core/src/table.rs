@@ -24,7 +24,7 @@
 
 use crate::config::Config;
 use crate::record::{self, MAX_RETRIES};
-use crate::session::{self, CookieHash, Session, MAX_ALIASES};
+use crate::session::{self, CookieHash, Session};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -225,14 +225,6 @@ pub const COUNT_KEY: &str = "headcount.v2.count";
 type UserShard = Vec<([u8; 16], Vec<([u8; 16], u64)>)>;
 
 /// Users are indexed by a plain hash of their id: ids are not secrets.
-fn user_hash(user_id: &str) -> [u8; 16] {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(user_id.as_bytes());
-    let mut out = [0u8; 16];
-    out.iter_mut().zip(d.iter()).for_each(|(o, b)| *o = *b);
-    out
-}
-
 /// A shard of fixed-width records sorted by their first 16 bytes (a session id or
 /// a cookie hash). Bytes that are not whole records (another version) read as empty.
 #[derive(Debug, Clone, Copy)]
@@ -744,7 +736,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             return Ok(None);
         };
         if cfg.enforce_revocation {
-            hashes.extend(cookies_of(&session, None));
+            hashes.extend(session.cookies(None));
             let until = session.deadline(cfg);
             record::update(self.store, REVOKED_KEY, |r: &mut Vec<(CookieHash, u64)>| {
                 r.retain(|(h, t)| *t >= now && !hashes.contains(h));
@@ -805,7 +797,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         cfg: &Config,
     ) -> Result<(), TableError> {
         for s in gone {
-            self.unindex(&cookies_of(s, extra), s.id, None)?;
+            self.unindex(&s.cookies(extra), s.id, None)?;
             if cfg.max_sessions_per_user.is_some() {
                 self.user_index_remove(s)?;
             }
@@ -816,7 +808,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     /// Adds `s` to its user's list; returns the ids of that user's oldest sessions
     /// beyond `limit` (to be ended).
     fn user_index_add(&self, s: &Session, limit: u32) -> Result<Vec<[u8; 16]>, TableError> {
-        let user = user_hash(&s.user_id);
+        let user = session::user_key(&s.user_id);
         self.update::<UserShard, _>(&user_key(shard_of(&user)), |shard| {
             if !shard.iter().any(|(u, _)| *u == user) {
                 shard.push((user, Vec::new()));
@@ -834,7 +826,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     }
 
     fn user_index_remove(&self, s: &Session) -> Result<(), TableError> {
-        let user = user_hash(&s.user_id);
+        let user = session::user_key(&s.user_id);
         self.update::<UserShard, _>(&user_key(shard_of(&user)), |shard| {
             let before: usize = shard.iter().map(|(_, l)| l.len()).sum();
             for (_, list) in shard.iter_mut().filter(|(u, _)| *u == user) {
@@ -922,18 +914,10 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             let Some(s) = shard.iter_mut().find(|s| s.id == r.session) else {
                 return (false, (None, Vec::new()));
             };
-            if s.cookie == *to {
-                return (false, (Some(s.clone()), Vec::new()));
+            match session::rotate_cookie(&mut s.cookie, &mut s.aliases, *to) {
+                None => (false, (Some(s.clone()), Vec::new())),
+                Some(dropped) => (true, (Some(s.clone()), dropped)),
             }
-            let old = std::mem::replace(&mut s.cookie, *to);
-            s.aliases.retain(|a| a != to && *a != old);
-            s.aliases.insert(0, old);
-            let dropped = if s.aliases.len() > MAX_ALIASES {
-                s.aliases.split_off(MAX_ALIASES)
-            } else {
-                Vec::new()
-            };
-            (true, (Some(s.clone()), dropped))
         })?;
         // The rotating request is activity.
         let activity = update_raw(self.store, &seen_key(seen_shard_of(&r.session)), |bytes| {
@@ -1083,16 +1067,6 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         }
         Ok(total)
     }
-}
-
-/// The current cookie, the kept aliases, and `extra` if given.
-fn cookies_of(s: &Session, extra: Option<&CookieHash>) -> Vec<CookieHash> {
-    let mut all = vec![s.cookie];
-    all.extend(s.aliases.iter().copied());
-    if let Some(h) = extra.filter(|h| !all.contains(h)) {
-        all.push(*h);
-    }
-    all
 }
 
 /// Items by shard, as sets: lookups inside a shard stay O(log n) for big batches.

@@ -1,0 +1,763 @@
+//! The ledger's rules: what each op does to one shard's rows, and which
+//! follow-ups it sends to other shards. Synchronous and host-free: a host reads
+//! a request, builds a `Ledger` over its store, calls one method, and sends back
+//! what it returns.
+
+use super::store::{CookieRow, LedgerStore, Minima};
+use super::wire::{
+    Batch, BatchReply, FeedReply, Hash, Op, RevokeReply, RevokedAdd, RevokedList, SecretReply,
+    StatsReply, TrafficPart, MAX_BATCH_OPS, VERSION,
+};
+use crate::bearer::{self, Start};
+use crate::config::Config;
+use crate::events::{Events, Kind};
+use crate::session::{self, Session};
+use crate::stats;
+use crate::table::ROTATION_GRACE_MS;
+use crate::traffic::TrafficDelta;
+use std::fmt;
+
+/// How long a rotation or logout of a cookie nobody knows yet is kept, waiting for
+/// the cookie's entry to arrive from another node's flush. Flushes are at most
+/// 10 s apart (`flush_interval_ms <= 10000`), so a minute is ample.
+pub const ORPHAN_TTL_MS: u64 = 60_000;
+/// Follow-ups applied within one op (an op leads to at most a few).
+const MAX_DEPTH: usize = 8;
+/// Revoked cookie values sent to a node at once (those that stay revoked
+/// longest); beyond this, older revocations are not enforced at the edge.
+pub const MAX_REVOKED_SYNC: usize = 10_000;
+/// Slack on the active window when a shard lists sessions for a report: clocks
+/// of nodes and shards differ a little; the report applies the exact rule.
+const CLOCK_SLACK_MS: u64 = 1000;
+
+/// Where a shard sits among `shards`, and its clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Here {
+    pub shard: u32,
+    pub shards: u32,
+    pub now: u64,
+}
+
+impl Here {
+    pub fn new(shard: u32, shards: u32, now: u64) -> Here {
+        Here {
+            shard,
+            shards: shards.max(1),
+            now,
+        }
+    }
+}
+
+/// What applying something produced, for the host to act on.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Requests the touches showed to be of live sessions, and of nobody.
+    pub authenticated: u64,
+    pub anonymous: u64,
+    pub reply: BatchReply,
+    /// A row that only the alarm removes was written: make sure one is set.
+    pub needs_alarm: bool,
+    /// Lines for the host's log (logins, endings, dropped ops).
+    pub log: Vec<String>,
+    /// The event feed, loaded at the first event and saved once at the end.
+    events: Option<Events>,
+}
+
+/// A batch the ledger refuses whole, or a store failure.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LedgerError<E> {
+    Refused(String),
+    Store(E),
+}
+
+impl<E: fmt::Display> fmt::Display for LedgerError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerError::Refused(why) => write!(f, "batch refused: {why}"),
+            LedgerError::Store(e) => write!(f, "ledger store: {e}"),
+        }
+    }
+}
+
+/// What a sweep removed, with the follow-ups for other shards.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub ended: usize,
+    pub stale_cookies: u64,
+    pub revocations: u64,
+    pub outcome: Outcome,
+}
+
+/// Shard `shard`'s share of `max_sessions`: the shares add up to the cap (at least
+/// one each). With one shard, the cap itself.
+pub fn shard_cap(max_sessions: u64, shard: u32, shards: u32) -> u64 {
+    let n = u64::from(shards.max(1));
+    let extra = u64::from(u64::from(shard) < max_sessions % n);
+    (max_sessions / n + extra).max(1)
+}
+
+/// Whether a batch can be applied at all.
+pub fn check_batch(batch: &Batch) -> Result<(), String> {
+    if batch.v > VERSION {
+        return Err(format!(
+            "protocol version {} is newer than this ledger's ({VERSION})",
+            batch.v
+        ));
+    }
+    if batch.ops.len() > MAX_BATCH_OPS {
+        return Err(format!(
+            "{} ops in one batch (at most {MAX_BATCH_OPS})",
+            batch.ops.len()
+        ));
+    }
+    Ok(())
+}
+
+const SAMPLING: &str = "sampling";
+
+/// One shard of the ledger, over a host's store.
+pub struct Ledger<'a, S: LedgerStore> {
+    store: &'a mut S,
+    cfg: &'a Config,
+    here: Here,
+}
+
+type Res<T, S> = Result<T, <S as LedgerStore>::Error>;
+
+impl<'a, S: LedgerStore> Ledger<'a, S> {
+    pub fn new(store: &'a mut S, cfg: &'a Config, here: Here) -> Self {
+        Ledger { store, cfg, here }
+    }
+
+    /// Applies a batch: its ops in order (each with its same-shard follow-ups;
+    /// a failed op is logged and the rest go on), then its traffic, then answers
+    /// with the shard's revoked list if the node's revision is stale.
+    pub fn batch(&mut self, batch: Batch) -> Result<Outcome, LedgerError<S::Error>> {
+        check_batch(&batch).map_err(LedgerError::Refused)?;
+        let mut out = Outcome::default();
+        for op in batch.ops {
+            if let Err(e) = self.apply(op, 0, &mut out) {
+                out.log.push(format!("op failed: {e}"));
+            }
+        }
+        self.finish(&mut out).map_err(LedgerError::Store)?;
+        self.add_traffic(batch.traffic, &out, batch.now)
+            .map_err(LedgerError::Store)?;
+        if let Some(have) = batch.revoked_rev {
+            let rev = self.store.revoked_rev().map_err(LedgerError::Store)?;
+            if rev != have {
+                let entries = self
+                    .store
+                    .revoked(MAX_REVOKED_SYNC)
+                    .map_err(LedgerError::Store)?;
+                out.reply.revoked = Some(RevokedList { rev, entries });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies follow-ups that reached this shard outside a node's batch (an
+    /// alarm's own); those for other shards come back in `reply.forward`.
+    pub fn follow_ups(&mut self, ops: Vec<Op>) -> Res<Outcome, S> {
+        let mut out = Outcome::default();
+        for op in ops {
+            if let Err(e) = self.apply(op, 1, &mut out) {
+                out.log.push(format!("op failed: {e}"));
+            }
+        }
+        self.finish(&mut out)?;
+        Ok(out)
+    }
+
+    /// Saves what the outcome collected (the event feed).
+    fn finish(&mut self, out: &mut Outcome) -> Res<(), S> {
+        match out.events.take() {
+            Some(e) => self.store.put_events(&e),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies `op` here if it belongs to this shard, else hands it back.
+    fn apply(&mut self, op: Op, depth: usize, out: &mut Outcome) -> Res<(), S> {
+        if op.key().shard(self.here.shards) != self.here.shard {
+            out.reply.forward.push(op);
+            return Ok(());
+        }
+        if depth > MAX_DEPTH {
+            out.log.push(format!("dropped {op:?}: follow-ups too deep"));
+            return Ok(());
+        }
+        for next in self.step(op, out)? {
+            self.apply(next, depth + 1, out)?;
+        }
+        Ok(())
+    }
+
+    /// One op on this shard's rows; returns its follow-ups.
+    fn step(&mut self, op: Op, out: &mut Outcome) -> Res<Vec<Op>, S> {
+        let now = self.here.now;
+        Ok(match op {
+            Op::Login { session } => self.login(session, out)?,
+            Op::Bearer { session } => self.bearer(session, out)?,
+            Op::Touch {
+                hash,
+                last_ms,
+                requests,
+                retry,
+            } => match self.live_cookie(&hash)? {
+                Some(id) => vec![Op::TouchSession {
+                    id,
+                    hash,
+                    last_ms,
+                    requests,
+                    retry,
+                }],
+                None => {
+                    unknown_touch(hash, last_ms, requests, retry, out);
+                    Vec::new()
+                }
+            },
+            Op::TouchSession {
+                id,
+                hash,
+                last_ms,
+                requests,
+                retry,
+            } => {
+                if self.store.touch(&id, last_ms)? {
+                    out.authenticated += requests;
+                } else {
+                    unknown_touch(hash, last_ms, requests, retry, out);
+                }
+                Vec::new()
+            }
+            Op::Rotate { from, via, to, at } => self.rotate(from, via, to, at, out)?,
+            Op::RotateSession { id, via, to, at } => self.rotate_session(id, &via, to, at)?,
+            Op::Logout { hash, .. } => match self.live_cookie(&hash)? {
+                Some(id) => vec![Op::EndSession { id, hash }],
+                None => {
+                    // The cookie's entry is still on its way: leave a tombstone.
+                    self.store.put_orphan(&hash, None, now + ORPHAN_TTL_MS)?;
+                    out.needs_alarm = true;
+                    Vec::new()
+                }
+            },
+            Op::EndSession { id, hash } => self.end(id, Some(hash), Kind::Logout, out)?.1,
+            Op::Index { hash, id, until } => {
+                out.needs_alarm = true;
+                self.index(hash, id, until)?
+            }
+            Op::Shorten { hash, id, until } => {
+                self.store.shorten(&hash, &id, until)?;
+                Vec::new()
+            }
+            Op::Unindex { hash, id } => {
+                self.store.unindex(&hash, &id)?;
+                Vec::new()
+            }
+            Op::Cap { keep } => self.cap(keep, out)?,
+            Op::Evict { id } => self.end(id, None, Kind::Eviction, out)?.1,
+            Op::UserAdd { user, id, login_ms } => self.user_add(user, id, login_ms)?,
+            Op::UserRemove { user, id } => {
+                self.store.user_remove(&user, &id)?;
+                Vec::new()
+            }
+            Op::Event {
+                kind,
+                at,
+                id,
+                username,
+                role,
+            } => {
+                self.event(kind, at, id, &username, &role, out)?;
+                Vec::new()
+            }
+        })
+    }
+
+    /// The session a cookie leads to now, if any.
+    fn live_cookie(&mut self, hash: &Hash) -> Res<Option<Hash>, S> {
+        Ok(match self.store.cookie(hash)? {
+            Some(CookieRow::Session { id, until }) if until >= self.here.now => Some(id),
+            _ => None,
+        })
+    }
+
+    /// Records a new login: the session, then its cookie entry; the user's limit
+    /// and the cap, whose evictions are recorded before the login itself.
+    fn login(&mut self, session: Session, out: &mut Outcome) -> Res<Vec<Op>, S> {
+        out.needs_alarm = true;
+        out.log.push(format!(
+            "login {} as {} ({})",
+            session.username,
+            session.role,
+            session.uuid()
+        ));
+        self.store.put_session(&session)?;
+        let id = Hash(session.id);
+        let mut ops = vec![Op::Index {
+            hash: Hash(session.cookie),
+            id,
+            until: session.deadline(self.cfg),
+        }];
+        if self.cfg.max_sessions_per_user.is_some() {
+            ops.push(Op::UserAdd {
+                user: Hash(session::user_key(&session.user_id)),
+                id,
+                login_ms: session.login_ms,
+            });
+        }
+        ops.push(Op::Cap { keep: id });
+        ops.push(Op::event(Kind::Login, &session, session.login_ms));
+        Ok(ops)
+    }
+
+    /// A verified bearer token's session, on the session's shard: started like a
+    /// login unless it is live (the id derives from the token's key, so two nodes
+    /// starting it at once write one session) or its key is revoked.
+    fn bearer(&mut self, session: Session, out: &mut Outcome) -> Res<Vec<Op>, S> {
+        let id = Hash(session.id);
+        let existing = self.store.session(&id)?;
+        let revoked = self
+            .store
+            .is_revoked(&Hash(session.cookie), self.here.now)?;
+        match bearer::start(existing.as_ref(), revoked, self.here.now, self.cfg) {
+            Start::Live => Ok(Vec::new()),
+            Start::Revoked => {
+                out.log.push(format!(
+                    "revoked bearer session {} not restarted",
+                    session.uuid()
+                ));
+                Ok(Vec::new())
+            }
+            Start::New => self.login(session, out),
+            Start::Restart => {
+                let (_, mut ops) = self.end(id, None, Kind::Expiry, out)?;
+                ops.extend(self.login(session, out)?);
+                Ok(ops)
+            }
+        }
+    }
+
+    /// Keeps this shard within its share of `max_sessions`: evicts the
+    /// longest-idle sessions other than `keep`, exactly (by index).
+    fn cap(&mut self, keep: Hash, out: &mut Outcome) -> Res<Vec<Op>, S> {
+        let cap = shard_cap(self.cfg.max_sessions, self.here.shard, self.here.shards);
+        let live = self.store.session_count()?;
+        let mut ops = Vec::new();
+        if live > cap {
+            for id in self.store.longest_idle(live - cap, &keep)? {
+                ops.extend(self.end(id, None, Kind::Eviction, out)?.1);
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Adds a login to its user's list; the user's oldest sessions beyond
+    /// `max_sessions_per_user` are evicted.
+    fn user_add(&mut self, user: Hash, id: Hash, login_ms: u64) -> Res<Vec<Op>, S> {
+        let Some(limit) = self.cfg.max_sessions_per_user else {
+            return Ok(Vec::new());
+        };
+        // Entries older than any session can be are over, whether or not the news came.
+        let oldest = self.here.now.saturating_sub(self.cfg.max_lifetime_ms);
+        self.store.users_prune(oldest)?;
+        let list = self.store.user_add(&user, &id, login_ms)?;
+        let extra = list.len().saturating_sub(limit as usize);
+        let mut ops = Vec::new();
+        for old in list.into_iter().take(extra) {
+            self.store.user_remove(&user, &old)?;
+            ops.push(Op::Evict { id: old });
+        }
+        Ok(ops)
+    }
+
+    /// Adds a session event to the feed (shard 0); a login starts the history
+    /// sampling if it had stopped.
+    fn event(
+        &mut self,
+        kind: Kind,
+        at: u64,
+        id: Hash,
+        username: &str,
+        role: &str,
+        out: &mut Outcome,
+    ) -> Res<(), S> {
+        let mut events = match out.events.take() {
+            Some(e) => e,
+            None => self.store.events()?,
+        };
+        events.push_for(kind, id.0, username, role, at);
+        out.events = Some(events);
+        if kind == Kind::Login && !self.sampling()? {
+            self.store.put_meta(SAMPLING, "1")?;
+            out.needs_alarm = true;
+        }
+        Ok(())
+    }
+
+    /// A cookie rotation: leads to the session's rotation, or, for a cookie not
+    /// known yet, leaves an orphan entry that the session follows when it lands.
+    fn rotate(
+        &mut self,
+        from: Hash,
+        via: Vec<Hash>,
+        to: Hash,
+        at: u64,
+        out: &mut Outcome,
+    ) -> Res<Vec<Op>, S> {
+        let now = self.here.now;
+        match self.store.cookie(&from)? {
+            Some(CookieRow::Session { id, until }) if until >= now => {
+                Ok(vec![Op::RotateSession { id, via, to, at }])
+            }
+            Some(CookieRow::Orphan { until, .. }) if until >= now => Ok(Vec::new()),
+            _ => {
+                self.store
+                    .put_orphan(&from, Some(to), now + ORPHAN_TTL_MS)?;
+                out.needs_alarm = true;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Follows a rotation on the session (`session::rotate_cookie`, step by step
+    /// through `via`), and indexes the new values; dropped aliases keep
+    /// resolving for `ROTATION_GRACE_MS` only.
+    fn rotate_session(&mut self, id: Hash, via: &[Hash], to: Hash, at: u64) -> Res<Vec<Op>, S> {
+        let Some(mut s) = self.store.session(&id)? else {
+            return Ok(Vec::new());
+        };
+        s.last_ms = s.last_ms.max(at);
+        let deadline = s.deadline(self.cfg);
+        let grace = self.here.now.saturating_add(ROTATION_GRACE_MS);
+        let mut dropped = Vec::new();
+        for step in via.iter().chain(std::iter::once(&to)) {
+            dropped.extend(
+                session::rotate_cookie(&mut s.cookie, &mut s.aliases, step.0)
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        self.store.put_session(&s)?;
+        let mut ops = vec![Op::Index {
+            hash: to,
+            id,
+            until: deadline,
+        }];
+        // Values handed out between two flushes were never indexed: index them now.
+        ops.extend(
+            s.aliases
+                .iter()
+                .map(|a| Hash(*a))
+                .filter(|a| via.contains(a))
+                .map(|hash| Op::Index {
+                    hash,
+                    id,
+                    until: deadline,
+                }),
+        );
+        ops.extend(dropped.into_iter().map(Hash).map(|hash| {
+            if via.contains(&hash) {
+                Op::Index {
+                    hash,
+                    id,
+                    until: grace,
+                }
+            } else {
+                Op::Shorten {
+                    hash,
+                    id,
+                    until: grace,
+                }
+            }
+        }));
+        Ok(ops)
+    }
+
+    /// Points a cookie at a session, unless an orphan says that cookie has already
+    /// rotated on (the session follows) or logged out (the session ends).
+    fn index(&mut self, hash: Hash, id: Hash, until: u64) -> Res<Vec<Op>, S> {
+        let now = self.here.now;
+        let orphan = match self.store.cookie(&hash)? {
+            Some(CookieRow::Orphan { next, until: t }) if t >= now => Some(next),
+            _ => None,
+        };
+        match orphan {
+            Some(None) => {
+                self.store.delete_cookie(&hash)?;
+                Ok(vec![Op::EndSession { id, hash }])
+            }
+            Some(Some(next)) => {
+                self.store.index(&hash, &id, until)?;
+                Ok(vec![Op::RotateSession {
+                    id,
+                    via: Vec::new(),
+                    to: next,
+                    at: now,
+                }])
+            }
+            None => {
+                self.store.index(&hash, &id, until)?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Ends session `id` here: deletes it and returns the follow-ups: its cookie
+    /// entries (current, kept aliases, `extra`), its per-user entry, the event.
+    fn end(
+        &mut self,
+        id: Hash,
+        extra: Option<Hash>,
+        kind: Kind,
+        out: &mut Outcome,
+    ) -> Res<(Option<Session>, Vec<Op>), S> {
+        let Some(s) = self.store.delete_session(&id)? else {
+            return Ok((None, Vec::new()));
+        };
+        out.log
+            .push(format!("{} {} ({})", kind.name(), s.username, s.uuid()));
+        let mut ops: Vec<Op> = s
+            .cookies(extra.map(|h| h.0).as_ref())
+            .into_iter()
+            .map(|hash| Op::Unindex {
+                hash: Hash(hash),
+                id,
+            })
+            .collect();
+        if self.cfg.max_sessions_per_user.is_some() {
+            ops.push(Op::UserRemove {
+                user: Hash(session::user_key(&s.user_id)),
+                id,
+            });
+        }
+        ops.push(Op::event(kind, &s, self.here.now));
+        Ok((Some(s), ops))
+    }
+
+    /// Adds a batch's traffic: the node's anonymous count and time buckets, plus
+    /// what the ops showed (cookies of live sessions are authenticated).
+    fn add_traffic(&mut self, part: TrafficPart, out: &Outcome, now: u64) -> Res<(), S> {
+        let delta = TrafficDelta {
+            authenticated: out.authenticated,
+            anonymous: part.anonymous + out.anonymous,
+            buckets: part.buckets,
+        };
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let mut traffic = self.store.traffic()?;
+        traffic.merge(&delta, now);
+        self.store.put_traffic(&traffic)
+    }
+
+    /// Ends session `id` on an admin's request (phase 1 of a revocation, on the
+    /// session's shard). With `enforce_revocation` its values are revoked here at
+    /// once, so a bearer token of the session cannot start it again before phase
+    /// 2 (`revoked_add` on every shard) arrives.
+    pub fn revoke(&mut self, id: Hash) -> Res<(RevokeReply, Outcome), S> {
+        let mut out = Outcome::default();
+        let (session, ops) = self.end(id, None, Kind::Revocation, &mut out)?;
+        if let (true, Some(s)) = (self.cfg.enforce_revocation, &session) {
+            let values: Vec<Hash> = s.cookies(None).into_iter().map(Hash).collect();
+            self.store.revoke(&values, s.deadline(self.cfg))?;
+            out.needs_alarm = true;
+        }
+        for op in ops {
+            self.apply(op, 1, &mut out)?;
+        }
+        self.finish(&mut out)?;
+        let reply = RevokeReply {
+            session,
+            forward: std::mem::take(&mut out.reply.forward),
+        };
+        Ok((reply, out))
+    }
+
+    /// Phase 2 of a revocation (`enforce_revocation`), on every shard: the given
+    /// values and those of this shard's entries that still lead to the session
+    /// (recent rotations) are revoked until `until`; the entries go. Returns
+    /// what it added.
+    pub fn revoked_add(&mut self, q: RevokedAdd) -> Res<Vec<(Hash, u64)>, S> {
+        let mut hashes = q.hashes;
+        for h in self.store.cookies_of_session(&q.id, self.here.now)? {
+            self.store.unindex(&h, &q.id)?;
+            if !hashes.contains(&h) {
+                hashes.push(h);
+            }
+        }
+        self.store.revoke(&hashes, q.until)?;
+        Ok(hashes.into_iter().map(|h| (h, q.until)).collect())
+    }
+
+    /// The live session behind a cookie (asked on the cookie's shard) or an id
+    /// (on its own): the session, or the id to ask its shard for.
+    pub fn resolve(
+        &mut self,
+        hash: Option<Hash>,
+        id: Option<Hash>,
+    ) -> Res<super::wire::ResolveReply, S> {
+        let id = match (id, hash) {
+            (Some(id), _) => Some(id),
+            (None, Some(hash)) => self.live_cookie(&hash)?,
+            (None, None) => None,
+        };
+        Ok(match id {
+            Some(id) if id.shard(self.here.shards) == self.here.shard => {
+                super::wire::ResolveReply {
+                    session: self.store.session(&id)?,
+                    id: None,
+                }
+            }
+            Some(id) => super::wire::ResolveReply {
+                session: None,
+                id: Some(id),
+            },
+            None => super::wire::ResolveReply::default(),
+        })
+    }
+
+    /// This shard's share of a report: a superset of the active sessions (the
+    /// report applies the exact rule), its traffic and what it holds.
+    pub fn stats(&mut self) -> Res<StatsReply, S> {
+        let since = self
+            .here
+            .now
+            .saturating_sub(self.cfg.active_window_ms + CLOCK_SLACK_MS);
+        let rows = self.store.rows()?;
+        Ok(StatsReply {
+            sessions: self.store.sessions_seen_since(since)?,
+            traffic: self.store.traffic()?,
+            stored_sessions: rows.sessions,
+            stored_cookies: rows.cookies,
+            stored_revoked: rows.revoked,
+        })
+    }
+
+    /// The event feed and the history (kept on shard 0).
+    pub fn feed(&mut self) -> Res<FeedReply, S> {
+        Ok(FeedReply {
+            events: self.store.events()?,
+            history: self.store.history()?,
+        })
+    }
+
+    /// The cookie hash key (shard 0): the stored one, or `random` stored on first use.
+    pub fn secret(&mut self, random: [u8; 32]) -> Res<SecretReply, S> {
+        let secret = match self.store.meta("secret")? {
+            Some(s) => s,
+            None => {
+                let s: String = random.iter().map(|x| format!("{x:02x}")).collect();
+                self.store.put_meta("secret", &s)?;
+                s
+            }
+        };
+        Ok(SecretReply { secret })
+    }
+
+    /// Removes what is over: expired sessions (candidates by index, decided by
+    /// `Session::is_expired`) with their cookie entries, per-user entries and an
+    /// `expiry` event; cookie entries, revocations and per-user entries past their
+    /// time. Follow-ups for other shards are in `outcome.reply.forward`.
+    pub fn sweep(&mut self) -> Res<Swept, S> {
+        let now = self.here.now;
+        let mut swept = Swept::default();
+        let idle_before = now.saturating_sub(self.cfg.idle_timeout_ms);
+        let login_before = now.saturating_sub(self.cfg.max_lifetime_ms);
+        for s in self.store.expiry_candidates(idle_before, login_before)? {
+            if s.is_expired(now, self.cfg) {
+                let (_, ops) = self.end(Hash(s.id), None, Kind::Expiry, &mut swept.outcome)?;
+                for op in ops {
+                    self.apply(op, 1, &mut swept.outcome)?;
+                }
+                swept.ended += 1;
+            }
+        }
+        self.finish(&mut swept.outcome)?;
+        swept.stale_cookies = self.store.delete_cookies_before(now)?;
+        swept.revocations = self.store.delete_revoked_before(now)?;
+        self.store.users_prune(login_before)?;
+        Ok(swept)
+    }
+
+    /// Whether the history is being sampled (from a login until a sample finds
+    /// the whole ledger empty).
+    pub fn sampling(&mut self) -> Res<bool, S> {
+        Ok(self.store.meta(SAMPLING)?.as_deref() == Some("1"))
+    }
+
+    /// Records every shard's active sessions into this minute's peak (shard 0).
+    /// `stored`: sessions the shards hold; none left stops the sampling until the
+    /// next login (later minutes are zeros anyway).
+    pub fn sample_history(&mut self, sessions: &[Session], stored: u64) -> Res<(), S> {
+        let counts = stats::counts(sessions, self.here.now, self.cfg);
+        let mut history = self.store.history()?;
+        history.record(&counts, self.here.now);
+        self.store.put_history(&history)?;
+        if stored == 0 {
+            self.store.put_meta(SAMPLING, "0")?;
+        }
+        Ok(())
+    }
+
+    /// When the shard's alarm should next run: the earliest moment something can
+    /// be removed (or, while sampling, the next sample), but no sooner than
+    /// `sweep_interval_seconds` after a sweep (`after_sweep`). `None`: nothing to do.
+    pub fn next_alarm(&mut self, after_sweep: bool) -> Res<Option<u64>, S> {
+        let now = self.here.now;
+        let sample = self.sampling()?.then_some(now + self.cfg.sweep_interval_ms);
+        let next = match (next_expiry(self.store.minima()?, self.cfg), sample) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let floor = if after_sweep {
+            now + self.cfg.sweep_interval_ms
+        } else {
+            now + 1
+        };
+        Ok(next.map(|at| at.max(floor)))
+    }
+
+    /// After writes: whether the pending alarm (`existing`) must be set again. An
+    /// existing alarm is never later than the earliest expiry (new rows expire no
+    /// sooner than old ones, orphans aside, which only wait a little longer);
+    /// while the history is sampled it must be at most a sweep interval away.
+    pub fn alarm_stale(&mut self, existing: Option<u64>) -> Res<bool, S> {
+        Ok(match existing {
+            None => true,
+            Some(at) => at > self.here.now + self.cfg.sweep_interval_ms && self.sampling()?,
+        })
+    }
+}
+
+/// The earliest time anything in a store can be removed: a session idle past the
+/// timeout or past its lifetime, a cookie entry or a revocation past its time.
+/// Expiry is strict (`Session::is_expired`), so one millisecond after.
+pub fn next_expiry(m: Minima, cfg: &Config) -> Option<u64> {
+    [
+        m.last_ms.map(|t| t.saturating_add(cfg.idle_timeout_ms)),
+        m.login_ms.map(|t| t.saturating_add(cfg.max_lifetime_ms)),
+        m.cookie_until,
+        m.revoked_until,
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map(|t| t + 1)
+}
+
+/// A touch of a cookie that leads to no live session: sent once more later (a
+/// rotation seen by another node may not have landed), then counted anonymous.
+fn unknown_touch(hash: Hash, last_ms: u64, requests: u64, retry: bool, out: &mut Outcome) {
+    if retry {
+        out.anonymous += requests;
+    } else {
+        out.reply.missing.push(Op::Touch {
+            hash,
+            last_ms,
+            requests,
+            retry: true,
+        });
+    }
+}

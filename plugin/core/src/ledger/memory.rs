@@ -1,0 +1,266 @@
+//! `MemoryLedger`: one shard's rows in ordered maps. For one process (the
+//! collector's `--store memory`, the demo) and for testing the ledger's rules
+//! natively; it keeps nothing across a restart.
+
+use super::store::{CookieRow, LedgerStore, Minima, Rows};
+use super::wire::Hash;
+use crate::events::Events;
+use crate::history::History;
+use crate::session::Session;
+use crate::traffic::Traffic;
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+
+#[derive(Debug, Default, Clone)]
+pub struct MemoryLedger {
+    sessions: BTreeMap<Hash, Session>,
+    cookies: BTreeMap<Hash, CookieRow>,
+    /// user -> (login, session)
+    users: BTreeMap<Hash, BTreeSet<(u64, Hash)>>,
+    revoked: BTreeMap<Hash, u64>,
+    revoked_rev: u64,
+    events: Events,
+    history: History,
+    traffic: Traffic,
+    meta: BTreeMap<String, String>,
+}
+
+fn until_of(row: &CookieRow) -> u64 {
+    match row {
+        CookieRow::Session { until, .. } | CookieRow::Orphan { until, .. } => *until,
+    }
+}
+
+impl LedgerStore for MemoryLedger {
+    type Error = Infallible;
+
+    fn session(&mut self, id: &Hash) -> Result<Option<Session>, Infallible> {
+        Ok(self.sessions.get(id).cloned())
+    }
+
+    fn put_session(&mut self, s: &Session) -> Result<(), Infallible> {
+        self.sessions.insert(Hash(s.id), s.clone());
+        Ok(())
+    }
+
+    fn touch(&mut self, id: &Hash, last_ms: u64) -> Result<bool, Infallible> {
+        Ok(match self.sessions.get_mut(id) {
+            Some(s) => {
+                s.last_ms = s.last_ms.max(last_ms);
+                true
+            }
+            None => false,
+        })
+    }
+
+    fn delete_session(&mut self, id: &Hash) -> Result<Option<Session>, Infallible> {
+        Ok(self.sessions.remove(id))
+    }
+
+    fn session_count(&mut self) -> Result<u64, Infallible> {
+        Ok(self.sessions.len() as u64)
+    }
+
+    fn longest_idle(&mut self, n: u64, keep: &Hash) -> Result<Vec<Hash>, Infallible> {
+        let mut all: Vec<(u64, u64, Hash)> = self
+            .sessions
+            .values()
+            .filter(|s| s.id != keep.0)
+            .map(|s| (s.last_ms, s.login_ms, Hash(s.id)))
+            .collect();
+        all.sort();
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(all.into_iter().take(n).map(|(_, _, id)| id).collect())
+    }
+
+    fn sessions_seen_since(&mut self, since: u64) -> Result<Vec<Session>, Infallible> {
+        Ok(self
+            .sessions
+            .values()
+            .filter(|s| s.last_ms >= since)
+            .cloned()
+            .collect())
+    }
+
+    fn expiry_candidates(
+        &mut self,
+        idle_before: u64,
+        login_before: u64,
+    ) -> Result<Vec<Session>, Infallible> {
+        Ok(self
+            .sessions
+            .values()
+            .filter(|s| s.last_ms < idle_before || s.login_ms < login_before)
+            .cloned()
+            .collect())
+    }
+
+    fn cookie(&mut self, hash: &Hash) -> Result<Option<CookieRow>, Infallible> {
+        Ok(self.cookies.get(hash).copied())
+    }
+
+    fn index(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<(), Infallible> {
+        self.cookies
+            .insert(*hash, CookieRow::Session { id: *id, until });
+        Ok(())
+    }
+
+    fn put_orphan(
+        &mut self,
+        hash: &Hash,
+        next: Option<Hash>,
+        until: u64,
+    ) -> Result<(), Infallible> {
+        self.cookies
+            .insert(*hash, CookieRow::Orphan { next, until });
+        Ok(())
+    }
+
+    fn shorten(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<(), Infallible> {
+        if let Some(CookieRow::Session { id: s, until: u }) = self.cookies.get_mut(hash) {
+            if s == id {
+                *u = (*u).min(until);
+            }
+        }
+        Ok(())
+    }
+
+    fn unindex(&mut self, hash: &Hash, id: &Hash) -> Result<(), Infallible> {
+        if matches!(self.cookies.get(hash), Some(CookieRow::Session { id: s, .. }) if s == id) {
+            self.cookies.remove(hash);
+        }
+        Ok(())
+    }
+
+    fn delete_cookie(&mut self, hash: &Hash) -> Result<(), Infallible> {
+        self.cookies.remove(hash);
+        Ok(())
+    }
+
+    fn delete_cookies_before(&mut self, now: u64) -> Result<u64, Infallible> {
+        let before = self.cookies.len();
+        self.cookies.retain(|_, r| until_of(r) >= now);
+        Ok((before - self.cookies.len()) as u64)
+    }
+
+    fn cookies_of_session(&mut self, id: &Hash, now: u64) -> Result<Vec<Hash>, Infallible> {
+        Ok(self
+            .cookies
+            .iter()
+            .filter(|(_, r)| matches!(r, CookieRow::Session { id: s, until } if s == id && *until >= now))
+            .map(|(h, _)| *h)
+            .collect())
+    }
+
+    fn user_add(&mut self, user: &Hash, id: &Hash, login_ms: u64) -> Result<Vec<Hash>, Infallible> {
+        let list = self.users.entry(*user).or_default();
+        list.retain(|(_, s)| s != id);
+        list.insert((login_ms, *id));
+        Ok(list.iter().map(|(_, s)| *s).collect())
+    }
+
+    fn user_remove(&mut self, user: &Hash, id: &Hash) -> Result<(), Infallible> {
+        if let Some(list) = self.users.get_mut(user) {
+            list.retain(|(_, s)| s != id);
+            if list.is_empty() {
+                self.users.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    fn users_prune(&mut self, login_before: u64) -> Result<(), Infallible> {
+        for list in self.users.values_mut() {
+            list.retain(|(login, _)| *login >= login_before);
+        }
+        self.users.retain(|_, l| !l.is_empty());
+        Ok(())
+    }
+
+    fn revoke(&mut self, hashes: &[Hash], until: u64) -> Result<(), Infallible> {
+        for h in hashes {
+            let t = self.revoked.entry(*h).or_insert(until);
+            *t = (*t).max(until);
+        }
+        self.revoked_rev += 1;
+        Ok(())
+    }
+
+    fn is_revoked(&mut self, hash: &Hash, now: u64) -> Result<bool, Infallible> {
+        Ok(self.revoked.get(hash).is_some_and(|t| *t >= now))
+    }
+
+    fn revoked_rev(&mut self) -> Result<u64, Infallible> {
+        Ok(self.revoked_rev)
+    }
+
+    fn revoked(&mut self, limit: usize) -> Result<Vec<(Hash, u64)>, Infallible> {
+        let mut all: Vec<(Hash, u64)> = self.revoked.iter().map(|(h, t)| (*h, *t)).collect();
+        all.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    fn delete_revoked_before(&mut self, now: u64) -> Result<u64, Infallible> {
+        let before = self.revoked.len();
+        self.revoked.retain(|_, t| *t >= now);
+        let gone = (before - self.revoked.len()) as u64;
+        if gone > 0 {
+            self.revoked_rev += 1;
+        }
+        Ok(gone)
+    }
+
+    fn events(&mut self) -> Result<Events, Infallible> {
+        Ok(self.events.clone())
+    }
+
+    fn put_events(&mut self, e: &Events) -> Result<(), Infallible> {
+        self.events = e.clone();
+        Ok(())
+    }
+
+    fn history(&mut self) -> Result<History, Infallible> {
+        Ok(self.history.clone())
+    }
+
+    fn put_history(&mut self, h: &History) -> Result<(), Infallible> {
+        self.history = h.clone();
+        Ok(())
+    }
+
+    fn traffic(&mut self) -> Result<Traffic, Infallible> {
+        Ok(self.traffic.clone())
+    }
+
+    fn put_traffic(&mut self, t: &Traffic) -> Result<(), Infallible> {
+        self.traffic = t.clone();
+        Ok(())
+    }
+
+    fn meta(&mut self, key: &str) -> Result<Option<String>, Infallible> {
+        Ok(self.meta.get(key).cloned())
+    }
+
+    fn put_meta(&mut self, key: &str, value: &str) -> Result<(), Infallible> {
+        self.meta.insert(key.to_string(), value.to_string());
+        Ok(())
+    }
+
+    fn minima(&mut self) -> Result<Minima, Infallible> {
+        Ok(Minima {
+            last_ms: self.sessions.values().map(|s| s.last_ms).min(),
+            login_ms: self.sessions.values().map(|s| s.login_ms).min(),
+            cookie_until: self.cookies.values().map(until_of).min(),
+            revoked_until: self.revoked.values().copied().min(),
+        })
+    }
+
+    fn rows(&mut self) -> Result<Rows, Infallible> {
+        Ok(Rows {
+            sessions: self.sessions.len() as u64,
+            cookies: self.cookies.len() as u64,
+            revoked: self.revoked.len() as u64,
+        })
+    }
+}

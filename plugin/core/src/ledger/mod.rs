@@ -1,0 +1,49 @@
+//! The session ledger: the session table as ops on shards, for hosts whose store
+//! is not Envoy's shared data (the Worker's SQLite Durable Objects; the fleet
+//! collector's Redis). One set of rules (`apply`), one protocol (`wire`), any
+//! store (`store::LedgerStore`; `memory::MemoryLedger` in process).
+//!
+//! - `wire`: the versioned protocol between nodes and shards (ops, batches, replies).
+//! - `apply`: what each op does to a shard (`Ledger`), the sweep and the alarm's timing.
+//! - `store`: what a shard's store must offer.
+//! - `memory`: a store in maps.
+//! - `buffer`: a node's coalescing buffer of ops and traffic.
+//! - `route`: a node's addressing of ops to shards, rounds of follow-ups, merged reports.
+//! - `revoked`: a node's copy of the revoked cookie values.
+
+pub mod apply;
+pub mod buffer;
+pub mod memory;
+pub mod revoked;
+pub mod route;
+pub mod store;
+pub mod wire;
+
+pub use apply::{Here, Ledger, LedgerError, Outcome};
+pub use memory::MemoryLedger;
+pub use store::{CookieRow, LedgerStore};
+pub use wire::{Batch, BatchReply, Hash, Op};
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::session::Session;
+
+    /// A session with id `[id; 16]` and cookie `[cookie; 16]`.
+    pub fn session(id: u8, cookie: u8) -> Session {
+        Session {
+            id: [id; 16],
+            user_id: "7".into(),
+            username: "ann".into(),
+            role: "teacher".into(),
+            ip: String::new(),
+            user_agent: String::new(),
+            login_ms: 1,
+            last_ms: 1,
+            cookie: [cookie; 16],
+            aliases: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,423 @@
+//! The ledger protocol: what a node (a Worker isolate today; an Envoy node in
+//! fleet mode) sends to the shard that keeps a part of the session ledger, and
+//! what it answers. JSON on the wire, versioned (`VERSION`), bounded
+//! (`MAX_BATCH_OPS`). Cookie values never travel: only their keyed hashes.
+//!
+//! An op names a cookie or a session. The ledger keeps sessions by session id and
+//! a cookie index (hash -> session id, until) by cookie hash, so an op on a cookie
+//! leads to an op on its session, and an op on a session to index updates. A
+//! shard applies the follow-ups that belong to it at once and returns the others,
+//! which the node delivers next (`route::Pending`).
+
+use crate::events::{Events, Kind};
+use crate::history::History;
+use crate::session::{CookieHash, Session};
+use crate::traffic::{Bucket, Traffic};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// The protocol version a node speaks (`Batch::v`). A shard refuses a batch of a
+/// newer version rather than misread it; absent means 1.
+pub const VERSION: u32 = 1;
+
+/// Most ops in one batch; a larger one is refused whole.
+pub const MAX_BATCH_OPS: usize = 131_072;
+
+/// A keyed cookie hash or a session id (never a cookie), as 32 lower-case hex
+/// digits on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Hash(pub CookieHash);
+
+impl Hash {
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(s: &str) -> Option<Hash> {
+        let bytes = decode_hex(s)?;
+        CookieHash::try_from(bytes.as_slice()).ok().map(Hash)
+    }
+
+    /// Which shard of `shards` keeps this key: the first four bytes of the
+    /// (keyed, uniformly distributed) hash modulo the shard count.
+    pub fn shard(&self, shards: u32) -> u32 {
+        let [a, b, c, d, ..] = self.0;
+        u32::from_le_bytes([a, b, c, d]) % shards.max(1)
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Eight hex digits are enough to follow one session through the logs.
+        write!(f, "{}", self.hex().get(..8).unwrap_or_default())
+    }
+}
+
+impl Serialize for Hash {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Hash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("not a 32-digit hex hash"))
+    }
+}
+
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
+        .collect()
+}
+
+/// One state change, in the order the node saw it. Nodes send `Login`, `Bearer`,
+/// `Touch`, `Rotate` and `Logout` (or their session forms, once they know the
+/// session); the rest are follow-ups between shards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A login succeeded: the session, with its first cookie in `session.cookie`.
+    Login { session: Session },
+    /// A verified bearer token's session (its key in `session.cookie`, its id
+    /// derived from the key): started like a `Login` unless it is live already
+    /// (so nodes starting it at once write one session) or the key is revoked.
+    Bearer { session: Session },
+    /// `requests` requests carried this cookie, the last one at `last_ms`.
+    /// `retry`: the second attempt for a cookie that was unknown the first time.
+    Touch {
+        hash: Hash,
+        last_ms: u64,
+        requests: u64,
+        retry: bool,
+    },
+    /// The app re-issued the cookie: `from` -> each of `via` -> `to` (several
+    /// rotations seen by one node between two flushes, oldest first).
+    Rotate {
+        from: Hash,
+        via: Vec<Hash>,
+        to: Hash,
+        at: u64,
+    },
+    /// The session behind this cookie is over.
+    Logout { hash: Hash, at: u64 },
+    /// `Touch` once the cookie led to session `id`.
+    TouchSession {
+        id: Hash,
+        hash: Hash,
+        last_ms: u64,
+        requests: u64,
+        retry: bool,
+    },
+    /// `Rotate` once the cookie led to session `id`.
+    RotateSession {
+        id: Hash,
+        via: Vec<Hash>,
+        to: Hash,
+        at: u64,
+    },
+    /// `Logout` once the cookie led to session `id`.
+    EndSession { id: Hash, hash: Hash },
+    /// Cookie `hash` leads to session `id` until `until`.
+    Index { hash: Hash, id: Hash, until: u64 },
+    /// Cookie `hash` leads to session `id` no longer than `until`.
+    Shorten { hash: Hash, id: Hash, until: u64 },
+    /// Cookie `hash` no longer leads to session `id`.
+    Unindex { hash: Hash, id: Hash },
+    /// Keeps the shard of session `keep` (just logged in) within its share of
+    /// `max_sessions`: evicts the longest-idle others.
+    Cap { keep: Hash },
+    /// Session `id` ended by a limit (`max_sessions_per_user`): an eviction.
+    Evict { id: Hash },
+    /// Session `id` of user `user` (`session::user_key`) logged in at `login_ms`:
+    /// the per-user index (only with `max_sessions_per_user`), on the user's shard.
+    UserAdd { user: Hash, id: Hash, login_ms: u64 },
+    /// Session `id` of `user` is over.
+    UserRemove { user: Hash, id: Hash },
+    /// A session event for the feed and the lifetime counters (kept on shard 0).
+    Event {
+        kind: Kind,
+        at: u64,
+        id: Hash,
+        username: String,
+        role: String,
+    },
+}
+
+/// The key of what only shard 0 keeps: the event feed and the history.
+pub const FEED_KEY: Hash = Hash([0; 16]);
+
+impl Op {
+    /// The key that decides which shard applies this op: the session id for ops
+    /// on sessions, the cookie hash for ops on the cookie index.
+    pub fn key(&self) -> Hash {
+        match self {
+            Op::Login { session } | Op::Bearer { session } => Hash(session.id),
+            Op::Touch { hash, .. }
+            | Op::Logout { hash, .. }
+            | Op::Index { hash, .. }
+            | Op::Shorten { hash, .. }
+            | Op::Unindex { hash, .. } => *hash,
+            Op::Rotate { from, .. } => *from,
+            Op::TouchSession { id, .. }
+            | Op::RotateSession { id, .. }
+            | Op::EndSession { id, .. }
+            | Op::Evict { id, .. } => *id,
+            Op::Cap { keep, .. } => *keep,
+            Op::UserAdd { user, .. } | Op::UserRemove { user, .. } => *user,
+            Op::Event { .. } => FEED_KEY,
+        }
+    }
+
+    /// The feed event for `kind` happening to `s` at `at`.
+    pub fn event(kind: Kind, s: &Session, at: u64) -> Op {
+        Op::Event {
+            kind,
+            at,
+            id: Hash(s.id),
+            username: s.username.clone(),
+            role: s.role.clone(),
+        }
+    }
+}
+
+/// Traffic counted on a node since its last flush, before the ledger tells which
+/// cookies were real (the shard adds those counts itself).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficPart {
+    pub anonymous: u64,
+    pub buckets: Vec<Bucket>,
+}
+
+impl TrafficPart {
+    pub fn is_empty(&self) -> bool {
+        self.anonymous == 0 && self.buckets.is_empty()
+    }
+}
+
+/// `POST /batch` to shard `shard` of `shards`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Batch {
+    /// Protocol version (`VERSION`); 0 (absent) reads as 1.
+    #[serde(default)]
+    pub v: u32,
+    pub shard: u32,
+    pub shards: u32,
+    pub now: u64,
+    pub ops: Vec<Op>,
+    pub traffic: TrafficPart,
+    /// With `enforce_revocation`: the revision of this shard's revoked list the
+    /// node holds (0: none); the reply carries the list if it changed.
+    #[serde(default)]
+    pub revoked_rev: Option<u64>,
+}
+
+impl Batch {
+    /// A batch of `ops` for `shard`, in this version of the protocol.
+    pub fn new(shard: u32, shards: u32, now: u64, ops: Vec<Op>) -> Batch {
+        Batch {
+            v: VERSION,
+            shard,
+            shards,
+            now,
+            ops,
+            traffic: TrafficPart::default(),
+            revoked_rev: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct BatchReply {
+    /// Touches of cookies nobody knows yet: the node sends them once more later
+    /// (a rotation seen by another node may not have landed).
+    pub missing: Vec<Op>,
+    /// Follow-ups for other shards.
+    pub forward: Vec<Op>,
+    /// This shard's revoked cookie list, if its revision is not the one asked with.
+    #[serde(default)]
+    pub revoked: Option<RevokedList>,
+}
+
+/// Cookie hashes of revoked sessions, each with the time it may be forgotten (the
+/// session's deadline), at revision `rev` of one shard's list.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevokedList {
+    pub rev: u64,
+    pub entries: Vec<(Hash, u64)>,
+}
+
+/// `POST /revoke` to the session's shard: ends session `id` (a revocation).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevokeQuery {
+    pub id: Hash,
+    pub shard: u32,
+    pub shards: u32,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RevokeReply {
+    /// The session it ended; `None`: no such live session.
+    pub session: Option<Session>,
+    /// Follow-ups for other shards (cookie entries, per-user index, the event).
+    pub forward: Vec<Op>,
+}
+
+/// `POST /revoked` to every shard (with `enforce_revocation`): remember `hashes`,
+/// and the cookie entries of session `id` this shard holds, as revoked until `until`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedAdd {
+    pub id: Hash,
+    pub hashes: Vec<Hash>,
+    pub until: u64,
+    pub shard: u32,
+    pub shards: u32,
+}
+
+/// `POST /feed` (shard 0): the event feed with its counters, and the history.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FeedReply {
+    pub events: Events,
+    pub history: History,
+}
+
+/// `POST /resolve`: the live session behind a cookie (`hash`, on the cookie's
+/// shard) or with an id (`id`, on the session's shard), for the admin routes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Resolve {
+    pub hash: Option<Hash>,
+    pub id: Option<Hash>,
+    pub shard: u32,
+    pub shards: u32,
+    pub now: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ResolveReply {
+    pub session: Option<Session>,
+    /// The cookie leads to this session id, kept on another shard.
+    pub id: Option<Hash>,
+}
+
+/// `POST /stats`: one shard's share of the report.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatsQuery {
+    pub now: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StatsReply {
+    /// Sessions seen within the active window (the report applies the exact rule).
+    pub sessions: Vec<Session>,
+    pub traffic: Traffic,
+    /// Rows held, for operators and the tests: live sessions and cookie entries
+    /// (current cookies, rotated aliases, and orphans).
+    pub stored_sessions: u64,
+    pub stored_cookies: u64,
+    /// Revoked cookie values kept (every shard keeps them all).
+    #[serde(default)]
+    pub stored_revoked: u64,
+}
+
+/// `POST /secret` (shard 0 only): the cookie hash key, made on first use.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SecretReply {
+    pub secret: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_round_trip_as_hex() {
+        let h = Hash([0xab; 16]);
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(json, format!("\"{}\"", "ab".repeat(16)));
+        assert_eq!(serde_json::from_str::<Hash>(&json).unwrap(), h);
+        assert!(serde_json::from_str::<Hash>("\"abc\"").is_err());
+        assert!(Hash::from_hex(&"zz".repeat(16)).is_none());
+        assert_eq!(format!("{h:?}"), "abababab");
+    }
+
+    #[test]
+    fn shards_spread_and_stay_in_range() {
+        let mut seen = [0u32; 4];
+        for i in 0..=255u8 {
+            let mut h = [0u8; 16];
+            h[0] = i;
+            h[1] = i.wrapping_mul(7);
+            let s = Hash(h).shard(4);
+            seen[s as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 0), "{seen:?}");
+        assert_eq!(Hash([9; 16]).shard(1), 0);
+        assert_eq!(Hash([9; 16]).shard(0), 0);
+    }
+
+    #[test]
+    fn ops_go_to_their_shards() {
+        let user = Hash(crate::session::user_key("3"));
+        let add = Op::UserAdd {
+            user,
+            id: Hash([1; 16]),
+            login_ms: 0,
+        };
+        assert_eq!(add.key(), user);
+        assert_eq!(Op::Evict { id: Hash([2; 16]) }.key(), Hash([2; 16]));
+        assert_eq!(
+            Op::Cap {
+                keep: Hash([3; 16])
+            }
+            .key(),
+            Hash([3; 16])
+        );
+        // A bearer session goes to its session's shard (the id), not its key's.
+        let op = Op::Bearer {
+            session: crate::ledger::testing::session(5, 6),
+        };
+        assert_eq!(op.key(), Hash([5; 16]));
+        let json = serde_json::to_string(&op).unwrap();
+        assert!(json.contains("\"op\":\"bearer\""), "{json}");
+        assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), op);
+        let event = Op::Event {
+            kind: Kind::Login,
+            at: 1,
+            id: Hash([4; 16]),
+            username: "u".into(),
+            role: "r".into(),
+        };
+        assert_eq!(event.key().shard(8), 0, "the feed lives on shard 0");
+        let json = serde_json::to_string(&event).unwrap();
+        assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), event);
+    }
+
+    #[test]
+    fn batches_carry_their_version_and_older_ones_still_parse() {
+        let batch = Batch::new(0, 1, 5, Vec::new());
+        let json = serde_json::to_string(&batch).unwrap();
+        assert!(json.contains("\"v\":1"), "{json}");
+        // Batches from before the version field (and the revoked revision).
+        let old: Batch = serde_json::from_str(
+            r#"{"shard":0,"shards":1,"now":0,"ops":[],"traffic":{"anonymous":0,"buckets":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!((old.v, old.revoked_rev), (0, None));
+    }
+
+    #[test]
+    fn ops_are_tagged_json() {
+        let op = Op::Logout {
+            hash: Hash([1; 16]),
+            at: 5,
+        };
+        let json = serde_json::to_string(&op).unwrap();
+        assert!(json.contains("\"op\":\"logout\""), "{json}");
+        assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), op);
+    }
+}
