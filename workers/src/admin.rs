@@ -8,12 +8,12 @@
 use crate::bearer;
 use crate::flush;
 use crate::object::now_ms;
-use crate::protocol::Hash;
 use crate::proxy::{header, json_response};
 use crate::setup::{self, Setup};
 use headcount_core::events;
 use headcount_core::gateway::{self, Access, AdminRoute};
 use headcount_core::identity::Identity;
+use headcount_core::ledger::Hash;
 use headcount_core::{prometheus, stats};
 use std::rc::Rc;
 use worker::{

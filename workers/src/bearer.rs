@@ -7,13 +7,14 @@
 //! The isolate keeps the verdicts (`TokenCache`, per isolate like the filter's per
 //! VM). A token the cache calls `Unconfirmed` (first seen here, or not confirmed for
 //! `CONFIRM_MS`) buffers an `Op::Bearer` with the session it would start; the
-//! session's shard starts it unless it is live or its key is revoked (`start`), and
+//! session's shard starts it unless it is live or its key is revoked (the core's
+//! `bearer::start`), and
 //! the isolate takes it as confirmed at once: no Durable Object request on the
 //! request path, and a re-check is one op in the next flush, not a request.
 //! Plain data apart from the cache, so the rules are unit-tested natively.
 
 use headcount_core::bearer::{Bearer, BearerConfig, TokenCache};
-use headcount_core::{Config, CookieHash, CookieHasher, Session};
+use headcount_core::{CookieHash, CookieHasher};
 use std::cell::RefCell;
 
 thread_local! {
@@ -41,38 +42,13 @@ pub fn forget_session(key: &CookieHash) {
 /// the core's rules, under the names this host uses.
 pub use headcount_core::bearer::{start_session as session, transient_session as transient};
 
-/// What the session's shard does with an `Op::Bearer`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// The session is live: nothing to do (another isolate, or an earlier
-    /// request, started it).
-    Live,
-    /// The key belongs to a revoked session: it never comes back.
-    Revoked,
-    /// No such session: start it (a login: limits, event, counters).
-    New,
-    /// The session is over but the alarm has not removed it yet: end it as an
-    /// expiry, then start it again.
-    Restart,
-}
-
-/// The decision for an `Op::Bearer`, given the stored session with that id (if
-/// any) and whether the key is in the revoked list.
-pub fn start(existing: Option<&Session>, revoked: bool, now: u64, cfg: &Config) -> Start {
-    match existing {
-        Some(s) if !s.is_expired(now, cfg) => Start::Live,
-        _ if revoked => Start::Revoked,
-        Some(_) => Start::Restart,
-        None => Start::New,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use headcount_core::bearer::CONFIRM_MS;
     use headcount_core::gateway;
     use headcount_core::identity::Identity;
+    use headcount_core::Config;
 
     const SECRET: &str = "worker-bearer-test-secret-0123456789";
     const NOW_S: u64 = 1_800_000_000;
@@ -213,33 +189,5 @@ mod tests {
             gateway::authorize(&cfg, route, token, None, now),
             gateway::Access::Forbidden
         );
-    }
-
-    #[test]
-    fn the_shard_starts_a_session_once_and_never_a_revoked_one() {
-        let cfg = config();
-        let hasher = CookieHasher::new(b"secret");
-        let now = NOW_S * 1000;
-        let who = Identity {
-            user_id: Some("7".into()),
-            ..Identity::default()
-        };
-        let s = session(
-            &cfg,
-            &hasher,
-            [3; 16],
-            who,
-            String::new(),
-            String::new(),
-            now,
-        )
-        .unwrap();
-        assert_eq!(start(None, false, now, &cfg), Start::New);
-        assert_eq!(start(Some(&s), false, now + 1, &cfg), Start::Live);
-        assert_eq!(start(None, true, now, &cfg), Start::Revoked);
-        // Idle past the timeout, not yet swept: ended and started again.
-        let idle = now + cfg.idle_timeout_ms + 1;
-        assert_eq!(start(Some(&s), false, idle, &cfg), Start::Restart);
-        assert_eq!(start(Some(&s), true, idle, &cfg), Start::Revoked);
     }
 }

@@ -11,20 +11,20 @@
 //! own timers and fetches; a request that needs a flush while another is running
 //! polls with its own timer.
 
-use crate::buffer::Buffer;
 use crate::object::now_ms;
-use crate::protocol::{
-    Batch, BatchReply, FeedReply, Hash, Op, Resolve, ResolveReply, RevokeQuery, RevokeReply,
-    RevokedAdd, StatsQuery, StatsReply, TrafficPart,
-};
 use crate::revoked;
 use crate::setup::{self, Setup};
 use crate::shards;
 use futures::future::join_all;
-use headcount_core::traffic::{Traffic, TrafficDelta};
+use headcount_core::ledger::buffer::Buffer;
+use headcount_core::ledger::route::{Gathered, Known, Pending, MAX_ROUNDS};
+use headcount_core::ledger::wire::{
+    Batch, BatchReply, FeedReply, Resolve, ResolveReply, RevokeQuery, RevokeReply, RevokedAdd,
+    StatsQuery, StatsReply, TrafficPart,
+};
+use headcount_core::ledger::Hash;
 use headcount_core::Session;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -37,8 +37,6 @@ const TIMER_LIFETIME_MS: u64 = 15_000;
 /// A flush or timer older than this is taken for dead (its request context was
 /// torn down) and no longer waited for.
 const STALE_MS: u64 = 25_000;
-/// Rounds of cross-shard follow-ups delivered in one flush.
-const MAX_ROUNDS: usize = 6;
 /// How long the stats route waits for another request's flush to finish.
 const WAIT_FOR_FLUSH_MS: u64 = 3_000;
 
@@ -50,88 +48,20 @@ struct Tasks {
     timer_since: Option<u64>,
 }
 
-/// Cookie hashes whose session id this isolate has learnt (bounded; cleared when full).
-const MAX_KNOWN: usize = 65_536;
-
 thread_local! {
     static BUFFER: RefCell<Buffer> = RefCell::new(Buffer::default());
     static TASKS: RefCell<Tasks> = RefCell::new(Tasks::default());
-    /// cookie hash -> session id, learnt from logins and the shards' follow-ups, so
-    /// that ops on a known cookie go straight to its session's shard.
-    static KNOWN: RefCell<HashMap<Hash, Hash>> = RefCell::new(HashMap::new());
+    /// cookie hash -> session id (`route::Known`): ops on a known cookie go
+    /// straight to its session's shard.
+    static KNOWN: RefCell<Known> = RefCell::new(Known::default());
 }
 
-fn know(hash: Hash, id: Hash) {
-    KNOWN.with(|k| {
-        let mut k = k.borrow_mut();
-        if k.len() >= MAX_KNOWN {
-            k.clear();
-        }
-        k.insert(hash, id);
-    });
-}
-
-fn forget(hash: &Hash) {
-    KNOWN.with(|k| k.borrow_mut().remove(hash));
+fn with_known<R>(f: impl FnOnce(&mut Known) -> R) -> R {
+    KNOWN.with(|k| f(&mut k.borrow_mut()))
 }
 
 pub fn known(hash: &Hash) -> Option<Hash> {
-    KNOWN.with(|k| k.borrow().get(hash).copied())
-}
-
-/// Learns cookie -> session from an op a shard returned or the Worker sends.
-fn learn(op: &Op) {
-    match op {
-        Op::Login { session } | Op::Bearer { session } => {
-            know(Hash(session.cookie), Hash(session.id))
-        }
-        Op::TouchSession { id, hash, .. } | Op::Index { hash, id, .. } => know(*hash, *id),
-        Op::RotateSession { id, via, to, .. } => {
-            via.iter()
-                .chain(std::iter::once(to))
-                .for_each(|h| know(*h, *id));
-        }
-        Op::EndSession { hash, .. } | Op::Logout { hash, .. } => forget(hash),
-        _ => {}
-    }
-}
-
-/// Addresses an op on a cookie whose session is known to the session's shard
-/// directly, skipping the cookie index lookup (one round instead of two).
-fn address(op: Op) -> Op {
-    let op = match op {
-        Op::Touch {
-            hash,
-            last_ms,
-            requests,
-            retry,
-        } => match known(&hash) {
-            Some(id) => Op::TouchSession {
-                id,
-                hash,
-                last_ms,
-                requests,
-                retry,
-            },
-            None => Op::Touch {
-                hash,
-                last_ms,
-                requests,
-                retry,
-            },
-        },
-        Op::Rotate { from, via, to, at } => match known(&from) {
-            Some(id) => Op::RotateSession { id, via, to, at },
-            None => Op::Rotate { from, via, to, at },
-        },
-        Op::Logout { hash, at } => match known(&hash) {
-            Some(id) => Op::EndSession { id, hash },
-            None => Op::Logout { hash, at },
-        },
-        other => other,
-    };
-    learn(&op);
-    op
+    with_known(|k| k.get(hash))
 }
 
 pub type Task = Pin<Box<dyn Future<Output = ()>>>;
@@ -255,48 +185,24 @@ async fn flush_once(env: &Env, setup: &Setup, rounds: usize) -> Result<(), Strin
     }
     setup::count(|c| c.flushes += 1);
     let shards = setup.shards;
-    let mut pending: BTreeMap<u32, Vec<Op>> = BTreeMap::new();
-    for op in ops.into_iter().map(address) {
-        pending.entry(op.key().shard(shards)).or_default().push(op);
-    }
-    let mut traffic = Some(traffic).filter(|t| !t.is_empty());
+    let mut pending = Pending::default();
+    with_known(|k| {
+        ops.into_iter()
+            .for_each(|op| pending.push(k.address(op), shards))
+    });
+    let mut traffic = Some(traffic);
     let mut failure = None;
+    // With enforcement, each batch asks for the shard's revoked list if it changed.
+    let rev = |shard: u32| {
+        setup
+            .cfg
+            .enforce_revocation
+            .then(|| revoked::with(|r| r.rev(shard)))
+    };
     for _ in 0..rounds.min(MAX_ROUNDS) {
-        if pending.is_empty() && traffic.is_none() {
+        let batches = pending.batches(shards, now_ms(), traffic.take(), rev);
+        if batches.is_empty() {
             break;
-        }
-        let now = now_ms();
-        let traffic_shard = pending.keys().next().copied().unwrap_or(0);
-        // With enforcement, each batch asks for the shard's revoked list if it changed.
-        let rev = |shard: u32| {
-            setup
-                .cfg
-                .enforce_revocation
-                .then(|| revoked::with(|r| r.rev(shard)))
-        };
-        let mut batches: Vec<Batch> = pending
-            .into_iter()
-            .map(|(shard, ops)| Batch {
-                shard,
-                shards,
-                now,
-                ops,
-                traffic: TrafficPart::default(),
-                revoked_rev: rev(shard),
-            })
-            .collect();
-        if let Some(t) = traffic.take() {
-            match batches.iter_mut().find(|b| b.shard == traffic_shard) {
-                Some(b) => b.traffic = t,
-                None => batches.push(Batch {
-                    shard: traffic_shard,
-                    shards,
-                    now,
-                    ops: Vec::new(),
-                    traffic: t,
-                    revoked_rev: rev(traffic_shard),
-                }),
-            }
         }
         let replies = join_all(
             batches
@@ -304,21 +210,14 @@ async fn flush_once(env: &Env, setup: &Setup, rounds: usize) -> Result<(), Strin
                 .map(|b| shards::call::<_, BatchReply>(env, b.shard, "/batch", b)),
         )
         .await;
-        pending = BTreeMap::new();
         for (batch, reply) in batches.into_iter().zip(replies) {
             match reply {
-                Ok(reply) => {
-                    if let Some(list) = reply.revoked {
+                Ok(mut reply) => {
+                    if let Some(list) = reply.revoked.take() {
                         revoked::with(|r| r.sync(batch.shard, list, now_ms()));
                     }
-                    for m in &reply.missing {
-                        forget(&m.key());
-                    }
-                    with_buffer(|buf| reply.missing.into_iter().for_each(|m| buf.retry(m)));
-                    for op in reply.forward {
-                        learn(&op);
-                        pending.entry(op.key().shard(shards)).or_default().push(op);
-                    }
+                    let missing = with_known(|k| pending.absorb(reply, k, shards));
+                    with_buffer(|buf| missing.into_iter().for_each(|m| buf.retry(m)));
                 }
                 Err(e) => {
                     with_buffer(|buf| buf.restore(batch.ops, batch.traffic));
@@ -328,8 +227,7 @@ async fn flush_once(env: &Env, setup: &Setup, rounds: usize) -> Result<(), Strin
         }
     }
     if !pending.is_empty() {
-        let rest: Vec<Op> = pending.into_values().flatten().collect();
-        with_buffer(|buf| buf.restore(rest, TrafficPart::default()));
+        with_buffer(|buf| buf.restore(pending.into_ops(), TrafficPart::default()));
     }
     match failure {
         Some(e) => Err(e),
@@ -369,54 +267,18 @@ pub async fn resolve(
     Ok(reply.session)
 }
 
-/// Every shard's share of the stats, merged: sessions side by side, traffic added
-/// with the core's own merge.
+/// Every shard's share of the stats, merged (`route::Gathered`).
 pub async fn gather(env: &Env, setup: &Setup, now: u64) -> Result<Gathered, String> {
     let q = StatsQuery { now };
     let replies = join_all(
         (0..setup.shards).map(|shard| shards::call::<_, StatsReply>(env, shard, "/stats", &q)),
     )
     .await;
-    let mut sessions = Vec::new();
-    let mut traffic = Traffic::default();
-    let (mut stored_sessions, mut stored_cookies, mut stored_revoked) = (0, 0, 0);
-    let today = now / 86_400_000;
+    let mut gathered = Gathered::default();
     for reply in replies {
-        let reply = reply?;
-        sessions.extend(reply.sessions);
-        stored_sessions += reply.stored_sessions;
-        stored_cookies += reply.stored_cookies;
-        // Every shard keeps every revocation: the largest list is the count.
-        stored_revoked = stored_revoked.max(reply.stored_revoked);
-        let t = reply.traffic;
-        let counts_today = t.day == today;
-        let delta = TrafficDelta {
-            authenticated: if counts_today {
-                t.authenticated_today
-            } else {
-                0
-            },
-            anonymous: if counts_today { t.anonymous_today } else { 0 },
-            buckets: t.ring,
-        };
-        traffic.merge(&delta, now);
+        gathered.add(reply?, now);
     }
-    Ok(Gathered {
-        sessions,
-        traffic,
-        stored_sessions,
-        stored_cookies,
-        stored_revoked,
-    })
-}
-
-/// Every shard's share of the stats, merged; and the rows the shards hold.
-pub struct Gathered {
-    pub sessions: Vec<Session>,
-    pub traffic: Traffic,
-    pub stored_sessions: u64,
-    pub stored_cookies: u64,
-    pub stored_revoked: u64,
+    Ok(gathered)
 }
 
 /// The event feed and the history, from shard 0.
@@ -442,7 +304,7 @@ pub async fn revoke(env: &Env, setup: &Setup, id: Hash) -> Result<Option<Session
         .chain(session.aliases.iter().copied())
         .map(Hash)
         .collect();
-    values.iter().for_each(forget);
+    with_known(|k| values.iter().for_each(|v| k.forget(v)));
     with_buffer(|b| {
         for op in reply.forward {
             if !b.push(op) {
@@ -490,12 +352,8 @@ pub async fn load_revoked(env: &Env, setup: &Setup) {
         return;
     }
     let batch = Batch {
-        shard: 0,
-        shards: setup.shards,
-        now,
-        ops: Vec::new(),
-        traffic: TrafficPart::default(),
         revoked_rev: Some(0),
+        ..Batch::new(0, setup.shards, now, Vec::new())
     };
     match shards::call::<_, BatchReply>(env, 0, "/batch", &batch).await {
         Ok(reply) => revoked::with(|r| {

@@ -2,17 +2,16 @@
 //!
 //! The Worker (`proxy.rs`) proxies every request to `ORIGIN` and asks the core what
 //! each one means; session state lives in the `Sessions` Durable Object class
-//! (`object.rs`, SQLite storage), sharded by cookie hash. Activity is coalesced in
-//! the isolate (`buffer.rs`) and written in batches (`flush.rs`), so proxied
-//! requests do not each cost a Durable Object request. See workers/README.md.
+//! (`object.rs`, SQLite storage), each one shard of the core's session ledger
+//! (`headcount_core::ledger`). Activity is coalesced in the isolate (the ledger's
+//! `Buffer`) and written in batches (`flush.rs`), so proxied requests do not each
+//! cost a Durable Object request. See workers/README.md.
 #![forbid(unsafe_code)]
 
 mod admin;
 mod bearer;
-mod buffer;
 mod flush;
 mod object;
-mod protocol;
 mod proxy;
 mod revoked;
 mod setup;

@@ -8,13 +8,13 @@ use crate::admin;
 use crate::bearer;
 use crate::flush::{self, with_buffer};
 use crate::object::now_ms;
-use crate::protocol::{Hash, Op};
 use crate::revoked;
 use crate::setup::{self, Setup};
 use futures::StreamExt;
 use headcount_core::bearer::Bearer;
 use headcount_core::gateway::{self, LoginFacts, Route, Transition};
 use headcount_core::identity::{self, BodyCopy, CookieChange, Identity, MAX_BODY};
+use headcount_core::ledger::{Hash, Op};
 use headcount_core::{CookieHash, CookieHasher};
 use std::rc::Rc;
 use worker::{

@@ -1,8 +1,8 @@
 //! Per-isolate setup: the validated configuration from the Worker's vars, the
 //! cookie hasher, and the counters the debug header reports.
 
-use crate::protocol::{decode_hex, SecretReply};
 use crate::shards;
+use headcount_core::ledger::wire::{decode_hex, SecretReply};
 use headcount_core::{Config, CookieHasher};
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -1,12 +1,14 @@
-//! The SQLite side of the `Sessions` Durable Object: schema, rows <-> `Session`.
-//! Every statement is synchronous (`state.storage().sql()`), so one batch runs
-//! without interleaving and its writes are committed together.
+//! The SQLite side of the `Sessions` Durable Object: the core's `LedgerStore`
+//! over the schema below, rows <-> `Session`. Every statement is synchronous
+//! (`state.storage().sql()`), so one batch runs without interleaving and its
+//! writes are committed together. No rule lives here: the ledger decides.
 
-use crate::protocol::Hash;
 use headcount_core::events::Events;
 use headcount_core::history::History;
+use headcount_core::ledger::store::{Minima, Rows};
+use headcount_core::ledger::{CookieRow, Hash, LedgerStore};
 use headcount_core::traffic::Traffic;
-use headcount_core::{Config, CookieHash, Session};
+use headcount_core::{CookieHash, Session};
 use worker::{Result, SqlCursor, SqlStorage, SqlStorageValue as V, State};
 
 const SCHEMA: &[&str] = &[
@@ -55,14 +57,6 @@ const SCHEMA: &[&str] = &[
 
 const SESSION_COLUMNS: &str =
     "id, cookie, user_id, username, role, ip, user_agent, login_ms, last_ms, aliases";
-
-/// A row of the cookie index.
-pub enum CookieRow {
-    /// Leads to session `id` until `until`.
-    Session { id: Hash, until: u64 },
-    /// Arrived before its session: it rotated on to `next` (`None`: logged out).
-    Orphan { next: Option<Hash>, until: u64 },
-}
 
 pub struct Store {
     sql: SqlStorage,
@@ -137,7 +131,7 @@ impl Store {
         Ok(())
     }
 
-    fn rows(&self, query: &str, bindings: Vec<V>) -> Result<Vec<Vec<V>>> {
+    fn query(&self, query: &str, bindings: Vec<V>) -> Result<Vec<Vec<V>>> {
         let cursor: SqlCursor = self.sql.exec(query, bindings)?;
         cursor.raw().collect()
     }
@@ -151,15 +145,58 @@ impl Store {
         Ok(())
     }
 
-    pub fn session(&self, id: &Hash) -> Result<Option<Session>> {
+    fn bump_revoked_rev(&self) -> Result<()> {
+        let rev = self.revoked_revision()? + 1;
+        self.put_meta_value("revoked_rev", &rev.to_string())
+    }
+
+    fn revoked_revision(&self) -> Result<u64> {
+        Ok(self
+            .meta_value("revoked_rev")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    fn meta_value(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .query("SELECT value FROM meta WHERE key = ?", vec![V::from(key)])?
+            .first()
+            .map(|r| as_text(r.first())))
+    }
+
+    fn put_meta_value(&self, key: &str, value: &str) -> Result<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            vec![V::from(key), V::from(value)],
+        )
+    }
+
+    fn json_meta<T: serde::de::DeserializeOwned + Default>(&self, key: &str) -> Result<T> {
+        Ok(self
+            .meta_value(key)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
+    }
+
+    fn put_json_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let json =
+            serde_json::to_string(value).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        self.put_meta_value(key, &json)
+    }
+}
+
+impl LedgerStore for Store {
+    type Error = worker::Error;
+
+    fn session(&mut self, id: &Hash) -> Result<Option<Session>> {
         let q = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?");
         Ok(self
-            .rows(&q, vec![blob(id)])?
+            .query(&q, vec![blob(id)])?
             .first()
             .and_then(|r| row_session(r)))
     }
 
-    pub fn put_session(&self, s: &Session) -> Result<()> {
+    fn put_session(&mut self, s: &Session) -> Result<()> {
         let aliases: Vec<u8> = s.aliases.iter().flatten().copied().collect();
         let q = format!(
             "INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -184,9 +221,9 @@ impl Store {
 
     /// Marks the session seen at `last_ms` (never moves it back in time).
     /// Returns whether the session exists.
-    pub fn touch(&self, id: &Hash, last_ms: u64) -> Result<bool> {
+    fn touch(&mut self, id: &Hash, last_ms: u64) -> Result<bool> {
         let exists = !self
-            .rows("SELECT 1 FROM sessions WHERE id = ?", vec![blob(id)])?
+            .query("SELECT 1 FROM sessions WHERE id = ?", vec![blob(id)])?
             .is_empty();
         if exists {
             self.exec(
@@ -197,7 +234,7 @@ impl Store {
         Ok(exists)
     }
 
-    pub fn delete_session(&self, id: &Hash) -> Result<Option<Session>> {
+    fn delete_session(&mut self, id: &Hash) -> Result<Option<Session>> {
         let s = self.session(id)?;
         if s.is_some() {
             self.exec("DELETE FROM sessions WHERE id = ?", vec![blob(id)])?;
@@ -205,9 +242,9 @@ impl Store {
         Ok(s)
     }
 
-    pub fn cookie(&self, hash: &Hash) -> Result<Option<CookieRow>> {
+    fn cookie(&mut self, hash: &Hash) -> Result<Option<CookieRow>> {
         Ok(self
-            .rows(
+            .query(
                 "SELECT session, until_ms, next FROM cookies WHERE hash = ?",
                 vec![blob(hash)],
             )?
@@ -225,7 +262,7 @@ impl Store {
     }
 
     /// Points `hash` at session `id` until `until` (adds or replaces the entry).
-    pub fn index(&self, hash: &Hash, id: &Hash, until: u64) -> Result<()> {
+    fn index(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<()> {
         self.exec(
             "INSERT OR REPLACE INTO cookies (hash, session, until_ms, next) VALUES (?, ?, ?, NULL)",
             vec![blob(hash), blob(id), int(until)],
@@ -233,16 +270,16 @@ impl Store {
         Ok(())
     }
 
-    pub fn put_orphan(&self, hash: &Hash, next: Option<&Hash>, until: u64) -> Result<()> {
+    fn put_orphan(&mut self, hash: &Hash, next: Option<Hash>, until: u64) -> Result<()> {
         self.exec(
             "INSERT OR REPLACE INTO cookies (hash, session, until_ms, next) VALUES (?, NULL, ?, ?)",
-            vec![blob(hash), int(until), next.map_or(V::Null, blob)],
+            vec![blob(hash), int(until), next.as_ref().map_or(V::Null, blob)],
         )?;
         Ok(())
     }
 
     /// Shortens the entry of `hash` for session `id` to end no later than `until`.
-    pub fn shorten(&self, hash: &Hash, id: &Hash, until: u64) -> Result<()> {
+    fn shorten(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<()> {
         self.exec(
             "UPDATE cookies SET until_ms = MIN(until_ms, ?) WHERE hash = ? AND session = ?",
             vec![int(until), blob(hash), blob(id)],
@@ -251,7 +288,7 @@ impl Store {
     }
 
     /// Removes the entry of `hash` if it leads to session `id`.
-    pub fn unindex(&self, hash: &Hash, id: &Hash) -> Result<()> {
+    fn unindex(&mut self, hash: &Hash, id: &Hash) -> Result<()> {
         self.exec(
             "DELETE FROM cookies WHERE hash = ? AND session = ?",
             vec![blob(hash), blob(id)],
@@ -259,14 +296,14 @@ impl Store {
         Ok(())
     }
 
-    pub fn delete_cookie(&self, hash: &Hash) -> Result<()> {
+    fn delete_cookie(&mut self, hash: &Hash) -> Result<()> {
         self.exec("DELETE FROM cookies WHERE hash = ?", vec![blob(hash)])?;
         Ok(())
     }
 
     /// Removes cookie entries past their time; returns how many.
-    pub fn delete_cookies_before(&self, now: u64) -> Result<u64> {
-        let n = self.rows(
+    fn delete_cookies_before(&mut self, now: u64) -> Result<u64> {
+        let n = self.query(
             "SELECT COUNT(*) FROM cookies WHERE until_ms < ?",
             vec![int(now)],
         )?;
@@ -278,82 +315,67 @@ impl Store {
     }
 
     /// Sessions seen at or after `since` (uses the `last_ms` index).
-    pub fn sessions_seen_since(&self, since: u64) -> Result<Vec<Session>> {
+    fn sessions_seen_since(&mut self, since: u64) -> Result<Vec<Session>> {
         let q = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE last_ms >= ?");
         Ok(self
-            .rows(&q, vec![int(since)])?
+            .query(&q, vec![int(since)])?
             .iter()
             .filter_map(|r| row_session(r))
             .collect())
     }
 
-    /// Sessions idle past the timeout or older than the maximum lifetime, by index;
-    /// the caller decides with `Session::is_expired`.
-    pub fn expiry_candidates(&self, now: u64, cfg: &Config) -> Result<Vec<Session>> {
+    /// By the `last_ms` and `login_ms` indexes.
+    fn expiry_candidates(&mut self, idle_before: u64, login_before: u64) -> Result<Vec<Session>> {
         let q = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE last_ms < ? OR login_ms < ?");
         Ok(self
-            .rows(
-                &q,
-                vec![
-                    int(now.saturating_sub(cfg.idle_timeout_ms)),
-                    int(now.saturating_sub(cfg.max_lifetime_ms)),
-                ],
-            )?
+            .query(&q, vec![int(idle_before), int(login_before)])?
             .iter()
             .filter_map(|r| row_session(r))
             .collect())
     }
 
-    /// The earliest time anything here can be removed: a session idle past the
-    /// timeout or past its lifetime deadline, a cookie entry or a revocation past
-    /// its time.
-    pub fn next_expiry(&self, cfg: &Config) -> Result<Option<u64>> {
-        let mins = self.rows(
+    fn minima(&mut self) -> Result<Minima> {
+        let mins = self.query(
             "SELECT (SELECT MIN(last_ms) FROM sessions), (SELECT MIN(login_ms) FROM sessions),
                     (SELECT MIN(until_ms) FROM cookies), (SELECT MIN(until_ms) FROM revoked)",
             vec![],
         )?;
-        let Some(row) = mins.first() else {
-            return Ok(None);
-        };
-        let present = |i: usize| match row.get(i) {
+        let row = mins.first();
+        let present = |i: usize| match row.and_then(|r| r.get(i)) {
             Some(V::Null) | None => None,
             v => Some(as_u64(v)),
         };
-        let candidates = [
-            present(0).map(|last| last.saturating_add(cfg.idle_timeout_ms)),
-            present(1).map(|login| login.saturating_add(cfg.max_lifetime_ms)),
-            present(2),
-            present(3),
-        ];
-        // `is_expired` and alias validity are strict: one millisecond later.
-        Ok(candidates.into_iter().flatten().min().map(|t| t + 1))
+        Ok(Minima {
+            last_ms: present(0),
+            login_ms: present(1),
+            cookie_until: present(2),
+            revoked_until: present(3),
+        })
     }
 
-    /// Rows held: sessions, cookie entries, revoked values.
-    pub fn counts(&self) -> Result<(u64, u64, u64)> {
-        let rows = self.rows(
+    fn rows(&mut self) -> Result<Rows> {
+        let rows = self.query(
             "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM cookies),
                     (SELECT COUNT(*) FROM revoked)",
             vec![],
         )?;
-        let row = rows.first();
-        Ok((
-            as_u64(row.and_then(|r| r.first())),
-            as_u64(row.and_then(|r| r.get(1))),
-            as_u64(row.and_then(|r| r.get(2))),
-        ))
+        let count = |i: usize| as_u64(rows.first().and_then(|r| r.get(i)));
+        Ok(Rows {
+            sessions: count(0),
+            cookies: count(1),
+            revoked: count(2),
+        })
     }
 
-    pub fn session_count(&self) -> Result<u64> {
-        let rows = self.rows("SELECT COUNT(*) FROM sessions", vec![])?;
+    fn session_count(&mut self) -> Result<u64> {
+        let rows = self.query("SELECT COUNT(*) FROM sessions", vec![])?;
         Ok(as_u64(rows.first().and_then(|r| r.first())))
     }
 
     /// The `n` sessions seen longest ago, other than `keep` (uses the `last_ms` index).
-    pub fn longest_idle(&self, n: u64, keep: &Hash) -> Result<Vec<Hash>> {
+    fn longest_idle(&mut self, n: u64, keep: &Hash) -> Result<Vec<Hash>> {
         Ok(self
-            .rows(
+            .query(
                 "SELECT id FROM sessions WHERE id != ? ORDER BY last_ms ASC, login_ms ASC LIMIT ?",
                 vec![blob(keep), int(n)],
             )?
@@ -363,9 +385,9 @@ impl Store {
     }
 
     /// Cookie entries here that lead to session `id` and are still valid.
-    pub fn cookies_of_session(&self, id: &Hash, now: u64) -> Result<Vec<Hash>> {
+    fn cookies_of_session(&mut self, id: &Hash, now: u64) -> Result<Vec<Hash>> {
         Ok(self
-            .rows(
+            .query(
                 "SELECT hash FROM cookies WHERE session = ? AND until_ms >= ?",
                 vec![blob(id), int(now)],
             )?
@@ -375,13 +397,13 @@ impl Store {
     }
 
     /// Adds `id` to `user`'s sessions; returns all of them, oldest login first.
-    pub fn user_add(&self, user: &Hash, id: &Hash, login_ms: u64) -> Result<Vec<Hash>> {
+    fn user_add(&mut self, user: &Hash, id: &Hash, login_ms: u64) -> Result<Vec<Hash>> {
         self.exec(
             "INSERT OR REPLACE INTO users (user, session, login_ms) VALUES (?, ?, ?)",
             vec![blob(user), blob(id), int(login_ms)],
         )?;
         Ok(self
-            .rows(
+            .query(
                 "SELECT session FROM users WHERE user = ? ORDER BY login_ms ASC, session ASC",
                 vec![blob(user)],
             )?
@@ -390,7 +412,7 @@ impl Store {
             .collect())
     }
 
-    pub fn user_remove(&self, user: &Hash, id: &Hash) -> Result<()> {
+    fn user_remove(&mut self, user: &Hash, id: &Hash) -> Result<()> {
         self.exec(
             "DELETE FROM users WHERE user = ? AND session = ?",
             vec![blob(user), blob(id)],
@@ -399,7 +421,7 @@ impl Store {
 
     /// Forgets per-user entries of sessions that logged in before `login_before`
     /// (past their maximum lifetime: over, even if the news never arrived).
-    pub fn users_prune(&self, login_before: u64) -> Result<()> {
+    fn users_prune(&mut self, login_before: u64) -> Result<()> {
         self.exec(
             "DELETE FROM users WHERE login_ms < ?",
             vec![int(login_before)],
@@ -408,7 +430,7 @@ impl Store {
 
     /// Remembers `hashes` as revoked until `until` (a later time wins); bumps the
     /// list's revision.
-    pub fn revoke(&self, hashes: &[Hash], until: u64) -> Result<u64> {
+    fn revoke(&mut self, hashes: &[Hash], until: u64) -> Result<()> {
         for h in hashes {
             self.exec(
                 "INSERT INTO revoked (hash, until_ms) VALUES (?, ?)
@@ -419,16 +441,10 @@ impl Store {
         self.bump_revoked_rev()
     }
 
-    fn bump_revoked_rev(&self) -> Result<u64> {
-        let rev = self.revoked_rev()? + 1;
-        self.put_meta("revoked_rev", &rev.to_string())?;
-        Ok(rev)
-    }
-
     /// Whether `hash` is a revoked session's value at `now`.
-    pub fn is_revoked(&self, hash: &Hash, now: u64) -> Result<bool> {
+    fn is_revoked(&mut self, hash: &Hash, now: u64) -> Result<bool> {
         Ok(!self
-            .rows(
+            .query(
                 "SELECT 1 FROM revoked WHERE hash = ? AND until_ms >= ?",
                 vec![blob(hash), int(now)],
             )?
@@ -436,17 +452,14 @@ impl Store {
     }
 
     /// The revision of the revoked list (0 before any revocation).
-    pub fn revoked_rev(&self) -> Result<u64> {
-        Ok(self
-            .meta("revoked_rev")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+    fn revoked_rev(&mut self) -> Result<u64> {
+        self.revoked_revision()
     }
 
     /// The `limit` revoked values that stay revoked longest.
-    pub fn revoked(&self, limit: usize) -> Result<Vec<(Hash, u64)>> {
+    fn revoked(&mut self, limit: usize) -> Result<Vec<(Hash, u64)>> {
         Ok(self
-            .rows(
+            .query(
                 "SELECT hash, until_ms FROM revoked ORDER BY until_ms DESC LIMIT ?",
                 vec![int(limit as u64)],
             )?
@@ -456,8 +469,8 @@ impl Store {
     }
 
     /// Forgets revocations past their time; returns how many.
-    pub fn delete_revoked_before(&self, now: u64) -> Result<u64> {
-        let n = self.rows(
+    fn delete_revoked_before(&mut self, now: u64) -> Result<u64> {
+        let n = self.query(
             "SELECT COUNT(*) FROM revoked WHERE until_ms < ?",
             vec![int(now)],
         )?;
@@ -469,57 +482,51 @@ impl Store {
         Ok(n)
     }
 
-    fn json_meta<T: serde::de::DeserializeOwned + Default>(&self, key: &str) -> Result<T> {
-        Ok(self
-            .meta(key)?
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default())
-    }
-
-    fn put_json_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<()> {
-        let json =
-            serde_json::to_string(value).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        self.put_meta(key, &json)
-    }
-
     /// The event feed and lifetime counters (the core's `Events`, shard 0).
-    pub fn events(&self) -> Result<Events> {
+    fn events(&mut self) -> Result<Events> {
         self.json_meta("events")
     }
 
-    pub fn put_events(&self, e: &Events) -> Result<()> {
+    fn put_events(&mut self, e: &Events) -> Result<()> {
         self.put_json_meta("events", e)
     }
 
     /// Per-minute peaks (the core's `History`, shard 0).
-    pub fn history(&self) -> Result<History> {
+    fn history(&mut self) -> Result<History> {
         self.json_meta("history")
     }
 
-    pub fn put_history(&self, h: &History) -> Result<()> {
+    fn put_history(&mut self, h: &History) -> Result<()> {
         self.put_json_meta("history", h)
     }
 
-    pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .rows("SELECT value FROM meta WHERE key = ?", vec![V::from(key)])?
-            .first()
-            .map(|r| as_text(r.first())))
+    fn meta(&mut self, key: &str) -> Result<Option<String>> {
+        self.meta_value(key)
     }
 
-    pub fn put_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.exec(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-            vec![V::from(key), V::from(value)],
-        )?;
-        Ok(())
+    fn put_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.put_meta_value(key, value)
     }
 
-    pub fn traffic(&self) -> Result<Traffic> {
+    fn traffic(&mut self) -> Result<Traffic> {
         self.json_meta("traffic")
     }
 
-    pub fn put_traffic(&self, t: &Traffic) -> Result<()> {
+    fn put_traffic(&mut self, t: &Traffic) -> Result<()> {
         self.put_json_meta("traffic", t)
+    }
+}
+
+impl Store {
+    /// Where this object sits among the shards, as last recorded.
+    pub fn placement(&self) -> Result<Option<(u32, u32)>> {
+        Ok(self.meta_value("placement")?.and_then(|v| {
+            let (a, b) = v.split_once('/')?;
+            Some((a.parse().ok()?, b.parse::<u32>().ok()?.max(1)))
+        }))
+    }
+
+    pub fn put_placement(&self, (shard, shards): (u32, u32)) -> Result<()> {
+        self.put_meta_value("placement", &format!("{shard}/{shards}"))
     }
 }

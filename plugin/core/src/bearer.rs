@@ -462,6 +462,34 @@ mod tests {
     }
 
     #[test]
+    fn a_store_starts_a_session_once_and_never_a_revoked_one() {
+        let full = Config::from_json(b"{}").unwrap();
+        let hasher = CookieHasher::new(b"secret");
+        let now = NOW_S * 1000;
+        let who = Identity {
+            user_id: Some("7".into()),
+            ..Identity::default()
+        };
+        let s = start_session(
+            &full,
+            &hasher,
+            [3; 16],
+            who,
+            String::new(),
+            String::new(),
+            now,
+        )
+        .unwrap();
+        assert_eq!(start(None, false, now, &full), Start::New);
+        assert_eq!(start(Some(&s), false, now + 1, &full), Start::Live);
+        assert_eq!(start(None, true, now, &full), Start::Revoked);
+        // Idle past the timeout, not yet swept: ended and started again.
+        let idle = now + full.idle_timeout_ms + 1;
+        assert_eq!(start(Some(&s), false, idle, &full), Start::Restart);
+        assert_eq!(start(Some(&s), true, idle, &full), Start::Revoked);
+    }
+
+    #[test]
     fn config_errors_name_the_field() {
         assert_eq!(field_of(r#"{"jwt": {}}"#), "jwt");
         assert_eq!(
