@@ -8,17 +8,15 @@
 use crate::bearer;
 use crate::flush;
 use crate::object::now_ms;
-use crate::proxy::{header, json_response};
+use crate::proxy::{header, respond};
 use crate::setup::{self, Setup};
-use headcount_core::events;
+use headcount_core::answer::Answer;
 use headcount_core::gateway::{self, Access, AdminRoute};
 use headcount_core::identity::Identity;
 use headcount_core::ledger::Hash;
-use headcount_core::{prometheus, stats};
+use headcount_core::stats;
 use std::rc::Rc;
-use worker::{
-    console_error, console_log, console_warn, Context, Env, Headers, Request, Response, Result,
-};
+use worker::{console_error, console_log, console_warn, Context, Env, Request, Response, Result};
 
 pub async fn handle(
     route: AdminRoute,
@@ -29,26 +27,15 @@ pub async fn handle(
     cookie: Option<Hash>,
     bearer_admin: Option<Identity>,
 ) -> Result<Response> {
-    match route {
-        AdminRoute::Dashboard => {
-            let headers = Headers::new();
-            headers.set("content-type", "text/html; charset=utf-8")?;
-            headers.set("cache-control", "no-store")?;
-            Ok(Response::ok(gateway::dashboard_html(&setup.cfg))?.with_headers(headers))
-        }
-        AdminRoute::MethodNotAllowed => {
-            json_response(405, gateway::error_body("method not allowed"))
-        }
-        AdminRoute::NotFound => json_response(404, gateway::error_body("no such headcount route")),
-        data => {
-            let response = data_route(data, req, env, setup, cookie, bearer_admin).await;
-            // Touches that came back unknown are retried on the next flush.
-            if let Some(flusher) = flush::kick(env, setup) {
-                ctx.wait_until(flusher);
-            }
-            response
-        }
+    if let Some(answer) = Answer::without_data(&setup.cfg, route) {
+        return respond(answer);
     }
+    let response = data_route(route, req, env, setup, cookie, bearer_admin).await;
+    // Touches that came back unknown are retried on the next flush.
+    if let Some(flusher) = flush::kick(env, setup) {
+        ctx.wait_until(flusher);
+    }
+    response
 }
 
 /// Who may read `route`: the token decides at once; otherwise the request's
@@ -105,18 +92,11 @@ async fn data_route(
         Ok(a) => a,
         Err(e) => {
             console_error!("headcount: session lookup failed: {e}");
-            return unavailable(route);
+            return respond(Answer::unavailable());
         }
     };
-    match access {
-        Access::Unauthenticated => {
-            return json_response(
-                401,
-                gateway::error_body("authentication required: admin session or bearer token"),
-            )
-        }
-        Access::Forbidden => return json_response(403, gateway::error_body("not allowed")),
-        Access::Allowed => {}
+    if let Some(answer) = Answer::denied(access) {
+        return respond(answer);
     }
     // This isolate's own activity first, so it shows.
     if !flushed {
@@ -129,7 +109,7 @@ async fn data_route(
         AdminRoute::Stats => match flush::gather(env, setup, now).await {
             Ok(g) => {
                 let body = stats::report(g.sessions, g.traffic.figures(now), now, cfg).to_json();
-                let mut resp = json_response(200, body)?;
+                let mut resp = respond(Answer::json(200, body))?;
                 if setup.debug {
                     let debug = format!(
                         "do_requests={}; proxied={}; with_cookie={}; flushes={}; \
@@ -145,76 +125,40 @@ async fn data_route(
                     );
                     resp.headers_mut().set("x-headcount-debug", &debug)?;
                 }
-                Ok(resp)
+                return Ok(resp);
             }
             Err(e) => Err(e),
         },
-        AdminRoute::History => match flush::feed(env).await {
-            Ok(feed) => json_response(200, to_json(&feed.history.view(now))).map(Ok)?,
-            Err(e) => Err(e),
-        },
-        AdminRoute::Events => match flush::feed(env).await {
-            Ok(feed) => {
-                let url = req.url()?;
-                let path = match url.query() {
-                    Some(q) => format!("{}?{q}", url.path()),
-                    None => url.path().to_string(),
-                };
-                let view = feed.events.view(events::after_param(path.as_bytes()));
-                json_response(200, to_json(&view)).map(Ok)?
-            }
-            Err(e) => Err(e),
-        },
+        AdminRoute::History => flush::feed(env)
+            .await
+            .map(|feed| Answer::history(&feed.history, now)),
+        AdminRoute::Events => {
+            let url = req.url()?;
+            let path = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_string(),
+            };
+            flush::feed(env)
+                .await
+                .map(|feed| Answer::events(&feed.events, path.as_bytes()))
+        }
         AdminRoute::Metrics => {
             let (gathered, feed) = futures::join!(flush::gather(env, setup, now), flush::feed(env));
-            match (gathered, feed) {
-                (Ok(g), Ok(feed)) => {
-                    let counts = stats::counts(&g.sessions, now, cfg);
-                    let text = prometheus::render(&counts, &feed.events);
-                    let headers = Headers::new();
-                    headers.set("content-type", prometheus::CONTENT_TYPE)?;
-                    headers.set("cache-control", "no-store")?;
-                    Ok(Response::ok(text)?.with_headers(headers))
-                }
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            }
+            gathered.and_then(|g| {
+                let counts = stats::counts(&g.sessions, now, cfg);
+                feed.map(|feed| Answer::metrics(&counts, &feed.events))
+            })
         }
-        AdminRoute::Revoke(id) => match flush::revoke(env, setup, Hash(id)).await {
-            Ok(Some(session)) => {
-                console_log!(
-                    "headcount: revoked {} ({})",
-                    session.username,
-                    session.uuid()
-                );
-                json_response(
-                    200,
-                    to_json(&serde_json::json!({"revoked": true, "session_id": session.uuid()})),
-                )
-                .map(Ok)?
+        AdminRoute::Revoke(id) => flush::revoke(env, setup, Hash(id)).await.map(|session| {
+            if let Some(s) = &session {
+                console_log!("headcount: revoked {} ({})", s.username, s.uuid());
             }
-            Ok(None) => json_response(404, gateway::error_body("no such live session")).map(Ok)?,
-            Err(e) => Err(e),
-        },
-        _ => json_response(404, gateway::error_body("no such headcount route")).map(Ok)?,
+            Answer::revoked(session.as_ref())
+        }),
+        other => Ok(Answer::without_data(cfg, other).unwrap_or_else(Answer::unavailable)),
     };
-    match answer {
-        Ok(resp) => Ok(resp),
-        Err(e) => {
-            console_error!("headcount: {route:?} failed: {e}");
-            unavailable(route)
-        }
-    }
-}
-
-fn unavailable(route: AdminRoute) -> Result<Response> {
-    let message = if route == AdminRoute::Stats {
-        "stats unavailable"
-    } else {
-        "headcount data unavailable"
-    };
-    json_response(503, gateway::error_body(message))
-}
-
-fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+    respond(answer.unwrap_or_else(|e| {
+        console_error!("headcount: {route:?} failed: {e}");
+        Answer::unavailable()
+    }))
 }

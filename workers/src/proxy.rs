@@ -11,6 +11,7 @@ use crate::object::now_ms;
 use crate::revoked;
 use crate::setup::{self, Setup};
 use futures::StreamExt;
+use headcount_core::answer::Answer;
 use headcount_core::bearer::Bearer;
 use headcount_core::gateway::{self, LoginFacts, Route, Transition};
 use headcount_core::identity::{self, BodyCopy, CookieChange, Identity, MAX_BODY};
@@ -45,12 +46,13 @@ pub fn header(headers: &Headers, name: &str) -> Option<Vec<u8>> {
     headers.get(name).ok().flatten().map(|v| bytes_of(&v))
 }
 
-pub fn json_response(status: u16, body: Vec<u8>) -> Result<Response> {
+/// Sends one of the core's answers (every one `Cache-Control: no-store`).
+pub fn respond(answer: Answer) -> Result<Response> {
     let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
+    headers.set("content-type", answer.content_type)?;
     headers.set("cache-control", "no-store")?;
-    Ok(Response::from_bytes(body)?
-        .with_status(status)
+    Ok(Response::from_bytes(answer.body)?
+        .with_status(answer.status)
         .with_headers(headers))
 }
 
@@ -61,7 +63,7 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
         Err(message) => {
             // Never proxy blindly: every request says what is wrong until it is fixed.
             console_error!("headcount: {message}");
-            return json_response(500, gateway::error_body(&message));
+            return respond(Answer::error(500, &message));
         }
     };
     let cfg = &setup.cfg;
@@ -126,7 +128,7 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
         flush::load_revoked(&env, &setup).await;
         if revoked::with(|r| r.is_revoked(&hash, start_ms)) {
             // Refused before the app: neither traffic nor activity.
-            return json_response(401, gateway::error_body("session revoked"));
+            return respond(Answer::session_revoked());
         }
     }
     let mut cookie = cookie.filter(|_| !ignored);
@@ -186,7 +188,7 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
             console_error!("headcount: origin unreachable: {e}");
             with_buffer(|b| b.record(cookie, start_ms, None));
             keep_flushing(&ctx, &env, &setup);
-            return json_response(502, gateway::error_body("origin unreachable"));
+            return respond(Answer::error(502, "origin unreachable"));
         }
     };
 

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod answer;
 pub mod bearer;
 pub mod config;
 pub mod cookie_cache;

@@ -3,9 +3,10 @@
 
 use crate::host;
 use crate::vm::{Requester, Vm};
+use headcount_core::answer::Answer;
 use headcount_core::bearer::{self, Bearer};
 use headcount_core::events::Kind;
-use headcount_core::gateway::{self, Access, AdminRoute, LoginFacts, Route, Transition};
+use headcount_core::gateway::{self, AdminRoute, LoginFacts, Route, Transition};
 use headcount_core::identity::{self, BodyCopy, CookieChange, Identity};
 use headcount_core::{CookieHash, Session};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -65,46 +66,26 @@ impl Stream {
     /// Answers a `route_prefix` route locally. Data routes need the admin token or
     /// an admin-role session; the dashboard page itself carries no data.
     fn handle_admin(&self, route: AdminRoute, path: &[u8], auth: Option<&[u8]>) {
-        const JSON: &str = "application/json";
         let now = self.start_us / 1000;
         let cfg = &self.vm.cfg;
-        let (status, content_type, body) = match route {
-            AdminRoute::NotFound => (404, JSON, gateway::error_body("no such headcount route")),
-            AdminRoute::MethodNotAllowed => (405, JSON, gateway::error_body("method not allowed")),
-            AdminRoute::Dashboard => (
-                200,
-                "text/html; charset=utf-8",
-                gateway::dashboard_html(cfg).into_bytes(),
-            ),
-            data => {
-                let token = auth.and_then(gateway::bearer);
-                let session = self
-                    .cookie
-                    .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten())
-                    .or_else(|| {
-                        let who = self.bearer_admin.clone()?;
-                        bearer::transient_session(cfg, who, now)
-                    });
-                match gateway::authorize(cfg, data, token, session.as_ref(), now) {
-                    Access::Unauthenticated => (
-                        401,
-                        JSON,
-                        gateway::error_body(
-                            "authentication required: admin session or bearer token",
-                        ),
-                    ),
-                    Access::Forbidden => (403, JSON, gateway::error_body("not allowed")),
-                    Access::Allowed => match self.vm.admin_data(data, path, now) {
-                        Ok(answer) => answer,
-                        Err(e) => {
-                            host::error(&format!("{route:?} failed: {e}"));
-                            (503, JSON, gateway::error_body("headcount data unavailable"))
-                        }
-                    },
-                }
-            }
-        };
-        host::respond(status, content_type, &body);
+        let answer = Answer::without_data(cfg, route).unwrap_or_else(|| {
+            let token = auth.and_then(gateway::bearer);
+            let session = self
+                .cookie
+                .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten())
+                .or_else(|| {
+                    let who = self.bearer_admin.clone()?;
+                    bearer::transient_session(cfg, who, now)
+                });
+            let access = gateway::authorize(cfg, route, token, session.as_ref(), now);
+            Answer::denied(access).unwrap_or_else(|| {
+                self.vm.admin_data(route, path, now).unwrap_or_else(|e| {
+                    host::error(&format!("{route:?} failed: {e}"));
+                    Answer::unavailable()
+                })
+            })
+        });
+        host::respond(answer.status.into(), answer.content_type, &answer.body);
     }
 
     /// The client's address: the configured forwarding header (trusted hops only)
@@ -350,11 +331,8 @@ impl HttpContext for Stream {
         {
             // Blocked before the app: neither traffic nor activity.
             self.route = Route::Admin(AdminRoute::NotFound);
-            host::respond(
-                401,
-                "application/json",
-                &gateway::error_body("session revoked"),
-            );
+            let answer = Answer::session_revoked();
+            host::respond(answer.status.into(), answer.content_type, &answer.body);
             return Action::Pause;
         }
         // Bots are proxied but never followed, even with a session cookie.

@@ -2,16 +2,17 @@
 //! flushed. Touches are coalesced here so the request path never writes shared data.
 
 use crate::host::{self, EnvoyStore};
+use headcount_core::answer::Answer;
 use headcount_core::bearer::TokenCache;
-use headcount_core::events::{self, Events, Kind, EVENTS_KEY};
+use headcount_core::events::{Events, Kind, EVENTS_KEY};
 use headcount_core::gateway::{self, AdminRoute};
 use headcount_core::history::{History, HISTORY_KEY};
+use headcount_core::record;
 use headcount_core::snapshot::Snapshot;
 use headcount_core::stats::Counts;
 use headcount_core::table::TableError;
 use headcount_core::table::{shard_of, SessionTable, SharedStore, StoreError, SHARDS};
 use headcount_core::traffic::{self, TrafficDelta};
-use headcount_core::{prometheus, record};
 use headcount_core::{stats, Config, CookieCache, CookieHash, CookieHasher, Session};
 use proxy_wasm::types::MetricType;
 use std::cell::{Cell, RefCell};
@@ -321,60 +322,36 @@ impl Vm {
     }
 
     /// The body of a data route; flushes this VM first so its own activity shows.
-    pub fn admin_data(
-        &self,
-        route: AdminRoute,
-        path: &[u8],
-        now: u64,
-    ) -> Result<(u32, &'static str, Vec<u8>), String> {
-        const JSON: &str = "application/json";
+    pub fn admin_data(&self, route: AdminRoute, path: &[u8], now: u64) -> Result<Answer, String> {
         self.flush(now);
-        if let AdminRoute::Revoke(id) = route {
-            return Ok(
-                match self
-                    .table()
-                    .revoke(&id, now, &self.cfg)
-                    .map_err(|e| e.to_string())?
-                {
-                    Some(session) => {
-                        host::info(&format!(
-                            "revoked {} ({})",
-                            session.username,
-                            session.uuid()
-                        ));
-                        self.events(Kind::Revocation, std::slice::from_ref(&session), now);
-                        (
-                            200,
-                            JSON,
-                            to_json(
-                                &serde_json::json!({"revoked": true, "session_id": session.uuid()}),
-                            ),
-                        )
-                    }
-                    None => (404, JSON, gateway::error_body("no such live session")),
-                },
-            );
-        }
         let store = EnvoyStore;
         let e = |e: TableError| e.to_string();
         let s = |e: StoreError| e.to_string();
         Ok(match route {
+            AdminRoute::Revoke(id) => {
+                let session = self.table().revoke(&id, now, &self.cfg).map_err(e)?;
+                if let Some(session) = &session {
+                    host::info(&format!(
+                        "revoked {} ({})",
+                        session.username,
+                        session.uuid()
+                    ));
+                    self.events(Kind::Revocation, std::slice::from_ref(session), now);
+                }
+                Answer::revoked(session.as_ref())
+            }
             AdminRoute::History => {
                 let (h, _) = record::load::<History>(&store, HISTORY_KEY).map_err(s)?;
-                (200, JSON, to_json(&h.view(now)))
+                Answer::history(&h, now)
             }
             AdminRoute::Events => {
                 let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
-                (200, JSON, to_json(&ev.view(events::after_param(path))))
+                Answer::events(&ev, path)
             }
             AdminRoute::Metrics => {
                 let counts = self.counts(now).map_err(e)?;
                 let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
-                (
-                    200,
-                    prometheus::CONTENT_TYPE,
-                    prometheus::render(&counts, &ev).into_bytes(),
-                )
+                Answer::metrics(&counts, &ev)
             }
             _ => {
                 let limit = gateway::query_param(path, "limit")
@@ -387,7 +364,7 @@ impl Vm {
                     .borrow_mut()
                     .report_json(&store, now, &self.cfg, limit, traffic.figures(now))
                     .map_err(e)?;
-                (200, JSON, report)
+                Answer::json(200, report)
             }
         })
     }
@@ -405,10 +382,6 @@ impl Vm {
             host::warn(&format!("{} event not recorded: {e}", kind.name()));
         }
     }
-}
-
-fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
 }
 
 fn u64_from(bytes: &[u8]) -> u64 {

@@ -1,0 +1,142 @@
+//! What the plugin's own routes answer, on every host: status, content type and
+//! body, with the same error texts everywhere. Hosts find the data (shared data,
+//! Durable Objects) and send the `Answer`; every admin answer also carries
+//! `Cache-Control: no-store`.
+
+use crate::config::Config;
+use crate::events::{self, Events};
+use crate::gateway::{self, Access, AdminRoute};
+use crate::history::History;
+use crate::prometheus;
+use crate::session::Session;
+use crate::stats::Counts;
+
+pub const JSON: &str = "application/json";
+pub const HTML: &str = "text/html; charset=utf-8";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(status: u16, body: Vec<u8>) -> Answer {
+        Answer {
+            status,
+            content_type: JSON,
+            body,
+        }
+    }
+
+    /// `{"error": message}`, which says nothing about sessions.
+    pub fn error(status: u16, message: &str) -> Answer {
+        Answer::json(status, gateway::error_body(message))
+    }
+
+    /// The routes that need no data: the dashboard page (it carries none), 404
+    /// and 405. `None` for the data routes.
+    pub fn without_data(cfg: &Config, route: AdminRoute) -> Option<Answer> {
+        match route {
+            AdminRoute::Dashboard => Some(Answer {
+                status: 200,
+                content_type: HTML,
+                body: gateway::dashboard_html(cfg).into_bytes(),
+            }),
+            AdminRoute::NotFound => Some(Answer::error(404, "no such headcount route")),
+            AdminRoute::MethodNotAllowed => Some(Answer::error(405, "method not allowed")),
+            _ => None,
+        }
+    }
+
+    /// 401 or 403 for a data route the request may not read; `None` if allowed.
+    pub fn denied(access: Access) -> Option<Answer> {
+        match access {
+            Access::Allowed => None,
+            Access::Unauthenticated => Some(Answer::error(
+                401,
+                "authentication required: admin session or bearer token",
+            )),
+            Access::Forbidden => Some(Answer::error(403, "not allowed")),
+        }
+    }
+
+    /// The store could not be read: 503 (the host logs why).
+    pub fn unavailable() -> Answer {
+        Answer::error(503, "headcount data unavailable")
+    }
+
+    /// A request with a revoked session's cookie or token (`enforce_revocation`).
+    pub fn session_revoked() -> Answer {
+        Answer::error(401, "session revoked")
+    }
+
+    /// `POST .../sessions/{id}/revoke`: the session it ended, or 404.
+    pub fn revoked(session: Option<&Session>) -> Answer {
+        match session {
+            Some(s) => Answer::json(
+                200,
+                to_json(&serde_json::json!({"revoked": true, "session_id": s.uuid()})),
+            ),
+            None => Answer::error(404, "no such live session"),
+        }
+    }
+
+    pub fn history(history: &History, now: u64) -> Answer {
+        Answer::json(200, to_json(&history.view(now)))
+    }
+
+    /// `/events?after=N`: `path` is the request's path with its query string.
+    pub fn events(events: &Events, path: &[u8]) -> Answer {
+        Answer::json(200, to_json(&events.view(events::after_param(path))))
+    }
+
+    pub fn metrics(counts: &Counts, events: &Events) -> Answer {
+        Answer {
+            status: 200,
+            content_type: prometheus::CONTENT_TYPE,
+            body: prometheus::render(counts, events).into_bytes(),
+        }
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_host_says_the_same() {
+        let cfg = Config::from_json(b"{}").unwrap();
+        let page = Answer::without_data(&cfg, AdminRoute::Dashboard).unwrap();
+        assert_eq!((page.status, page.content_type), (200, HTML));
+        assert_eq!(Answer::without_data(&cfg, AdminRoute::Stats), None);
+        assert_eq!(
+            Answer::without_data(&cfg, AdminRoute::NotFound)
+                .unwrap()
+                .body,
+            br#"{"error":"no such headcount route"}"#
+        );
+        assert_eq!(Answer::denied(Access::Allowed), None);
+        assert_eq!(Answer::denied(Access::Unauthenticated).unwrap().status, 401);
+        assert_eq!(
+            Answer::denied(Access::Forbidden).unwrap().body,
+            br#"{"error":"not allowed"}"#
+        );
+        assert_eq!(Answer::revoked(None).status, 404);
+        let s = crate::ledger::testing::session(1, 2);
+        let body = String::from_utf8(Answer::revoked(Some(&s)).body).unwrap();
+        assert!(
+            body.contains(&s.uuid()) && body.contains("\"revoked\":true"),
+            "{body}"
+        );
+        assert_eq!(
+            Answer::events(&Events::default(), b"/x?after=3").status,
+            200
+        );
+    }
+}
