@@ -20,12 +20,20 @@ use libfuzzer_sys::fuzz_target;
 use sha2::Sha256;
 use std::sync::OnceLock;
 
-const SECRET: &[u8] = b"headcount-test-secret-0123456789abcdef";
+const SECRET_STR: &str = "headcount-test-secret-0123456789abcdef";
+const SECRET: &[u8] = SECRET_STR.as_bytes();
 const NOW: u64 = 1_800_000_000;
 const RSA1_PUB: &str = include_str!("../../plugin/core/tests/fixtures/jwt/rsa1.pub.pem");
 const EC1_PUB: &str = include_str!("../../plugin/core/tests/fixtures/jwt/ec1.pub.pem");
 const JWKS: &str = include_str!("../../plugin/core/tests/fixtures/jwt/jwks.json");
 
+// The fixtures below are constants of this file and the core's test fixtures: if one fails
+// to load, the target is broken, and failing loudly on the first input is the right outcome
+// (a silent fallback would fuzz a weaker setup unnoticed).
+#[allow(
+    clippy::expect_used,
+    reason = "fixed fixtures; a failure is a bug in the target, caught on its first input"
+)]
 fn configs() -> &'static [JwtConfig; 4] {
     static CONFIGS: OnceLock<[JwtConfig; 4]> = OnceLock::new();
     CONFIGS.get_or_init(|| {
@@ -45,13 +53,15 @@ fn configs() -> &'static [JwtConfig; 4] {
     })
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "fixed fixtures; a failure is a bug in the target, caught on its first input"
+)]
 fn bearer_config() -> &'static BearerConfig {
     static CFG: OnceLock<BearerConfig> = OnceLock::new();
     CFG.get_or_init(|| {
-        let json = format!(
-            r#"{{"jwt": {{"hs256_secret": "{}", "cookie": "access_token"}}}}"#,
-            std::str::from_utf8(SECRET).expect("ascii")
-        );
+        let json =
+            format!(r#"{{"jwt": {{"hs256_secret": "{SECRET_STR}", "cookie": "access_token"}}}}"#);
         Config::from_json(json.as_bytes())
             .expect("fixture config")
             .jwt
@@ -59,34 +69,53 @@ fn bearer_config() -> &'static BearerConfig {
     })
 }
 
+/// The HS256 signer for mode 4, keyed once and cloned per input.
+#[allow(
+    clippy::expect_used,
+    reason = "HMAC accepts a key of any length, so new_from_slice cannot fail"
+)]
+fn signer() -> &'static Hmac<Sha256> {
+    static MAC: OnceLock<Hmac<Sha256>> = OnceLock::new();
+    MAC.get_or_init(|| <Hmac<Sha256> as Mac>::new_from_slice(SECRET).expect("any key length"))
+}
+
+/// `data` split at its first NUL byte (the byte itself dropped), if it has one.
+fn split_at_nul(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut parts = data.splitn(2, |b| *b == 0);
+    Some((parts.next()?, parts.next()?))
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let configs = configs();
+    let [hs256, rs256, es256, checked] = configs();
     match mode % 7 {
         m @ 0..=3 => {
-            let cfg = &configs[m as usize];
+            let cfg = match m {
+                0 => hs256,
+                1 => rs256,
+                2 => es256,
+                _ => checked,
+            };
             let _ = verify(rest, cfg, NOW);
             let _ = verify(rest, cfg, u64::MAX);
         }
         4 => {
-            let (header, payload) = match rest.iter().position(|b| *b == 0) {
-                Some(i) => (&rest[..i], &rest[i + 1..]),
-                None => (&br#"{"alg":"HS256"}"#[..], rest),
-            };
+            let (header, payload) =
+                split_at_nul(rest).unwrap_or((&br#"{"alg":"HS256"}"#[..], rest));
             let input = format!(
                 "{}.{}",
                 URL_SAFE_NO_PAD.encode(header),
                 URL_SAFE_NO_PAD.encode(payload)
             );
-            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET).expect("any key length");
+            let mut mac = signer().clone();
             mac.update(input.as_bytes());
             let token = format!(
                 "{input}.{}",
                 URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
             );
-            for cfg in [&configs[0], &configs[3]] {
+            for cfg in [hs256, checked] {
                 if let Ok(claims) = verify(token.as_bytes(), cfg, NOW) {
                     let _ = claims.identity();
                 }
@@ -94,10 +123,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         6 => {
-            let (header, cookies) = match rest.iter().position(|b| *b == 0) {
-                Some(i) => (&rest[..i], &rest[i + 1..]),
-                None => (rest, &b""[..]),
-            };
+            let (header, cookies) = split_at_nul(rest).unwrap_or((rest, &b""[..]));
             let cfg = bearer_config();
             let hasher = CookieHasher::new(b"fuzz");
             let mut cache = TokenCache::new();

@@ -19,10 +19,10 @@ fn configs() -> &'static [Config; 2] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let split = data.iter().position(|b| *b == b'\n');
-    let (content_type, body) = match split {
-        Some(i) => (&data[..i], &data[i + 1..]),
-        None => (&b""[..], data),
+    let mut parts = data.splitn(2, |b| *b == b'\n');
+    let (content_type, body) = match (parts.next(), parts.next()) {
+        (Some(content_type), Some(body)) => (content_type, body),
+        _ => (&b""[..], data),
     };
     for cfg in configs() {
         let response = identity::from_response_body(cfg, body);

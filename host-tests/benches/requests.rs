@@ -16,24 +16,30 @@
 //! harness's own bookkeeping, so an upper bound of what Envoy would spend) and fuel, i.e.
 //! wasm instructions executed by the filter, which does not depend on the machine.
 
-#![allow(
-    clippy::panic,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing
-)]
-
 use host_tests::{Exchange, Host, Vm};
 use std::time::{Duration, Instant};
+
+/// What a step of the benchmark fails with: the harness's error, or a stats answer that is not
+/// 200. `main` returns it, so a failing run ends with the message instead of a panic.
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) Bench/1.0";
 
-fn login(vm: &Vm, n: usize) -> Exchange {
+/// The demo roles in turn.
+fn role(n: usize) -> &'static str {
+    match n % 3 {
+        0 => "admin",
+        1 => "teacher",
+        _ => "student",
+    }
+}
+
+fn login(vm: &Vm, n: usize) -> Result<Exchange> {
     let body = format!(r#"{{"username":"user{n}","password":"pw"}}"#);
     let reply = format!(
         r#"{{"user":{{"id":{n},"username":"user{n}","role":"{}"}}}}"#,
-        ["admin", "teacher", "student"][n % 3]
+        role(n)
     );
     let cookie = format!("session=bench-session-{n:08}-0123456789abcdef; Path=/; HttpOnly");
     vm.post("/api/v1/auth/login")
@@ -42,36 +48,38 @@ fn login(vm: &Vm, n: usize) -> Exchange {
         .user_agent(UA)
         .from_ip("10.1.2.3")
         .respond(200, &[("set-cookie", cookie.as_str())], reply)
-        .unwrap_or_else(|e| panic!("login {n}: {e}"))
+        .map_err(|e| format!("login {n}: {e}").into())
 }
 
-fn authenticated(vm: &Vm, n: usize) -> Exchange {
+fn authenticated(vm: &Vm, n: usize) -> Result<Exchange> {
     vm.get("/api/v1/courses?page=2")
         .cookie("session", &format!("bench-session-{n:08}-0123456789abcdef"))
         .user_agent(UA)
         .respond(200, &[("content-type", "application/json")], "[]")
-        .unwrap_or_else(|e| panic!("authenticated: {e}"))
+        .map_err(|e| format!("authenticated: {e}").into())
 }
 
-fn anonymous(vm: &Vm) -> Exchange {
+fn anonymous(vm: &Vm) -> Result<Exchange> {
     vm.get("/static/app.js")
         .user_agent(UA)
         .respond(200, &[("content-type", "text/javascript")], "x")
-        .unwrap_or_else(|e| panic!("anonymous: {e}"))
+        .map_err(|e| format!("anonymous: {e}").into())
 }
 
-fn stats(vm: &Vm) -> Exchange {
+fn stats(vm: &Vm) -> Result<Exchange> {
     stats_query(vm, "")
 }
 
-fn stats_query(vm: &Vm, query: &str) -> Exchange {
+fn stats_query(vm: &Vm, query: &str) -> Result<Exchange> {
     let ex = vm
         .get(&format!("/__headcount/stats{query}"))
         .bearer(TOKEN)
         .send()
-        .unwrap_or_else(|e| panic!("stats: {e}"));
-    assert_eq!(ex.status, 200, "{}", ex.text());
-    ex
+        .map_err(|e| format!("stats: {e}"))?;
+    if ex.status != 200 {
+        return Err(format!("stats{query}: status {}: {}", ex.status, ex.text()).into());
+    }
+    Ok(ex)
 }
 
 struct Row {
@@ -86,20 +94,20 @@ fn measure(
     what: &'static str,
     sessions: usize,
     iterations: usize,
-    mut f: impl FnMut(usize) -> Exchange,
-) -> Row {
+    mut f: impl FnMut(usize) -> Result<Exchange>,
+) -> Result<Row> {
     let mut fuel = 0;
     let started = Instant::now();
     for i in 0..iterations {
-        fuel += f(i).fuel;
+        fuel += f(i)?.fuel;
     }
-    Row {
+    Ok(Row {
         what,
         sessions,
         iterations,
         wall: started.elapsed(),
         fuel,
-    }
+    })
 }
 
 /// A small xorshift so the authenticated requests hit sessions all over the table.
@@ -117,33 +125,33 @@ impl Rng {
 const TICKS_PER_FLUSH: usize = 4;
 
 /// One flush interval's ticks; the fuel of each.
-fn flush_interval(vm: &Vm) -> Vec<u64> {
+fn flush_interval(vm: &Vm) -> Result<Vec<u64>> {
     (0..TICKS_PER_FLUSH)
         .map(|_| {
             let before = vm.fuel_consumed();
-            vm.tick().unwrap_or_else(|e| panic!("{e}"));
-            vm.fuel_consumed() - before
+            vm.tick()?;
+            Ok(vm.fuel_consumed() - before)
         })
         .collect()
 }
 
-fn run(sessions: usize) -> Vec<Row> {
+fn run(sessions: usize) -> Result<Vec<Row>> {
     let host = Host::new();
     let config = format!(r#"{{"admin_token":"{TOKEN}"}}"#);
-    let vm = host.vm(&config).unwrap_or_else(|e| panic!("{e}"));
+    let vm = host.vm(&config)?;
     // Fill the table like a busy site would: 500 logins a second, the worker ticking every
     // second (flushing that second's activity, sweeping every 5 s), all within the active
     // window.
     let started = Instant::now();
     let mut fill_fuel = 0;
     for n in 0..sessions {
-        fill_fuel += login(&vm, n).fuel;
+        fill_fuel += login(&vm, n)?.fuel;
         host.advance(Duration::from_millis(2));
         if (n + 1) % 500 == 0 {
-            flush_interval(&vm);
+            flush_interval(&vm)?;
         }
     }
-    flush_interval(&vm);
+    flush_interval(&vm)?;
     eprintln!(
         "  {sessions} sessions logged in in {:.1} s ({} fuel per login on average, ticks \
          included: {}); shared data {:.1} MiB in {} keys",
@@ -157,21 +165,21 @@ fn run(sessions: usize) -> Vec<Row> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     rows.push(measure("anonymous request", sessions, 3000, |_| {
         anonymous(&vm)
-    }));
+    })?);
     rows.push(measure("authenticated request", sessions, 3000, |_| {
         authenticated(&vm, rng.next(sessions))
-    }));
+    })?);
     // What the buffered activity costs when the tick writes it (per request buffered);
     // the requests measured above are flushed first.
     host.advance(Duration::from_millis(1));
-    flush_interval(&vm);
+    flush_interval(&vm)?;
     let buffered = 1000;
     for _ in 0..buffered {
-        authenticated(&vm, rng.next(sessions));
+        authenticated(&vm, rng.next(sessions))?;
     }
     host.advance(Duration::from_millis(1)); // make every touch a real write
     let t = Instant::now();
-    let ticks = flush_interval(&vm);
+    let ticks = flush_interval(&vm)?;
     let wall = t.elapsed();
     rows.push(Row {
         what: "flush, per buffered request",
@@ -192,7 +200,7 @@ fn run(sessions: usize) -> Vec<Row> {
     // The ticks of an interval with nothing buffered (what every worker pays).
     host.advance(Duration::from_millis(1));
     let t = Instant::now();
-    let ticks = flush_interval(&vm);
+    let ticks = flush_interval(&vm)?;
     rows.push(Row {
         what: "ticks, nothing buffered",
         sessions,
@@ -202,20 +210,20 @@ fn run(sessions: usize) -> Vec<Row> {
     });
     rows.push(measure("login", sessions, 300, |i| {
         login(&vm, sessions + i)
-    }));
+    })?);
     let reads = if sessions >= 100_000 { 3 } else { 20 };
-    rows.push(measure("stats read", sessions, reads, |_| stats(&vm)));
+    rows.push(measure("stats read", sessions, reads, |_| stats(&vm))?);
     rows.push(measure("stats read, ?limit=0", sessions, reads, |_| {
         stats_query(&vm, "?limit=0")
-    }));
+    })?);
     eprintln!(
         "  linear memory after the stats reads: {:.1} MiB",
         vm.memory_bytes() as f64 / (1 << 20) as f64
     );
-    rows
+    Ok(rows)
 }
 
-fn main() {
+fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; anything else is ignored.
     let sizes: Vec<usize> = std::env::var("HEADCOUNT_BENCH_SIZES")
         .ok()
@@ -225,7 +233,7 @@ fn main() {
     let mut all = Vec::new();
     for n in sizes {
         eprintln!("{n} live sessions:");
-        all.extend(run(n));
+        all.extend(run(n)?);
     }
     println!();
     println!(
@@ -243,4 +251,5 @@ fn main() {
             u128::from(r.fuel) / n
         );
     }
+    Ok(())
 }

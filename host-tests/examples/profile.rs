@@ -11,11 +11,19 @@
 //!     perf record -D 1500 -F 2000 target/release/examples/profile
 //! perf report --no-children
 //! ```
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 use host_tests::Host;
 use std::time::Duration;
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) Bench/1.0";
-fn main() {
+/// The demo roles in turn.
+fn role(i: usize) -> &'static str {
+    match i % 3 {
+        0 => "admin",
+        1 => "teacher",
+        _ => "student",
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = std::env::var("N")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -26,9 +34,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
     let host = Host::new();
-    let vm = host
-        .vm(r#"{"admin_token":"bench-admin-token-0123456789"}"#)
-        .unwrap();
+    let vm = host.vm(r#"{"admin_token":"bench-admin-token-0123456789"}"#)?;
     for i in 0..n {
         let cookie = format!("session=bench-session-{i:08}-0123456789abcdef; Path=/; HttpOnly");
         vm.post("/api/v1/auth/login")
@@ -40,16 +46,15 @@ fn main() {
                 &[("set-cookie", cookie.as_str())],
                 format!(
                     r#"{{"user":{{"id":{i},"username":"user{i}","role":"{}"}}}}"#,
-                    ["admin", "teacher", "student"][i % 3]
+                    role(i)
                 ),
-            )
-            .unwrap();
+            )?;
         host.advance(Duration::from_millis(2));
         if (i + 1) % 500 == 0 {
-            vm.tick().unwrap();
+            vm.tick()?;
         }
     }
-    vm.tick().unwrap();
+    vm.tick()?;
     eprintln!("filled");
     let t = std::time::Instant::now();
     let mut fuel = 0;
@@ -61,20 +66,18 @@ fn main() {
                     vm.get("/api/v1/courses")
                         .cookie("session", &format!("bench-session-{i:08}-0123456789abcdef"))
                         .user_agent(UA)
-                        .respond(200, &[], "[]")
-                        .unwrap();
+                        .respond(200, &[], "[]")?;
                 }
                 let before = vm.fuel_consumed();
                 host.advance(Duration::from_millis(1000));
-                vm.tick().unwrap();
+                vm.tick()?;
                 fuel += vm.fuel_consumed() - before;
             }
             "anon" => {
                 let ex = vm
                     .get("/api/v1/courses")
                     .user_agent(UA)
-                    .respond(200, &[], "[]")
-                    .unwrap();
+                    .respond(200, &[], "[]")?;
                 fuel += ex.fuel;
             }
             "auth" => {
@@ -83,17 +86,17 @@ fn main() {
                     .get("/api/v1/courses")
                     .cookie("session", &format!("bench-session-{i:08}-0123456789abcdef"))
                     .user_agent(UA)
-                    .respond(200, &[], "[]")
-                    .unwrap();
+                    .respond(200, &[], "[]")?;
                 fuel += ex.fuel;
             }
             q => {
                 let ex = vm
                     .get(&format!("/__headcount/stats{q}"))
                     .bearer("bench-admin-token-0123456789")
-                    .send()
-                    .unwrap();
-                assert_eq!(ex.status, 200);
+                    .send()?;
+                if ex.status != 200 {
+                    return Err(format!("stats{q}: status {}: {}", ex.status, ex.text()).into());
+                }
                 fuel += ex.fuel;
             }
         }
@@ -103,4 +106,5 @@ fn main() {
         t.elapsed().as_secs_f64() * 1000.0 / iters as f64,
         fuel / iters as u64
     );
+    Ok(())
 }

@@ -125,7 +125,6 @@ impl fmt::Debug for HeaderMap {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -1,5 +1,4 @@
 //! The harness checked against a tiny hand-written plugin (WAT), independent of the filter.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::{Error, Host, LogLevel, Outcome};
 use std::time::Duration;
