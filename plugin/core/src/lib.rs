@@ -3,7 +3,10 @@
 //! milliseconds) as an argument, so each rule is unit-testable natively.
 //!
 //! Hosts (the proxy-wasm filter, the Cloudflare Worker) supply bytes, time,
-//! randomness and a `SharedStore`; they decide nothing themselves.
+//! randomness and a store: Envoy's shared data (`table::SharedStore`, the CAS
+//! table) or a ledger shard's rows (`ledger::LedgerStore`). The rules that
+//! change sessions live here; what still sits in the hosts is tracked in
+//! CONTRIBUTING.md ("One engine").
 #![forbid(unsafe_code)]
 
 pub mod agent;
