@@ -177,11 +177,7 @@ pub fn rotate_cookie(
     let old = std::mem::replace(cookie, to);
     aliases.retain(|a| *a != to && *a != old);
     aliases.insert(0, old);
-    Some(if aliases.len() > MAX_ALIASES {
-        aliases.split_off(MAX_ALIASES)
-    } else {
-        Vec::new()
-    })
+    Some(aliases.split_off(aliases.len().min(MAX_ALIASES)))
 }
 
 /// The per-user index key (`max_sessions_per_user`): a plain SHA-256 of the user

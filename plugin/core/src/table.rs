@@ -224,7 +224,6 @@ pub const COUNT_KEY: &str = "headcount.v2.count";
 /// Per-user session lists (only kept when `max_sessions_per_user` is set).
 type UserShard = Vec<([u8; 16], Vec<([u8; 16], u64)>)>;
 
-/// Users are indexed by a plain hash of their id: ids are not secrets.
 /// A shard of fixed-width records sorted by their first 16 bytes (a session id or
 /// a cookie hash). Bytes that are not whole records (another version) read as empty.
 #[derive(Debug, Clone, Copy)]
