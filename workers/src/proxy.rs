@@ -1,8 +1,9 @@
 //! One request through the Worker, in the order `plugin/filter/src/http.rs` handles
-//! an Envoy stream: classify the route, strip client-sent identity headers, hash
-//! the session cookie, answer `route_prefix` routes locally, proxy the rest to
-//! `ORIGIN`, and turn the origin's answer into a session transition. Every
-//! decision is a `headcount-core` function; this file only moves bytes.
+//! an Envoy stream: read the route and credentials, identify the session, refuse
+//! a revoked one, answer `route_prefix` routes locally, proxy the rest to
+//! `ORIGIN`, and turn the origin's answer into a session change. Every decision
+//! is a `headcount-core` function (`gateway`, `identity`, `flow`); this file only
+//! moves bytes.
 
 use crate::admin;
 use crate::bearer;
@@ -13,24 +14,54 @@ use crate::setup::{self, Setup};
 use futures::StreamExt;
 use headcount_core::answer::Answer;
 use headcount_core::bearer::Bearer;
-use headcount_core::gateway::{self, LoginFacts, Route, Transition};
-use headcount_core::identity::{self, BodyCopy, CookieChange, Identity, MAX_BODY};
+use headcount_core::flow::{self, Change, LoginAttempt, Upstream};
+use headcount_core::gateway::{self, Route};
+use headcount_core::identity::{self, BodyCopy, Identity, MAX_BODY};
+use headcount_core::ledger::buffer::Buffer;
 use headcount_core::ledger::{Hash, Op};
-use headcount_core::{CookieHash, CookieHasher};
+use headcount_core::{Config, CookieHasher};
 use std::rc::Rc;
 use worker::{
     console_debug, console_error, console_warn, js_sys, wasm_bindgen::JsValue, web_sys, Context,
     Env, Fetch, Headers, Request, Response, Result,
 };
 
-/// Who a login request says it is and where it comes from, kept until the
-/// origin's answer shows whether it succeeded.
-pub struct LoginAttempt {
-    /// Which of `Config::login_routes` it is.
+/// What one request carries, read from its headers before any store is asked.
+struct Incoming {
+    start_ms: u64,
+    url: worker::Url,
+    method: String,
     route: Route,
-    ip: String,
-    user_agent: String,
-    claimed: Identity,
+    user_agent: Vec<u8>,
+    /// Bots and crawlers: proxied, counted as anonymous traffic, never as people
+    /// (but a revoked cookie is refused whoever carries it).
+    ignored: bool,
+    cookie_value: Option<Vec<u8>>,
+    /// A bearer token (`jwt`), never looked at for bots.
+    token: Option<Vec<u8>>,
+}
+
+/// Whose request it is: the session key (a verified token's, else the cookie's
+/// hash; the cookie itself is never kept) and what the token said.
+struct Identified {
+    hasher: Option<Rc<CookieHasher>>,
+    verdict: Option<Bearer>,
+    key: Option<Hash>,
+}
+
+/// An accepted login waiting for its response body.
+struct AcceptedLogin {
+    attempt: LoginAttempt,
+    cookie: Hash,
+    from_headers: Identity,
+    body: Option<Response>,
+}
+
+/// A proxied request, for the traffic figures and the buffer.
+struct Done {
+    key: Option<Hash>,
+    start_ms: u64,
+    response_us: Option<u64>,
 }
 
 /// Header values reach Rust as JavaScript strings of bytes (one char per byte,
@@ -56,8 +87,9 @@ pub fn respond(answer: Answer) -> Result<Response> {
         .with_headers(headers))
 }
 
+/// One request: read it, identify it, refuse a revoked session, answer the
+/// plugin's routes, follow a token's session, proxy, then settle the answer.
 pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response> {
-    let start_ms = now_ms();
     let setup = match Setup::load(&env) {
         Ok(s) => s,
         Err(message) => {
@@ -66,13 +98,70 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
             return respond(Answer::error(500, &message));
         }
     };
+    let incoming = read_request(&req, &setup)?;
+    let who = identify(&env, &setup, &incoming).await;
+    if is_revoked(&env, &setup, &incoming, who.key).await {
+        // Refused before the app: neither traffic nor activity.
+        return respond(Answer::session_revoked());
+    }
+    let mut key = who.key.filter(|_| !incoming.ignored);
+    if let Route::Admin(route) = incoming.route {
+        // Admin routes never start a session; a verified admin token authorizes them.
+        let bearer_admin = match who.verdict {
+            Some(Bearer::Unconfirmed { identity, .. }) => Some(identity),
+            _ => None,
+        };
+        return admin::handle(route, &req, &env, &ctx, &setup, key, bearer_admin).await;
+    }
+    if !follow_bearer(&setup, &req, &incoming, &who) {
+        key = None;
+    }
+    let wants_login = matches!(incoming.route, Route::Login(_)) && !incoming.ignored;
+    let mut login =
+        (wants_login && who.hasher.is_some()).then(|| begin_login(&setup.cfg, &req, &incoming));
+    let origin_req = origin_request(&mut req, &setup, &incoming, login.as_mut()).await?;
+    let fetched = Fetch::Request(origin_req).send().await;
+    let mut done = Done {
+        key,
+        start_ms: incoming.start_ms,
+        response_us: None,
+    };
+    setup::count(|c| {
+        c.proxied += 1;
+        c.with_cookie += u64::from(key.is_some());
+    });
+    let mut resp = match fetched {
+        Ok(r) => r,
+        Err(e) => {
+            console_error!("headcount: origin unreachable: {e}");
+            with_buffer(|b| b.record(key, done.start_ms, None));
+            keep_flushing(&ctx, &env, &setup);
+            return respond(Answer::error(502, "origin unreachable"));
+        }
+    };
+    done.response_us = Some(now_ms().saturating_sub(done.start_ms) * 1000);
+    match who.hasher {
+        Some(h) if key.is_some() || login.is_some() || incoming.route == Route::Logout => {
+            let accepted = settle(&setup, &mut resp, incoming.route, login, &h, &done);
+            if let Some(login) = accepted {
+                ctx.wait_until(finish_login(env.clone(), setup.clone(), login, done));
+                return Ok(resp);
+            }
+        }
+        _ => with_buffer(|b| b.record(key, done.start_ms, done.response_us)),
+    }
+    keep_flushing(&ctx, &env, &setup);
+    Ok(resp)
+}
+
+/// Route, user agent and credentials, from the headers alone.
+fn read_request(req: &Request, setup: &Setup) -> Result<Incoming> {
     let cfg = &setup.cfg;
+    let start_ms = now_ms();
     let url = req.url()?;
     let method = req.inner().method();
     let route = gateway::route(cfg, method.as_bytes(), url.path().as_bytes());
     let user_agent = header(req.headers(), "user-agent").unwrap_or_default();
-    // Bots and crawlers: proxied, counted as anonymous traffic, never as people
-    // (but a revoked cookie is refused whoever carries it).
     let ignored = identity::is_ignored_agent(cfg, &user_agent);
     let enforce = cfg.enforce_revocation && !matches!(route, Route::Admin(_));
     let cookie_header = if ignored && !enforce {
@@ -83,7 +172,6 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
     let cookie_value = cookie_header
         .as_deref()
         .and_then(|c| identity::request_cookie(c, &cfg.session_cookie).map(<[u8]>::to_vec));
-    // A bearer token (`jwt`), never looked at for bots: verified before it names anyone.
     let token = match &cfg.jwt {
         Some(jwt) if !ignored => {
             let value = jwt.header.as_deref().and_then(|h| header(req.headers(), h));
@@ -92,169 +180,176 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
         }
         _ => None,
     };
-    let wants_login = matches!(route, Route::Login(_)) && !ignored;
-    let hasher = if cookie_value.is_some() || wants_login || token.is_some() {
-        match setup::hasher(&env, &setup).await {
-            Ok(h) => Some(h),
-            Err(e) => {
-                console_error!("headcount: {e}; request proxied uncounted");
-                None
-            }
-        }
-    } else {
-        None
+    Ok(Incoming {
+        start_ms,
+        url,
+        method,
+        route,
+        user_agent,
+        ignored,
+        cookie_value,
+        token,
+    })
+}
+
+/// The session key: a token verified (or recalled) first, else the cookie's hash.
+async fn identify(env: &Env, setup: &Setup, incoming: &Incoming) -> Identified {
+    let cfg = &setup.cfg;
+    let wants_login = matches!(incoming.route, Route::Login(_)) && !incoming.ignored;
+    let needed = incoming.cookie_value.is_some() || wants_login || incoming.token.is_some();
+    let hasher = match needed {
+        true => setup::hasher(env, setup)
+            .await
+            .map_err(|e| console_error!("headcount: {e}; request proxied uncounted"))
+            .ok(),
+        false => None,
     };
-    let verdict = match (&cfg.jwt, token.as_deref(), hasher.as_ref()) {
-        (Some(jwt), Some(t), Some(h)) => Some(bearer::check(jwt, h, t, start_ms)),
+    let verdict = match (&cfg.jwt, incoming.token.as_deref(), hasher.as_ref()) {
+        (Some(jwt), Some(t), Some(h)) => Some(bearer::check(jwt, h, t, incoming.start_ms)),
         _ => None,
     };
-    // Hash of the request's session cookie; the cookie itself is never kept. A
-    // verified token's session key takes its place (JWT before cookie).
-    let cookie = match &verdict {
-        Some(Bearer::Known(key) | Bearer::Unconfirmed { key, .. }) => Some(Hash(*key)),
-        other => {
-            if let Some(Bearer::Refused(Some(why))) = other {
-                console_debug!("headcount: bearer token refused: {why}");
-            }
-            cookie_value
-                .as_deref()
-                .zip(hasher.as_ref())
-                .map(|(v, h)| Hash(h.hash(v)))
-        }
-    };
-    if let (true, Some(hash)) = (enforce, cookie) {
-        // The isolate's own copy of the revoked values: no Durable Object request
-        // here, except once per isolate to load it (see revoked.rs).
-        flush::load_revoked(&env, &setup).await;
-        if revoked::with(|r| r.is_revoked(&hash, start_ms)) {
-            // Refused before the app: neither traffic nor activity.
-            return respond(Answer::session_revoked());
-        }
+    if let Some(why) = flow::refusal(verdict.as_ref()) {
+        console_debug!("headcount: bearer token refused: {why}");
     }
-    let mut cookie = cookie.filter(|_| !ignored);
-    let client_ip = || {
-        identity::client_ip(
-            cfg,
-            cfg.client_ip_header
-                .as_deref()
-                .and_then(|h| header(req.headers(), h))
-                .as_deref(),
-            header(req.headers(), "cf-connecting-ip").as_deref(),
-        )
-    };
+    let cookie = incoming
+        .cookie_value
+        .as_deref()
+        .zip(hasher.as_ref())
+        .map(|(v, h)| h.hash(v));
+    let key = flow::request_key(verdict.as_ref(), cookie).map(Hash);
+    Identified {
+        hasher,
+        verdict,
+        key,
+    }
+}
 
-    if let Route::Admin(admin_route) = route {
-        // Admin routes never start a session; a verified admin token authorizes them.
-        let bearer_admin = match verdict {
-            Some(Bearer::Unconfirmed { identity: who, .. }) => Some(who),
-            _ => None,
-        };
-        return admin::handle(admin_route, &req, &env, &ctx, &setup, cookie, bearer_admin).await;
+/// With `enforce_revocation`: whether the key is a revoked session's, from the
+/// isolate's own copy of the list (loaded once per isolate; see revoked.rs).
+async fn is_revoked(env: &Env, setup: &Setup, incoming: &Incoming, key: Option<Hash>) -> bool {
+    let enforce = setup.cfg.enforce_revocation && !matches!(incoming.route, Route::Admin(_));
+    let Some(key) = key.filter(|_| enforce) else {
+        return false;
+    };
+    flush::load_revoked(env, setup).await;
+    revoked::with(|r| r.is_revoked(&key, incoming.start_ms))
+}
+
+/// The client's address: the trusted forwarding header, or Cloudflare's.
+fn client_ip(cfg: &Config, req: &Request) -> String {
+    let forwarded = cfg
+        .client_ip_header
+        .as_deref()
+        .and_then(|h| header(req.headers(), h));
+    let peer = header(req.headers(), "cf-connecting-ip");
+    identity::client_ip(cfg, forwarded.as_deref(), peer.as_deref())
+}
+
+fn begin_login(cfg: &Config, req: &Request, incoming: &Incoming) -> LoginAttempt {
+    LoginAttempt {
+        route: incoming.route,
+        ip: client_ip(cfg, req),
+        user_agent: identity::clean_user_agent(&incoming.user_agent),
+        claimed: Identity::default(),
     }
-    if let (
+}
+
+/// Makes sure a verified token's session exists (as the filter's `bearer_session`):
+/// buffers an `Op::Bearer` (the session's shard starts it unless it is live or
+/// revoked) and takes the token as confirmed for `CONFIRM_MS`. The first sighting
+/// of a key in this isolate is flushed at once, like a login; a re-check rides
+/// the next timer flush. False when it cannot be followed (names nobody, buffer
+/// full): the request is anonymous. True when there is nothing to start.
+fn follow_bearer(setup: &Setup, req: &Request, incoming: &Incoming, who: &Identified) -> bool {
+    let (
         Some(Bearer::Unconfirmed {
             key,
             token,
-            identity: who,
+            identity,
         }),
-        Some(h),
-    ) = (verdict, hasher.as_ref())
-    {
-        let ua = identity::clean_user_agent(&user_agent);
-        if !start_bearer(&setup, h, key, token, who, client_ip(), ua, start_ms) {
-            cookie = None;
-        }
-    }
-
-    let mut login = match (&hasher, wants_login) {
-        (Some(_), true) => Some(LoginAttempt {
-            route,
-            ip: client_ip(),
-            user_agent: identity::clean_user_agent(&user_agent),
-            claimed: Identity::default(),
-        }),
-        _ => None,
+        Some(hasher),
+    ) = (&who.verdict, who.hasher.as_deref())
+    else {
+        return true;
     };
-    let origin_req = origin_request(&mut req, &setup, &url, &method, login.as_mut()).await?;
-    let fetched = Fetch::Request(origin_req).send().await;
-    let response_us = now_ms().saturating_sub(start_ms) * 1000;
-    setup::count(|c| {
-        c.proxied += 1;
-        c.with_cookie += u64::from(cookie.is_some());
+    let cfg = &setup.cfg;
+    let ip = client_ip(cfg, req);
+    let ua = identity::clean_user_agent(&incoming.user_agent);
+    let now = incoming.start_ms;
+    let Some(session) = bearer::session(cfg, hasher, *key, identity.clone(), ip, ua, now) else {
+        return false;
+    };
+    let first = flush::known(&Hash(*key)).is_none();
+    let pushed = with_buffer(|b| {
+        let pushed = b.push(Op::Bearer { session });
+        b.urgent |= pushed && first;
+        pushed
     });
-    let mut resp = match fetched {
-        Ok(r) => r,
-        Err(e) => {
-            console_error!("headcount: origin unreachable: {e}");
-            with_buffer(|b| b.record(cookie, start_ms, None));
-            keep_flushing(&ctx, &env, &setup);
-            return respond(Answer::error(502, "origin unreachable"));
-        }
-    };
+    if !pushed {
+        flush::log_lost("a bearer session");
+        return false;
+    }
+    bearer::confirm(token, now);
+    true
+}
 
-    let hasher = match hasher {
-        Some(h) if cookie.is_some() || login.is_some() || route == Route::Logout => h,
-        _ => {
-            with_buffer(|b| b.record(cookie, start_ms, Some(response_us)));
-            keep_flushing(&ctx, &env, &setup);
-            return Ok(resp);
-        }
-    };
+/// Turns the origin's answer into the session's change (the core's
+/// `flow::response_change`) and buffers it with the request's activity. An
+/// accepted login is returned, to be finished once its body is read.
+fn settle(
+    setup: &Setup,
+    resp: &mut Response,
+    route: Route,
+    login: Option<LoginAttempt>,
+    hasher: &CookieHasher,
+    done: &Done,
+) -> Option<AcceptedLogin> {
+    let cfg = &setup.cfg;
     let now = now_ms();
-    let change = resp
+    // A login by an ignored agent, or without a hasher, is just a request.
+    let route = match (route, &login) {
+        (Route::Login(_), None) => Route::App,
+        _ => route,
+    };
+    let set_cookies: Vec<Vec<u8>> = resp
         .headers()
         .get_all("set-cookie")
         .unwrap_or_default()
         .iter()
-        .rev()
-        .find_map(|v| identity::set_cookie(&bytes_of(v), &cfg.session_cookie, now))
-        .map(|c| match c {
-            CookieChange::Set(v) => CookieChange::Set(hasher.hash(&v).to_vec()),
-            CookieChange::Cleared => CookieChange::Cleared,
-        });
-    let old = cookie.map(|h| h.0.to_vec());
-    // A login by an ignored agent, or without a hasher, is just a request.
-    let effective = match (route, &login) {
-        (Route::Login(_), None) => Route::App,
-        _ => route,
-    };
+        .map(|v| bytes_of(v))
+        .collect();
     let location = header(resp.headers(), "location");
-    let success = gateway::succeeded(cfg, effective, resp.status_code(), location.as_deref());
-    match gateway::transition(effective, success, old.as_deref(), change) {
-        Transition::Login { cookie: new } => {
-            if let (Ok(new), Some(attempt)) = (CookieHash::try_from(new.as_slice()), login.take()) {
-                let from_headers =
-                    identity::from_response_headers(cfg, |name| header(resp.headers(), name));
-                let body = login_body(&mut resp);
-                let task = finish_login(
-                    env.clone(),
-                    setup.clone(),
+    let upstream = Upstream {
+        status: resp.status_code(),
+        location: location.as_deref(),
+        set_cookies: set_cookies.iter().map(Vec::as_slice),
+    };
+    let old = done.key.map(|k| k.0);
+    let change = flow::response_change(cfg, route, upstream, old, now, |v| hasher.hash(v));
+    let record = |b: &mut Buffer| b.record(done.key, done.start_ms, done.response_us);
+    match change {
+        Change::Login(new) => {
+            if let Some(attempt) = login {
+                return Some(AcceptedLogin {
                     attempt,
-                    body,
-                    Hash(new),
-                    from_headers,
-                    cookie,
-                    start_ms,
-                    response_us,
-                );
-                ctx.wait_until(task);
-                return Ok(resp);
+                    cookie: Hash(new),
+                    from_headers: identity::from_response_headers(cfg, |name| {
+                        header(resp.headers(), name)
+                    }),
+                    body: login_body(resp),
+                });
             }
-            with_buffer(|b| b.record(cookie, start_ms, Some(response_us)));
+            with_buffer(record);
         }
-        Transition::Logout => with_buffer(|b| {
-            b.record(cookie, start_ms, Some(response_us));
-            if let Some(old) = cookie {
-                // A bearer session ended here: its token starts a new one if used again.
-                bearer::forget_session(&old.0);
-                if !b.push(Op::Logout { hash: old, at: now }) {
-                    flush::log_lost("a logout");
-                }
+        Change::Logout => with_buffer(|b| {
+            record(b);
+            if let Some(old) = done.key {
+                push_logout(b, old, now);
             }
         }),
-        Transition::Rotate { to } => with_buffer(|b| {
-            b.record(cookie, start_ms, Some(response_us));
-            if let (Some(from), Ok(to)) = (cookie, CookieHash::try_from(to.as_slice())) {
+        Change::Rotate(to) => with_buffer(|b| {
+            record(b);
+            if let Some(from) = done.key {
                 let rotate = Op::Rotate {
                     from,
                     via: Vec::new(),
@@ -266,44 +361,9 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
                 }
             }
         }),
-        Transition::None => with_buffer(|b| b.record(cookie, start_ms, Some(response_us))),
+        Change::None => with_buffer(record),
     }
-    keep_flushing(&ctx, &env, &setup);
-    Ok(resp)
-}
-
-/// Makes sure a verified token's session exists (as the filter's `bearer_session`):
-/// buffers an `Op::Bearer` (the session's shard starts it unless it is live or
-/// revoked) and takes the token as confirmed for `CONFIRM_MS`. The first sighting
-/// of a key in this isolate is flushed at once, like a login; a re-check rides
-/// the next timer flush. False when it cannot be followed (names nobody, buffer
-/// full): the request is anonymous.
-#[allow(clippy::too_many_arguments)]
-fn start_bearer(
-    setup: &Setup,
-    hasher: &CookieHasher,
-    key: CookieHash,
-    token: CookieHash,
-    who: Identity,
-    ip: String,
-    user_agent: String,
-    now: u64,
-) -> bool {
-    let Some(session) = bearer::session(&setup.cfg, hasher, key, who, ip, user_agent, now) else {
-        return false;
-    };
-    let first = flush::known(&Hash(key)).is_none();
-    let pushed = with_buffer(|b| {
-        let pushed = b.push(Op::Bearer { session });
-        b.urgent |= pushed && first;
-        pushed
-    });
-    if !pushed {
-        flush::log_lost("a bearer session");
-        return false;
-    }
-    bearer::confirm(&token, now);
-    true
+    None
 }
 
 fn keep_flushing(ctx: &Context, env: &Env, setup: &Rc<Setup>) {
@@ -319,11 +379,11 @@ fn keep_flushing(ctx: &Context, env: &Env, setup: &Rc<Setup>) {
 async fn origin_request(
     req: &mut Request,
     setup: &Setup,
-    url: &worker::Url,
-    method: &str,
+    incoming: &Incoming,
     login: Option<&mut LoginAttempt>,
 ) -> Result<Request> {
     let cfg = &setup.cfg;
+    let (url, method) = (&incoming.url, incoming.method.as_str());
     let mut target = setup.origin.clone();
     target.set_path(url.path());
     target.set_query(url.query());
@@ -390,80 +450,55 @@ async fn read_limited(mut resp: Response) -> Option<Vec<u8>> {
 
 /// Records a login once identity is known (after the response body), like the
 /// filter's `finish_login`. Runs after the response went out (`wait_until`).
-#[allow(clippy::too_many_arguments)]
-async fn finish_login(
-    env: Env,
-    setup: Rc<Setup>,
-    attempt: LoginAttempt,
-    body: Option<Response>,
-    new: Hash,
-    from_headers: Identity,
-    old: Option<Hash>,
-    start_ms: u64,
-    response_us: u64,
-) {
+async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Done) {
     let cfg = &setup.cfg;
-    let body = match body {
+    let body = match login.body {
         Some(r) => read_limited(r).await,
         None => None,
     };
-    let from_body = body
-        .map(|b| identity::from_response_body(cfg, &b))
-        .unwrap_or_default();
-    // The sources this login route trusts, in its order of preference.
-    let order = match attempt.route {
-        Route::Login(i) => cfg.login_routes.get(i).map(|r| r.identity.as_slice()),
-        _ => None,
-    };
-    let who = identity::combine(
-        order.unwrap_or_default(),
-        from_headers,
-        from_body,
-        attempt.claimed,
-    );
-
     let now = now_ms();
     let mut random = [0u8; 16];
     let session = match getrandom::getrandom(&mut random) {
-        Ok(()) => gateway::new_session(
-            cfg,
-            who,
-            LoginFacts {
-                cookie: new.0,
-                ip: attempt.ip,
-                user_agent: attempt.user_agent,
-                now,
-                random,
-            },
-        ),
+        Ok(()) => {
+            let (new, who) = (login.cookie.0, login.from_headers);
+            login
+                .attempt
+                .finish(cfg, new, who, body.as_deref(), now, random)
+        }
         Err(e) => {
             console_error!("headcount: no randomness for a session id ({e}); login not recorded");
             None
         }
     };
+    let (old, new) = (done.key, login.cookie);
     with_buffer(|b| match session {
         Some(session) => {
             // A login over an existing session replaces it.
             if let Some(old) = old.filter(|o| *o != new) {
-                bearer::forget_session(&old.0);
-                if !b.push(Op::Logout { hash: old, at: now }) {
-                    flush::log_lost("a logout");
-                }
+                push_logout(b, old, now);
             }
             if b.push(Op::Login { session }) {
                 // The login request itself is the new session's first activity.
-                b.record(Some(new), start_ms, Some(response_us));
+                b.record(Some(new), done.start_ms, done.response_us);
             } else {
                 flush::log_lost("a login");
-                b.record(old, start_ms, Some(response_us));
+                b.record(old, done.start_ms, done.response_us);
             }
         }
         None => {
             console_warn!("headcount: login succeeded but names no user; not counted");
-            b.record(old, start_ms, Some(response_us));
+            b.record(old, done.start_ms, done.response_us);
         }
     });
     if let Some(task) = flush::kick(&env, &setup) {
         task.await;
+    }
+}
+
+/// A session ended here: its token (if a bearer session) starts a new one if used again.
+fn push_logout(b: &mut Buffer, key: Hash, now: u64) {
+    bearer::forget_session(&key.0);
+    if !b.push(Op::Logout { hash: key, at: now }) {
+        flush::log_lost("a logout");
     }
 }

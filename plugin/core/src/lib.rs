@@ -16,6 +16,7 @@ pub mod config;
 pub mod cookie_cache;
 pub mod device;
 pub mod events;
+pub mod flow;
 pub mod gateway;
 pub mod history;
 pub mod identity;

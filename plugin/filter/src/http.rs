@@ -6,8 +6,9 @@ use crate::vm::{Requester, Vm};
 use headcount_core::answer::Answer;
 use headcount_core::bearer::{self, Bearer};
 use headcount_core::events::Kind;
-use headcount_core::gateway::{self, AdminRoute, LoginFacts, Route, Transition};
-use headcount_core::identity::{self, BodyCopy, CookieChange, Identity};
+use headcount_core::flow::{self, Change, LoginAttempt, Upstream};
+use headcount_core::gateway::{self, AdminRoute, Route};
+use headcount_core::identity::{self, BodyCopy, Identity};
 use headcount_core::{CookieHash, Session};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -23,7 +24,7 @@ pub struct Stream {
     /// Bots and crawlers: proxied, counted as anonymous traffic, never as people.
     ignored: bool,
     /// Login only: who the client said they are, and where from.
-    login: Option<LoginAttempt>,
+    login: Option<PendingLogin>,
     /// This request ended its session (logout).
     ended: bool,
     /// Admin routes only: who a verified JWT names, for authorization when the
@@ -33,13 +34,12 @@ pub struct Stream {
     bearer: bool,
 }
 
-struct LoginAttempt {
-    ip: String,
-    user_agent: String,
+/// A login on its way: the attempt (the core's), and the bodies as they pass.
+struct PendingLogin {
+    attempt: LoginAttempt,
     content_type: Vec<u8>,
     /// The request body as it passes, for the username the client typed.
     request_body: BodyCopy,
-    claimed: Identity,
     /// Set once the upstream accepted the login: the new cookie and header identity,
     /// waiting for the response body.
     accepted: Option<(CookieHash, Identity)>,
@@ -172,11 +172,11 @@ impl Stream {
     }
 
     /// Applies what the upstream's answer means for the session.
-    fn apply(&mut self, transition: Transition, now: u64) {
+    fn apply(&mut self, change: Change, now: u64) {
         let table = self.vm.table();
-        match transition {
-            Transition::Login { .. } | Transition::None => {}
-            Transition::Logout => {
+        match change {
+            Change::Login(_) | Change::None => {}
+            Change::Logout => {
                 let Some(old) = self.cookie else { return };
                 match table.end(&old, now, &self.vm.cfg) {
                     Ok(Some(s)) => {
@@ -191,11 +191,8 @@ impl Stream {
                     Err(e) => host::warn(&format!("logout not recorded: {e}")),
                 }
             }
-            Transition::Rotate { to } => {
-                let (Some(old), Ok(to)) = (self.cookie, <CookieHash>::try_from(to.as_slice()))
-                else {
-                    return;
-                };
+            Change::Rotate(to) => {
+                let Some(old) = self.cookie else { return };
                 match table.rotate(&old, &to, now, &self.vm.cfg) {
                     Ok(Some(_)) => {
                         // This request's activity, and any still buffered, belong to the new value.
@@ -211,51 +208,26 @@ impl Stream {
 
     /// Records a login once identity is known (after the response body, if needed).
     fn finish_login(&mut self, body: Option<&[u8]>, now: u64) {
-        let Some(attempt) = self.login.take() else {
+        let Some(PendingLogin {
+            attempt,
+            accepted: Some((cookie, from_headers)),
+            ..
+        }) = self.login.take()
+        else {
             return;
         };
-        let Some((cookie, from_headers)) = attempt.accepted else {
-            return;
-        };
-        let from_body = body
-            .map(|b| identity::from_response_body(&self.vm.cfg, b))
-            .unwrap_or_default();
-        let order = match self.route {
-            Route::Login(i) => self
-                .vm
-                .cfg
-                .login_routes
-                .get(i)
-                .map(|r| r.identity.as_slice()),
-            _ => None,
-        };
-        let who = identity::combine(
-            order.unwrap_or_default(),
-            from_headers,
-            from_body,
-            attempt.claimed,
-        );
         let Some(random) = host::random16() else {
             host::error("no randomness for a session id; login not recorded");
             return;
         };
-        let Some(session) = gateway::new_session(
-            &self.vm.cfg,
-            who,
-            LoginFacts {
-                cookie,
-                ip: attempt.ip,
-                user_agent: attempt.user_agent,
-                now,
-                random,
-            },
-        ) else {
+        let cfg = &self.vm.cfg;
+        let Some(session) = attempt.finish(cfg, cookie, from_headers, body, now, random) else {
             host::warn("login succeeded but names no user; not counted");
             return;
         };
         // A login over an existing session replaces it.
         if self.cookie.is_some_and(|old| old != cookie) {
-            self.apply(Transition::Logout, now);
+            self.apply(Change::Logout, now);
         }
         if self.record_login(session, now) {
             // The login request itself is the new session's first activity.
@@ -315,16 +287,10 @@ impl HttpContext for Stream {
             }
             _ => None,
         };
-        let cookie = match &bearer {
-            Some(Bearer::Known(key) | Bearer::Unconfirmed { key, .. }) => Some(*key),
-            Some(Bearer::Refused(why)) => {
-                if let Some(why) = why {
-                    host::debug(&format!("bearer token refused: {why}"));
-                }
-                cookie
-            }
-            None => cookie,
-        };
+        if let Some(why) = flow::refusal(bearer.as_ref()) {
+            host::debug(&format!("bearer token refused: {why}"));
+        }
+        let cookie = flow::request_key(bearer.as_ref(), cookie);
         if cfg.enforce_revocation
             && !matches!(self.route, Route::Admin(_))
             && cookie.is_some_and(|h| self.vm.table().is_revoked(&h, now).unwrap_or(false))
@@ -357,12 +323,15 @@ impl HttpContext for Stream {
                 Action::Pause
             }
             Route::Login(_) if !self.ignored => {
-                self.login = Some(LoginAttempt {
-                    ip: self.client_ip(&headers),
-                    user_agent: identity::clean_user_agent(user_agent),
+                self.login = Some(PendingLogin {
+                    attempt: LoginAttempt {
+                        route: self.route,
+                        ip: self.client_ip(&headers),
+                        user_agent: identity::clean_user_agent(user_agent),
+                        claimed: Identity::default(),
+                    },
                     content_type: headers.get("content-type").unwrap_or_default().to_vec(),
                     request_body: BodyCopy::default(),
-                    claimed: Identity::default(),
                     accepted: None,
                     response_body: BodyCopy::default(),
                 });
@@ -384,7 +353,7 @@ impl HttpContext for Stream {
         });
         if end_of_stream {
             if let Some(body) = std::mem::take(&mut attempt.request_body).finish() {
-                attempt.claimed =
+                attempt.attempt.claimed =
                     identity::from_request_body(&self.vm.cfg, &attempt.content_type, &body);
             }
         }
@@ -414,43 +383,31 @@ impl HttpContext for Stream {
             .get(":status")
             .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
             .unwrap_or(0);
-        let change = headers
-            .all("set-cookie")
-            .rev()
-            .find_map(|v| identity::set_cookie(v, &cfg.session_cookie, now))
-            .map(|c| match c {
-                // Through the cache: the client's next requests send this value.
-                CookieChange::Set(v) => CookieChange::Set(
-                    self.vm
-                        .cookie_cache
-                        .borrow_mut()
-                        .hash(&self.vm.hasher, &v)
-                        .to_vec(),
-                ),
-                CookieChange::Cleared => CookieChange::Cleared,
-            });
-        let old = self.cookie.map(|h| h.to_vec());
         let location = match self.route {
             Route::Login(_) => headers.get("location"),
             _ => None,
         };
-        let success = gateway::succeeded(cfg, self.route, status, location);
-        match gateway::transition(self.route, success, old.as_deref(), change) {
-            Transition::Login { cookie } => {
-                let Ok(cookie) = <CookieHash>::try_from(cookie.as_slice()) else {
-                    return Action::Continue;
-                };
+        let upstream = Upstream {
+            status,
+            location,
+            set_cookies: headers.all("set-cookie"),
+        };
+        // Through the cache: the client's next requests send this value.
+        let vm = &self.vm;
+        let hash = |v: &[u8]| vm.cookie_cache.borrow_mut().hash(&vm.hasher, v);
+        match flow::response_change(cfg, self.route, upstream, self.cookie, now, hash) {
+            Change::Login(cookie) => {
                 let from_headers = identity::from_response_headers(cfg, |name| {
                     headers.get(name).map(<[u8]>::to_vec)
                 });
-                if let Some(attempt) = self.login.as_mut() {
-                    attempt.accepted = Some((cookie, from_headers));
+                if let Some(login) = self.login.as_mut() {
+                    login.accepted = Some((cookie, from_headers));
                 }
                 if end_of_stream {
                     self.finish_login(None, now);
                 }
             }
-            Transition::None => self.login = None,
+            Change::None => self.login = None,
             other => {
                 self.login = None;
                 self.apply(other, now);

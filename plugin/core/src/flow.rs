@@ -1,0 +1,211 @@
+//! One request's life, the same on every host: whose credentials it carries,
+//! what the upstream's answer does to its session, and who an accepted login
+//! names. Hosts read headers and bodies, call these, and apply the results to
+//! their store.
+
+use crate::bearer::Bearer;
+use crate::config::Config;
+use crate::gateway::{self, LoginFacts, Route, Transition};
+use crate::identity::{self, CookieChange, Identity};
+use crate::jwt::JwtError;
+use crate::session::{CookieHash, Session};
+
+/// The key a request's activity goes under: a verified token's session key
+/// before the session cookie's hash. A refused token leaves the cookie's.
+pub fn request_key(verdict: Option<&Bearer>, cookie: Option<CookieHash>) -> Option<CookieHash> {
+    match verdict {
+        Some(Bearer::Known(key) | Bearer::Unconfirmed { key, .. }) => Some(*key),
+        _ => cookie,
+    }
+}
+
+/// Why a token was refused (first refusal only), for a debug log line.
+pub fn refusal(verdict: Option<&Bearer>) -> Option<&JwtError> {
+    match verdict {
+        Some(Bearer::Refused(Some(why))) => Some(why),
+        _ => None,
+    }
+}
+
+/// A login request, kept until the upstream's answer shows whether it succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginAttempt {
+    /// Which of `Config::login_routes` it is.
+    pub route: Route,
+    pub ip: String,
+    pub user_agent: String,
+    /// Who the client's request body says it is.
+    pub claimed: Identity,
+}
+
+impl LoginAttempt {
+    /// The session an accepted login starts under `cookie`: identity from the
+    /// sources its route trusts, in their order (response headers, response
+    /// body, what the client typed). `None`: the login names nobody.
+    pub fn finish(
+        self,
+        cfg: &Config,
+        cookie: CookieHash,
+        from_headers: Identity,
+        body: Option<&[u8]>,
+        now: u64,
+        random: [u8; 16],
+    ) -> Option<Session> {
+        let from_body = body
+            .map(|b| identity::from_response_body(cfg, b))
+            .unwrap_or_default();
+        let order = match self.route {
+            Route::Login(i) => cfg.login_routes.get(i).map(|r| r.identity.as_slice()),
+            _ => None,
+        };
+        let who = identity::combine(
+            order.unwrap_or_default(),
+            from_headers,
+            from_body,
+            self.claimed,
+        );
+        let facts = LoginFacts {
+            cookie,
+            ip: self.ip,
+            user_agent: self.user_agent,
+            now,
+            random,
+        };
+        gateway::new_session(cfg, who, facts)
+    }
+}
+
+/// What the upstream's answer does to the request's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A login succeeded and set this cookie (hashed).
+    Login(CookieHash),
+    /// The session behind the request's cookie is over.
+    Logout,
+    /// The app re-issued the session cookie (the new value, hashed).
+    Rotate(CookieHash),
+    None,
+}
+
+/// The upstream's answer: its status, `Location` and `Set-Cookie` values (in
+/// header order; the last one for the session cookie wins, as in a browser).
+pub struct Upstream<'a, I: DoubleEndedIterator<Item = &'a [u8]>> {
+    pub status: u16,
+    pub location: Option<&'a [u8]>,
+    pub set_cookies: I,
+}
+
+/// Decides the change for a request on `route` whose session key is `old`;
+/// `hash` keys a new cookie value (the raw value is never kept).
+pub fn response_change<'a, I: DoubleEndedIterator<Item = &'a [u8]>>(
+    cfg: &Config,
+    route: Route,
+    answer: Upstream<'a, I>,
+    old: Option<CookieHash>,
+    now: u64,
+    hash: impl FnOnce(&[u8]) -> CookieHash,
+) -> Change {
+    let change = answer
+        .set_cookies
+        .rev()
+        .find_map(|v| identity::set_cookie(v, &cfg.session_cookie, now))
+        .map(|c| match c {
+            CookieChange::Set(v) => CookieChange::Set(hash(&v).to_vec()),
+            CookieChange::Cleared => CookieChange::Cleared,
+        });
+    let success = gateway::succeeded(cfg, route, answer.status, answer.location);
+    let key = |v: Vec<u8>| CookieHash::try_from(v.as_slice()).ok();
+    match gateway::transition(route, success, old.as_ref().map(|o| &o[..]), change) {
+        Transition::Login { cookie } => key(cookie).map_or(Change::None, Change::Login),
+        Transition::Rotate { to } => key(to).map_or(Change::None, Change::Rotate),
+        Transition::Logout => Change::Logout,
+        Transition::None => Change::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::from_json(br#"{"session_cookie": "sid"}"#).unwrap()
+    }
+
+    fn change(route: Route, status: u16, cookies: &[&str], old: Option<CookieHash>) -> Change {
+        let answer = Upstream {
+            status,
+            location: None,
+            set_cookies: cookies.iter().map(|c| c.as_bytes()),
+        };
+        response_change(&cfg(), route, answer, old, 0, |v| [v.len() as u8; 16])
+    }
+
+    #[test]
+    fn the_answer_decides_login_rotation_and_logout() {
+        let login = Route::Login(0);
+        assert_eq!(
+            change(login, 200, &["sid=abc"], None),
+            Change::Login([3; 16])
+        );
+        assert_eq!(change(login, 401, &["sid=abc"], None), Change::None);
+        // The last Set-Cookie for the session cookie wins; others are ignored.
+        let two = ["sid=abcd", "other=x", "sid=ab"];
+        assert_eq!(
+            change(Route::App, 200, &two, Some([9; 16])),
+            Change::Rotate([2; 16])
+        );
+        assert_eq!(
+            change(Route::App, 200, &["sid=abc"], Some([3; 16])),
+            Change::None
+        );
+        assert_eq!(
+            change(Route::App, 200, &["sid="], Some([3; 16])),
+            Change::Logout
+        );
+        assert_eq!(
+            change(Route::Logout, 204, &[], Some([3; 16])),
+            Change::Logout
+        );
+        assert_eq!(change(Route::Logout, 204, &[], None), Change::None);
+    }
+
+    #[test]
+    fn a_token_takes_precedence_over_the_cookie() {
+        assert_eq!(
+            request_key(Some(&Bearer::Known([1; 16])), Some([2; 16])),
+            Some([1; 16])
+        );
+        let refused = Bearer::Refused(Some(JwtError::AlgNone));
+        assert_eq!(request_key(Some(&refused), Some([2; 16])), Some([2; 16]));
+        assert_eq!(refusal(Some(&refused)), Some(&JwtError::AlgNone));
+        assert_eq!(request_key(None, None), None);
+    }
+
+    #[test]
+    fn a_login_names_whom_its_route_trusts_first() {
+        let cfg = Config::from_json(
+            br#"{"login_routes": [{"method": "POST", "path": "/login", "identity": ["response_body", "request_body"]}]}"#,
+        )
+        .unwrap();
+        let attempt = LoginAttempt {
+            route: Route::Login(0),
+            ip: "10.0.0.1".into(),
+            user_agent: "ua".into(),
+            claimed: Identity {
+                username: Some("typed".into()),
+                ..Identity::default()
+            },
+        };
+        let body = br#"{"user": {"id": "4", "username": "ann", "role": "admin"}}"#;
+        let s = attempt
+            .clone()
+            .finish(&cfg, [5; 16], Identity::default(), Some(body), 7, [1; 16])
+            .unwrap();
+        assert_eq!(
+            (s.username.as_str(), s.role.as_str(), s.cookie),
+            ("ann", "admin", [5; 16])
+        );
+        let typed = attempt.finish(&cfg, [5; 16], Identity::default(), None, 7, [1; 16]);
+        assert_eq!(typed.map(|s| s.username), Some("typed".into()));
+    }
+}
