@@ -9,6 +9,7 @@
 //! CONTRIBUTING.md ("One engine").
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod agent;
 pub mod answer;
 pub mod bearer;

@@ -1,8 +1,10 @@
 //! One HTTP stream. Reads what it needs from headers and (only for logins) bodies,
 //! and turns the upstream's answer into a session transition.
 
+use crate::activity::Requester;
+use crate::admin::{self, AdminRequest};
 use crate::host;
-use crate::vm::{Requester, Vm};
+use crate::vm::Vm;
 use headcount_core::answer::Answer;
 use headcount_core::bearer::{self, Bearer};
 use headcount_core::events::Kind;
@@ -61,31 +63,6 @@ impl Stream {
             bearer_admin: None,
             bearer: false,
         }
-    }
-
-    /// Answers a `route_prefix` route locally. Data routes need the admin token or
-    /// an admin-role session; the dashboard page itself carries no data.
-    fn handle_admin(&self, route: AdminRoute, path: &[u8], auth: Option<&[u8]>) {
-        let now = self.start_us / 1000;
-        let cfg = &self.vm.cfg;
-        let answer = Answer::without_data(cfg, route).unwrap_or_else(|| {
-            let token = auth.and_then(gateway::bearer);
-            let session = self
-                .cookie
-                .and_then(|h| self.vm.table().resolve(&h, now).ok().flatten())
-                .or_else(|| {
-                    let who = self.bearer_admin.clone()?;
-                    bearer::transient_session(cfg, who, now)
-                });
-            let access = gateway::authorize(cfg, route, token, session.as_ref(), now);
-            Answer::denied(access).unwrap_or_else(|| {
-                self.vm.admin_data(route, path, now).unwrap_or_else(|e| {
-                    host::error(&format!("{route:?} failed: {e}"));
-                    Answer::unavailable()
-                })
-            })
-        });
-        host::respond(answer.status.into(), answer.content_type, &answer.body);
     }
 
     /// The client's address: the configured forwarding header (trusted hops only)
@@ -318,8 +295,17 @@ impl HttpContext for Stream {
         }
         self.bearer = verified && self.cookie.is_some();
         match self.route {
-            Route::Admin(admin) => {
-                self.handle_admin(admin, path, headers.get("authorization"));
+            Route::Admin(route) => {
+                let request = AdminRequest {
+                    route,
+                    path,
+                    authorization: headers.get("authorization"),
+                    cookie: self.cookie,
+                    bearer_admin: self.bearer_admin.take(),
+                    now,
+                };
+                let answer = admin::answer(&self.vm, request);
+                host::respond(answer.status.into(), answer.content_type, &answer.body);
                 Action::Pause
             }
             Route::Login(_) if !self.ignored => {

@@ -1,6 +1,8 @@
 //! Headcount as a proxy-wasm HTTP filter. A thin adapter: it reads bytes from the
 //! host, asks `headcount-core` what they mean and writes the answer to shared data.
 
+mod activity;
+mod admin;
 mod host;
 mod http;
 mod vm;

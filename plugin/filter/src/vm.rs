@@ -1,28 +1,23 @@
 //! Per-VM state: config, cookie hasher, metric ids and the activity waiting to be
 //! flushed. Touches are coalesced here so the request path never writes shared data.
 
+use crate::activity::{Activity, Requester};
 use crate::host::{self, EnvoyStore};
-use headcount_core::answer::Answer;
 use headcount_core::bearer::TokenCache;
 use headcount_core::events::{Events, Kind, EVENTS_KEY};
-use headcount_core::gateway::{self, AdminRoute};
 use headcount_core::history::{History, HISTORY_KEY};
 use headcount_core::record;
 use headcount_core::snapshot::Snapshot;
 use headcount_core::stats::Counts;
 use headcount_core::table::TableError;
-use headcount_core::table::{shard_of, SessionTable, SharedStore, StoreError, SHARDS};
-use headcount_core::traffic::{self, TrafficDelta};
-use headcount_core::{stats, Config, CookieCache, CookieHash, CookieHasher, Session};
+use headcount_core::table::{SessionTable, SharedStore, StoreError, SHARDS};
+use headcount_core::traffic;
+use headcount_core::{Config, CookieCache, CookieHash, CookieHasher, Session};
 use proxy_wasm::types::MetricType;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 
 const SECRET_KEY: &str = "headcount.v1.secret";
 const SWEEP_KEY: &str = "headcount.v1.next_sweep";
-/// Distinct cookies buffered between flushes; beyond this, requests count as anonymous
-/// so a flood of random cookies cannot grow memory.
-const MAX_PENDING: usize = 65_536;
 /// Session and cookie shards cleaned of orphans and stale cookie entries per sweep
 /// (expired sessions are found in the activity shards, all of them every sweep):
 /// a whole round takes 32 sweeps, 160 s at the default interval.
@@ -34,28 +29,6 @@ pub const FLUSH_SLICES: u64 = 4;
 /// Cookie values whose HMAC a VM remembers (32 B each: 1 MiB per VM, allocated at the
 /// first cookie): a repeat cookie then costs a SipHash instead of an HMAC-SHA-256.
 const COOKIE_CACHE_SLOTS: usize = 32_768;
-
-/// Activity seen for one cookie since the last flush.
-#[derive(Clone, Copy)]
-struct Pending {
-    last_ms: u64,
-    requests: u64,
-    /// A cookie not found at flush is retried once: it may be a rotation another
-    /// VM has not written yet.
-    retried: bool,
-}
-
-/// Who made a request, as far as the stream knows when it finishes.
-pub enum Requester {
-    Anonymous,
-    /// A session cookie: whether it is a known session is settled at flush.
-    Cookie(CookieHash),
-    /// A verified bearer token's session: authenticated whatever the flush finds
-    /// (the session may be evicted meanwhile by another worker).
-    Bearer(CookieHash),
-    /// A known session that this very request ended (logout).
-    EndedSession,
-}
 
 pub struct Metrics {
     active_users: Option<u32>,
@@ -73,12 +46,12 @@ pub struct Vm {
     /// Request cookie values hashed recently (see `COOKIE_CACHE_SLOTS`).
     pub cookie_cache: RefCell<CookieCache>,
     pub metrics: Metrics,
-    pending: RefCell<HashMap<CookieHash, Pending>>,
-    traffic: RefCell<TrafficDelta>,
+    /// Activity and traffic not yet written.
+    activity: RefCell<Activity>,
     /// Verified (and refused) bearer tokens, so a token is checked once per VM.
     pub tokens: RefCell<TokenCache>,
     /// Session shards kept decoded between stats reads and sweeps.
-    snapshot: RefCell<Snapshot>,
+    pub snapshot: RefCell<Snapshot>,
     /// Where the next sweep's cleaning window starts.
     sweep_cursor: Cell<usize>,
     /// Ticks so far: which flush slice is next.
@@ -130,8 +103,7 @@ impl Vm {
             cookie_cache: RefCell::new(CookieCache::new(cache_key, COOKIE_CACHE_SLOTS)),
             cfg,
             metrics,
-            pending: RefCell::new(HashMap::new()),
-            traffic: RefCell::new(TrafficDelta::default()),
+            activity: RefCell::new(Activity::default()),
             tokens: RefCell::new(TokenCache::new()),
             snapshot: RefCell::new(Snapshot::new()),
             sweep_cursor: Cell::new(0),
@@ -143,55 +115,21 @@ impl Vm {
         SessionTable::new(&EnvoyStore)
     }
 
-    /// Counts one finished request; `cookie` is the session cookie's hash, if any.
+    /// Counts one finished request (see `Activity::record`).
     pub fn record(&self, who: Requester, start_ms: u64, response_us: Option<u64>) {
-        self.traffic.borrow_mut().record(start_ms, response_us);
-        let mut pending = self.pending.borrow_mut();
-        match who {
-            Requester::EndedSession => self.traffic.borrow_mut().authenticated += 1,
-            Requester::Cookie(h) | Requester::Bearer(h)
-                if pending.len() < MAX_PENDING || pending.contains_key(&h) =>
-            {
-                let p = pending.entry(h).or_insert(Pending {
-                    last_ms: start_ms,
-                    requests: 0,
-                    retried: false,
-                });
-                p.last_ms = p.last_ms.max(start_ms);
-                if matches!(who, Requester::Bearer(_)) {
-                    self.traffic.borrow_mut().authenticated += 1;
-                } else {
-                    p.requests += 1;
-                }
-            }
-            Requester::Bearer(_) => self.traffic.borrow_mut().authenticated += 1,
-            _ => self.traffic.borrow_mut().anonymous += 1,
-        }
+        self.activity
+            .borrow_mut()
+            .record(who, start_ms, response_us);
     }
 
     /// Moves buffered activity from a rotated-away cookie value to the new one.
     pub fn rekey(&self, from: &CookieHash, to: &CookieHash) {
-        let mut pending = self.pending.borrow_mut();
-        if let Some(p) = pending.remove(from) {
-            let q = pending.entry(*to).or_insert(Pending { requests: 0, ..p });
-            q.last_ms = q.last_ms.max(p.last_ms);
-            q.requests += p.requests;
-        }
+        self.activity.borrow_mut().rekey(from, to);
     }
 
-    /// Settles buffered activity of a session that just ended, under any of its
-    /// cookie values: those requests were authenticated when they were made.
+    /// Settles buffered activity of a session that just ended.
     pub fn forget(&self, session: &Session, request_cookie: &CookieHash) {
-        let mut pending = self.pending.borrow_mut();
-        let mut traffic = self.traffic.borrow_mut();
-        let values = std::iter::once(&session.cookie)
-            .chain(&session.aliases)
-            .chain([request_cookie]);
-        for h in values {
-            if let Some(p) = pending.remove(h) {
-                traffic.authenticated += p.requests;
-            }
-        }
+        self.activity.borrow_mut().forget(session, request_cookie);
     }
 
     /// One timer tick (`FLUSH_SLICES` per `flush_interval_ms`): flushes one slice of
@@ -213,53 +151,26 @@ impl Vm {
     /// Writes the coalesced activity of the cookies in `slice` (all with `None`): one
     /// CAS write per touched shard; then the traffic counted so far.
     fn flush_slice(&self, now: u64, slice: Option<u64>) {
-        let batch: Vec<(CookieHash, Pending)> = match slice {
-            None => self.pending.borrow_mut().drain().collect(),
-            Some(slice) => {
-                let mut batch = Vec::new();
-                self.pending.borrow_mut().retain(|h, p| {
-                    // By cookie shard, so a slice reads a quarter of the cookie shards.
-                    let mine = shard_of(h) as u64 % FLUSH_SLICES == slice;
-                    if mine {
-                        batch.push((*h, *p));
-                    }
-                    !mine
-                });
-                batch
-            }
-        };
+        let batch = self
+            .activity
+            .borrow_mut()
+            .take(slice.map(|s| (s, FLUSH_SLICES)));
         if !batch.is_empty() {
             let touches: Vec<(CookieHash, u64)> =
                 batch.iter().map(|(h, p)| (*h, p.last_ms)).collect();
             match self.table().touch(&touches, now) {
-                Ok(hit) => {
-                    let mut traffic = self.traffic.borrow_mut();
-                    let mut pending = self.pending.borrow_mut();
-                    for ((h, p), hit) in batch.into_iter().zip(hit) {
-                        if hit {
-                            traffic.authenticated += p.requests;
-                        } else if !p.retried {
-                            // The VM is single-threaded: nothing arrived for `h` since the drain.
-                            pending.insert(h, Pending { retried: true, ..p });
-                        } else {
-                            traffic.anonymous += p.requests;
-                        }
-                    }
-                }
+                Ok(found) => self.activity.borrow_mut().settle(batch, found),
                 Err(e) => {
                     host::warn(&format!("activity flush failed, will retry: {e}"));
-                    let mut pending = self.pending.borrow_mut();
-                    for (h, p) in batch {
-                        pending.entry(h).or_insert(p);
-                    }
+                    self.activity.borrow_mut().restore(batch);
                 }
             }
         }
-        let delta = std::mem::take(&mut *self.traffic.borrow_mut());
+        let delta = std::mem::take(&mut self.activity.borrow_mut().traffic);
         if !delta.is_empty() {
             if let Err(e) = traffic::add(&EnvoyStore, &delta, now) {
                 host::warn(&format!("traffic flush failed: {e}"));
-                *self.traffic.borrow_mut() = delta;
+                self.activity.borrow_mut().traffic = delta;
             }
         }
     }
@@ -307,7 +218,7 @@ impl Vm {
     }
 
     /// One pass over every session's activity (details decoded only where changed).
-    fn counts(&self, now: u64) -> Result<Counts, TableError> {
+    pub fn counts(&self, now: u64) -> Result<Counts, TableError> {
         self.snapshot
             .borrow_mut()
             .counts(&EnvoyStore, now, &self.cfg)
@@ -319,54 +230,6 @@ impl Vm {
         for (role, id) in &self.metrics.roles {
             host::set_gauge(*id, c.by_role.get(role).copied().unwrap_or(0) as u64);
         }
-    }
-
-    /// The body of a data route; flushes this VM first so its own activity shows.
-    pub fn admin_data(&self, route: AdminRoute, path: &[u8], now: u64) -> Result<Answer, String> {
-        self.flush(now);
-        let store = EnvoyStore;
-        let e = |e: TableError| e.to_string();
-        let s = |e: StoreError| e.to_string();
-        Ok(match route {
-            AdminRoute::Revoke(id) => {
-                let session = self.table().revoke(&id, now, &self.cfg).map_err(e)?;
-                if let Some(session) = &session {
-                    host::info(&format!(
-                        "revoked {} ({})",
-                        session.username,
-                        session.uuid()
-                    ));
-                    self.events(Kind::Revocation, std::slice::from_ref(session), now);
-                }
-                Answer::revoked(session.as_ref())
-            }
-            AdminRoute::History => {
-                let (h, _) = record::load::<History>(&store, HISTORY_KEY).map_err(s)?;
-                Answer::history(&h, now)
-            }
-            AdminRoute::Events => {
-                let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
-                Answer::events(&ev, path)
-            }
-            AdminRoute::Metrics => {
-                let counts = self.counts(now).map_err(e)?;
-                let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
-                Answer::metrics(&counts, &ev)
-            }
-            _ => {
-                let limit = gateway::query_param(path, "limit")
-                    .map_or(stats::DEFAULT_LISTED, |n| {
-                        usize::try_from(n).unwrap_or(stats::MAX_LISTED)
-                    });
-                let traffic = traffic::load(&store).map_err(s)?;
-                let report = self
-                    .snapshot
-                    .borrow_mut()
-                    .report_json(&store, now, &self.cfg, limit, traffic.figures(now))
-                    .map_err(e)?;
-                Answer::json(200, report)
-            }
-        })
     }
 
     /// Adds session events to the shared feed (and its lifetime counters).

@@ -8,6 +8,7 @@ use super::wire::{
     Batch, BatchReply, FeedReply, Hash, Op, RevokeReply, RevokedAdd, RevokedList, SecretReply,
     StatsReply, TrafficPart, MAX_BATCH_OPS, VERSION,
 };
+use crate::activity::{self, Pending, Settled};
 use crate::bearer::{self, Start};
 use crate::config::Config;
 use crate::events::{Events, Kind};
@@ -747,17 +748,21 @@ pub fn next_expiry(m: Minima, cfg: &Config) -> Option<u64> {
     .map(|t| t + 1)
 }
 
-/// A touch of a cookie that leads to no live session: sent once more later (a
-/// rotation seen by another node may not have landed), then counted anonymous.
+/// A touch of a cookie that leads to no live session: the shared rule
+/// (`activity::settle`) sends it once more later, then counts it anonymous.
 fn unknown_touch(hash: Hash, last_ms: u64, requests: u64, retry: bool, out: &mut Outcome) {
-    if retry {
-        out.anonymous += requests;
-    } else {
-        out.reply.missing.push(Op::Touch {
+    let pending = Pending {
+        last_ms,
+        requests,
+        retried: retry,
+    };
+    match activity::settle(pending, false) {
+        Settled::Retry(p) => out.reply.missing.push(Op::Touch {
             hash,
-            last_ms,
-            requests,
+            last_ms: p.last_ms,
+            requests: p.requests,
             retry: true,
-        });
+        }),
+        Settled::Anonymous(n) | Settled::Authenticated(n) => out.anonymous += n,
     }
 }

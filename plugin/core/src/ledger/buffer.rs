@@ -6,9 +6,8 @@ use super::wire::{Hash, Op, TrafficPart};
 use crate::traffic::TrafficDelta;
 use std::collections::HashMap;
 
-/// Distinct cookies buffered between flushes; beyond this, requests count as
-/// anonymous so that a flood of random cookies cannot grow memory (as the Envoy filter does).
-pub const MAX_PENDING: usize = 65_536;
+pub use crate::activity::MAX_PENDING;
+
 /// Ops of any kind kept while the ledger is unreachable; beyond this new
 /// session events are dropped (and logged) rather than growing without bound.
 pub const MAX_OPS: usize = 2 * MAX_PENDING;

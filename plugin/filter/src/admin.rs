@@ -1,0 +1,96 @@
+//! The plugin's own routes under `route_prefix`, answered in the filter and never
+//! proxied: the dashboard page (no data), and the data routes, which need the
+//! admin token or an admin-role session (`gateway::authorize`). The answers are
+//! the core's (`answer::Answer`); this file finds the data in shared data.
+
+use crate::host::{self, EnvoyStore};
+use crate::vm::Vm;
+use headcount_core::answer::Answer;
+use headcount_core::bearer;
+use headcount_core::events::{Events, Kind, EVENTS_KEY};
+use headcount_core::gateway::{self, AdminRoute};
+use headcount_core::history::{History, HISTORY_KEY};
+use headcount_core::identity::Identity;
+use headcount_core::table::{StoreError, TableError};
+use headcount_core::{record, stats, traffic, CookieHash};
+
+/// A request to one of the plugin's routes, as the stream read it.
+pub struct AdminRequest<'a> {
+    pub route: AdminRoute,
+    /// Path and query string.
+    pub path: &'a [u8],
+    pub authorization: Option<&'a [u8]>,
+    /// The request's session key (cookie hash, or a verified token's key).
+    pub cookie: Option<CookieHash>,
+    /// Who a verified JWT names, when its session is not in the table (admin
+    /// routes never start one).
+    pub bearer_admin: Option<Identity>,
+    pub now: u64,
+}
+
+/// The answer to a request for the plugin's routes.
+pub fn answer(vm: &Vm, req: AdminRequest<'_>) -> Answer {
+    let (cfg, route, now) = (&vm.cfg, req.route, req.now);
+    if let Some(answer) = Answer::without_data(cfg, route) {
+        return answer;
+    }
+    let token = req.authorization.and_then(gateway::bearer);
+    let session = req
+        .cookie
+        .and_then(|h| vm.table().resolve(&h, now).ok().flatten())
+        .or_else(|| bearer::transient_session(cfg, req.bearer_admin?, now));
+    let access = gateway::authorize(cfg, route, token, session.as_ref(), now);
+    Answer::denied(access).unwrap_or_else(|| {
+        data(vm, route, req.path, now).unwrap_or_else(|e| {
+            host::error(&format!("{route:?} failed: {e}"));
+            Answer::unavailable()
+        })
+    })
+}
+
+/// The answer of an allowed data route; flushes this VM first so its own activity shows.
+fn data(vm: &Vm, route: AdminRoute, path: &[u8], now: u64) -> Result<Answer, String> {
+    vm.flush(now);
+    let store = EnvoyStore;
+    let e = |e: TableError| e.to_string();
+    let s = |e: StoreError| e.to_string();
+    Ok(match route {
+        AdminRoute::Revoke(id) => {
+            let session = vm.table().revoke(&id, now, &vm.cfg).map_err(e)?;
+            if let Some(session) = &session {
+                host::info(&format!(
+                    "revoked {} ({})",
+                    session.username,
+                    session.uuid()
+                ));
+                vm.events(Kind::Revocation, std::slice::from_ref(session), now);
+            }
+            Answer::revoked(session.as_ref())
+        }
+        AdminRoute::History => {
+            let (h, _) = record::load::<History>(&store, HISTORY_KEY).map_err(s)?;
+            Answer::history(&h, now)
+        }
+        AdminRoute::Events => {
+            let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
+            Answer::events(&ev, path)
+        }
+        AdminRoute::Metrics => {
+            let counts = vm.counts(now).map_err(e)?;
+            let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
+            Answer::metrics(&counts, &ev)
+        }
+        _ => {
+            let limit = gateway::query_param(path, "limit").map_or(stats::DEFAULT_LISTED, |n| {
+                usize::try_from(n).unwrap_or(stats::MAX_LISTED)
+            });
+            let traffic = traffic::load(&store).map_err(s)?;
+            let report = vm
+                .snapshot
+                .borrow_mut()
+                .report_json(&store, now, &vm.cfg, limit, traffic.figures(now))
+                .map_err(e)?;
+            Answer::json(200, report)
+        }
+    })
+}
