@@ -185,6 +185,7 @@ impl Store {
     }
 }
 
+/// The trait documents each call; the SQL says which index it uses.
 impl LedgerStore for Store {
     type Error = worker::Error;
 
@@ -219,8 +220,6 @@ impl LedgerStore for Store {
         Ok(())
     }
 
-    /// Marks the session seen at `last_ms` (never moves it back in time).
-    /// Returns whether the session exists.
     fn touch(&mut self, id: &Hash, last_ms: u64) -> Result<bool> {
         let exists = !self
             .query("SELECT 1 FROM sessions WHERE id = ?", vec![blob(id)])?
@@ -261,7 +260,6 @@ impl LedgerStore for Store {
             }))
     }
 
-    /// Points `hash` at session `id` until `until` (adds or replaces the entry).
     fn index(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<()> {
         self.exec(
             "INSERT OR REPLACE INTO cookies (hash, session, until_ms, next) VALUES (?, ?, ?, NULL)",
@@ -278,7 +276,6 @@ impl LedgerStore for Store {
         Ok(())
     }
 
-    /// Shortens the entry of `hash` for session `id` to end no later than `until`.
     fn shorten(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<()> {
         self.exec(
             "UPDATE cookies SET until_ms = MIN(until_ms, ?) WHERE hash = ? AND session = ?",
@@ -287,7 +284,6 @@ impl LedgerStore for Store {
         Ok(())
     }
 
-    /// Removes the entry of `hash` if it leads to session `id`.
     fn unindex(&mut self, hash: &Hash, id: &Hash) -> Result<()> {
         self.exec(
             "DELETE FROM cookies WHERE hash = ? AND session = ?",
@@ -301,7 +297,6 @@ impl LedgerStore for Store {
         Ok(())
     }
 
-    /// Removes cookie entries past their time; returns how many.
     fn delete_cookies_before(&mut self, now: u64) -> Result<u64> {
         let n = self.query(
             "SELECT COUNT(*) FROM cookies WHERE until_ms < ?",
@@ -314,7 +309,6 @@ impl LedgerStore for Store {
         Ok(n)
     }
 
-    /// Sessions seen at or after `since` (uses the `last_ms` index).
     fn sessions_seen_since(&mut self, since: u64) -> Result<Vec<Session>> {
         let q = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE last_ms >= ?");
         Ok(self
@@ -324,7 +318,6 @@ impl LedgerStore for Store {
             .collect())
     }
 
-    /// By the `last_ms` and `login_ms` indexes.
     fn expiry_candidates(&mut self, idle_before: u64, login_before: u64) -> Result<Vec<Session>> {
         let q = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE last_ms < ? OR login_ms < ?");
         Ok(self
@@ -372,7 +365,6 @@ impl LedgerStore for Store {
         Ok(as_u64(rows.first().and_then(|r| r.first())))
     }
 
-    /// The `n` sessions seen longest ago, other than `keep` (uses the `last_ms` index).
     fn longest_idle(&mut self, n: u64, keep: &Hash) -> Result<Vec<Hash>> {
         Ok(self
             .query(
@@ -384,7 +376,6 @@ impl LedgerStore for Store {
             .collect())
     }
 
-    /// Cookie entries here that lead to session `id` and are still valid.
     fn cookies_of_session(&mut self, id: &Hash, now: u64) -> Result<Vec<Hash>> {
         Ok(self
             .query(
@@ -396,7 +387,6 @@ impl LedgerStore for Store {
             .collect())
     }
 
-    /// Adds `id` to `user`'s sessions; returns all of them, oldest login first.
     fn user_add(&mut self, user: &Hash, id: &Hash, login_ms: u64) -> Result<Vec<Hash>> {
         self.exec(
             "INSERT OR REPLACE INTO users (user, session, login_ms) VALUES (?, ?, ?)",
@@ -419,8 +409,6 @@ impl LedgerStore for Store {
         )
     }
 
-    /// Forgets per-user entries of sessions that logged in before `login_before`
-    /// (past their maximum lifetime: over, even if the news never arrived).
     fn users_prune(&mut self, login_before: u64) -> Result<()> {
         self.exec(
             "DELETE FROM users WHERE login_ms < ?",
@@ -428,8 +416,6 @@ impl LedgerStore for Store {
         )
     }
 
-    /// Remembers `hashes` as revoked until `until` (a later time wins); bumps the
-    /// list's revision.
     fn revoke(&mut self, hashes: &[Hash], until: u64) -> Result<()> {
         for h in hashes {
             self.exec(
@@ -441,7 +427,6 @@ impl LedgerStore for Store {
         self.bump_revoked_rev()
     }
 
-    /// Whether `hash` is a revoked session's value at `now`.
     fn is_revoked(&mut self, hash: &Hash, now: u64) -> Result<bool> {
         Ok(!self
             .query(
@@ -451,12 +436,10 @@ impl LedgerStore for Store {
             .is_empty())
     }
 
-    /// The revision of the revoked list (0 before any revocation).
     fn revoked_rev(&mut self) -> Result<u64> {
         self.revoked_revision()
     }
 
-    /// The `limit` revoked values that stay revoked longest.
     fn revoked(&mut self, limit: usize) -> Result<Vec<(Hash, u64)>> {
         Ok(self
             .query(
@@ -468,7 +451,6 @@ impl LedgerStore for Store {
             .collect())
     }
 
-    /// Forgets revocations past their time; returns how many.
     fn delete_revoked_before(&mut self, now: u64) -> Result<u64> {
         let n = self.query(
             "SELECT COUNT(*) FROM revoked WHERE until_ms < ?",
@@ -482,7 +464,6 @@ impl LedgerStore for Store {
         Ok(n)
     }
 
-    /// The event feed and lifetime counters (the core's `Events`, shard 0).
     fn events(&mut self) -> Result<Events> {
         self.json_meta("events")
     }
@@ -491,7 +472,6 @@ impl LedgerStore for Store {
         self.put_json_meta("events", e)
     }
 
-    /// Per-minute peaks (the core's `History`, shard 0).
     fn history(&mut self) -> Result<History> {
         self.json_meta("history")
     }

@@ -221,6 +221,34 @@ fn a_token_in_a_cookie_counts_and_an_idle_session_comes_back_on_use() {
 }
 
 #[test]
+fn a_token_whose_session_expired_before_the_sweep_starts_it_again_as_the_worker_does() {
+    // The core's bearer::start: over but not swept is ended as an expiry, then
+    // started again (a login), instead of being revived by the token's request.
+    let (host, vm) = start(json!({
+        "jwt": {"hs256_secret": SECRET},
+        "active_window_seconds": 60, "idle_timeout_seconds": 120,
+        "sweep_interval_seconds": 3600
+    }));
+    let bob = sign(user("8", "bob", "student"));
+    call(&vm, &bob);
+    settle(&host);
+    let first = stats(&vm)["sessions"][0]["login_time"].clone();
+    // Idle past the timeout; no tick, so no sweep has removed it.
+    host.advance(std::time::Duration::from_secs(200));
+    call(&vm, &bob);
+    settle(&host);
+    let s = stats(&vm);
+    assert_eq!(s["active_sessions"], 1, "{s:#}");
+    // The same id (it derives from the token's key), but a new login.
+    assert_ne!(
+        s["sessions"][0]["login_time"], first,
+        "a new session: {s:#}"
+    );
+    assert_eq!(host.metric("headcount_logins_total"), Some(2));
+    assert_eq!(host.metric("headcount_expiries_total"), Some(1));
+}
+
+#[test]
 fn a_revoked_token_is_refused_at_the_edge_and_never_restarts() {
     let (host, vm) = start(json!({"jwt": {"hs256_secret": SECRET}, "enforce_revocation": true}));
     let eve = sign(user("9", "eve", "student"));

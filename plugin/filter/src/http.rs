@@ -6,7 +6,7 @@ use crate::admin::{self, AdminRequest};
 use crate::host;
 use crate::vm::Vm;
 use headcount_core::answer::Answer;
-use headcount_core::bearer::{self, Bearer};
+use headcount_core::bearer::{self, Bearer, Start};
 use headcount_core::events::Kind;
 use headcount_core::flow::{self, Change, LoginAttempt, Upstream};
 use headcount_core::gateway::{self, AdminRoute, Route};
@@ -86,36 +86,52 @@ impl Stream {
         user_agent: &[u8],
         now: u64,
     ) -> bool {
-        let table = self.vm.table();
-        match table.resolve(&key, now) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                // A revoked token does not come back as a new session.
-                if table.is_revoked(&key, now).unwrap_or(true) {
-                    return false;
+        let (table, cfg) = (self.vm.table(), &self.vm.cfg);
+        let existing = match table.resolve(&key, now) {
+            Ok(s) => s,
+            Err(e) => {
+                host::warn(&format!("bearer session not followed: {e}"));
+                return false;
+            }
+        };
+        // Only a session that is not live needs the revoked list read.
+        let live = existing.as_ref().is_some_and(|s| !s.is_expired(now, cfg));
+        let revoked = !live && table.is_revoked(&key, now).unwrap_or(true);
+        match bearer::start(existing.as_ref(), revoked, now, cfg) {
+            Start::Live => {}
+            Start::Revoked => return false,
+            start => {
+                if let (Start::Restart, Some(old)) = (start, existing) {
+                    self.end_expired(&old, now);
                 }
-                let Some(session) = bearer::start_session(
-                    &self.vm.cfg,
-                    &self.vm.hasher,
-                    key,
-                    who,
-                    self.client_ip(headers),
-                    identity::clean_user_agent(user_agent),
-                    now,
-                ) else {
+                let ip = self.client_ip(headers);
+                let ua = identity::clean_user_agent(user_agent);
+                let hasher = &self.vm.hasher;
+                let Some(session) = bearer::start_session(cfg, hasher, key, who, ip, ua, now)
+                else {
                     return false;
                 };
                 if !self.record_login(session, now) {
                     return false;
                 }
             }
-            Err(e) => {
-                host::warn(&format!("bearer session not followed: {e}"));
-                return false;
-            }
         }
         self.vm.tokens.borrow_mut().confirm(&token, now);
         true
+    }
+
+    /// Ends a session that is over but not yet swept (a token's, about to start
+    /// again): as the sweep would, an expiry.
+    fn end_expired(&self, old: &Session, now: u64) {
+        match self.vm.table().remove_by_id(&old.id, &self.vm.cfg) {
+            Ok(Some(s)) => {
+                self.vm.forget(&s, &s.cookie);
+                host::add_counter(self.vm.metrics.expiries, 1);
+                self.vm.events(Kind::Expiry, std::slice::from_ref(&s), now);
+            }
+            Ok(None) => {}
+            Err(e) => host::warn(&format!("expired bearer session not ended: {e}")),
+        }
     }
 
     /// Stores a new session and reports it (metrics, event, log line).

@@ -36,7 +36,7 @@ pub struct Metrics {
     roles: Vec<(String, Option<u32>)>,
     pub logins: Option<u32>,
     pub logouts: Option<u32>,
-    expiries: Option<u32>,
+    pub expiries: Option<u32>,
     pub evictions: Option<u32>,
 }
 
