@@ -165,7 +165,7 @@ def refused(ctx: StartContext, plugin_config: dict[str, Any] | str, log_pattern:
         status, from_plugin = r.status_code, "x-demo-app" not in r.headers
     except requests.RequestException:
         pass
-    gw.wait_log(log_pattern)  # every worker's refusal line, not a fixed sleep
+    gw.wait_log(log_pattern)  # the plugin has logged its refusal (not a fixed sleep)
     gw.stop()
     return Refusal(exited=False, returncode=gw.proc.returncode, log=gw.log_text(),
                    probe_status=status, probe_from_plugin=from_plugin)
