@@ -17,7 +17,7 @@ use crate::setup::{self, Setup};
 use crate::shards;
 use futures::future::join_all;
 use headcount_core::ledger::buffer::Buffer;
-use headcount_core::ledger::route::{Gathered, Known, Pending, MAX_ROUNDS};
+use headcount_core::ledger::route::{Gathered, Known, Pending, Sequencer, MAX_ROUNDS};
 use headcount_core::ledger::wire::{
     Batch, BatchReply, FeedReply, Resolve, ResolveReply, RevokeQuery, RevokeReply, RevokedAdd,
     StatsQuery, StatsReply, TrafficPart,
@@ -54,6 +54,29 @@ thread_local! {
     /// cookie hash -> session id (`route::Known`): ops on a known cookie go
     /// straight to its session's shard.
     static KNOWN: RefCell<Known> = RefCell::new(Known::default());
+    /// This isolate's batch numbers and the batches still waiting for an answer
+    /// (`route::Sequencer`); `None` until the first flush picks the isolate's id.
+    static SEQUENCER: RefCell<Option<Sequencer>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the isolate's sequencer, made with a random id at first use
+/// (without randomness, batches go unsequenced).
+fn with_sequencer<R>(f: impl FnOnce(&mut Sequencer) -> R) -> Option<R> {
+    SEQUENCER.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.is_none() {
+            let mut id = [0u8; 16];
+            *s = getrandom::getrandom(&mut id)
+                .ok()
+                .map(|()| Sequencer::new(Hash(id)));
+        }
+        s.as_mut().map(f)
+    })
+}
+
+/// Nothing buffered and no batch waiting to be sent again.
+fn idle() -> bool {
+    with_buffer(|b| b.is_empty()) && with_sequencer(|s| !s.has_unacked()) != Some(false)
 }
 
 fn with_known<R>(f: impl FnOnce(&mut Known) -> R) -> R {
@@ -74,12 +97,24 @@ fn live(since: Option<u64>, now: u64) -> bool {
     since.is_some_and(|t| now.saturating_sub(t) < STALE_MS)
 }
 
+/// Takes the isolate's one flush slot, unless a live flush holds it.
+fn claim_flush(now: u64) -> bool {
+    TASKS.with(|t| {
+        let mut t = t.borrow_mut();
+        let free = !live(t.flushing_since, now);
+        if free {
+            t.flushing_since = Some(now);
+        }
+        free
+    })
+}
+
 /// After a request added to the buffer: the task to keep alive with
 /// `ctx.wait_until` (or to await inside one), if one is needed: an immediate
 /// flush for a waiting login or logout, else a timer if none is running.
 pub fn kick(env: &Env, setup: &Rc<Setup>) -> Option<Task> {
-    let (empty, urgent) = with_buffer(|b| (b.is_empty(), b.urgent));
-    if empty {
+    let urgent = with_buffer(|b| b.urgent);
+    if idle() {
         return None;
     }
     let now = now_ms();
@@ -110,21 +145,12 @@ async fn timer(env: Env, setup: Rc<Setup>, started: u64) {
     loop {
         Delay::from(Duration::from_millis(setup.cfg.flush_interval_ms)).await;
         let now = now_ms();
-        let mine = TASKS.with(|t| {
-            let mut t = t.borrow_mut();
-            if live(t.flushing_since, now) {
-                false
-            } else {
-                t.flushing_since = Some(now);
-                true
-            }
-        });
-        if mine {
+        if claim_flush(now) {
             let urgent = with_buffer(|b| b.urgent);
             flush_while_urgent(&env, &setup, if urgent { MAX_ROUNDS } else { 1 }).await;
             TASKS.with(|t| t.borrow_mut().flushing_since = None);
         }
-        if with_buffer(|b| b.is_empty()) || now_ms().saturating_sub(started) >= TIMER_LIFETIME_MS {
+        if idle() || now_ms().saturating_sub(started) >= TIMER_LIFETIME_MS {
             TASKS.with(|t| t.borrow_mut().timer_since = None);
             return;
         }
@@ -150,16 +176,7 @@ pub async fn flush_now(env: &Env, setup: &Setup) -> Result<(), String> {
     let start = now_ms();
     loop {
         let now = now_ms();
-        let free = TASKS.with(|t| {
-            let mut t = t.borrow_mut();
-            if live(t.flushing_since, now) {
-                false
-            } else {
-                t.flushing_since = Some(now);
-                true
-            }
-        });
-        if free {
+        if claim_flush(now) {
             break;
         }
         if now.saturating_sub(start) > WAIT_FOR_FLUSH_MS {
@@ -172,26 +189,34 @@ pub async fn flush_now(env: &Env, setup: &Setup) -> Result<(), String> {
     result
 }
 
-/// Writes everything buffered now: one `/batch` per shard, then the follow-ups the
-/// shards returned (cross-shard moves), round by round. Failed batches go back to
-/// the buffer; touches of cookies nobody knew come back once, on the next flush.
+/// Writes everything buffered now: first the batches whose answer never came,
+/// as they were (a shard that applied one answers from memory: nothing counts
+/// twice); then one `/batch` per shard, then the follow-ups the shards returned
+/// (cross-shard moves), round by round. A batch without an answer is kept to be
+/// sent again; touches of cookies nobody knew come back once, on the next flush.
 /// `rounds`: how many rounds of cross-shard follow-ups to deliver now; the rest go
 /// back to the buffer for the next flush (the timer sends one round per interval,
 /// so an isolate sends each shard at most one batch per interval).
 async fn flush_once(env: &Env, setup: &Setup, rounds: usize) -> Result<(), String> {
+    let shards = setup.shards;
+    let mut pending = Pending::default();
+    let resend = with_sequencer(Sequencer::take_unacked).unwrap_or_default();
+    if !resend.is_empty() {
+        if let Err(e) = send(env, setup, resend, &mut pending).await {
+            with_buffer(|buf| buf.restore(pending.into_ops(), TrafficPart::default()));
+            return Err(e);
+        }
+    }
     let (ops, traffic) = with_buffer(Buffer::take);
-    if ops.is_empty() && traffic.is_empty() {
+    if ops.is_empty() && traffic.is_empty() && pending.is_empty() {
         return Ok(());
     }
     setup::count(|c| c.flushes += 1);
-    let shards = setup.shards;
-    let mut pending = Pending::default();
     with_known(|k| {
         ops.into_iter()
             .for_each(|op| pending.push(k.address(op), shards))
     });
     let mut traffic = Some(traffic);
-    let mut failure = None;
     // With enforcement, each batch asks for the shard's revoked list if it changed.
     let rev = |shard: u32| {
         setup
@@ -199,40 +224,69 @@ async fn flush_once(env: &Env, setup: &Setup, rounds: usize) -> Result<(), Strin
             .enforce_revocation
             .then(|| revoked::with(|r| r.rev(shard)))
     };
+    let mut result = Ok(());
     for _ in 0..rounds.min(MAX_ROUNDS) {
-        let batches = pending.batches(shards, now_ms(), traffic.take(), rev);
+        let mut batches = pending.batches(shards, now_ms(), traffic.take(), rev);
         if batches.is_empty() {
             break;
         }
-        let replies = join_all(
-            batches
-                .iter()
-                .map(|b| shards::call::<_, BatchReply>(env, b.shard, "/batch", b)),
-        )
-        .await;
-        for (batch, reply) in batches.into_iter().zip(replies) {
-            match reply {
-                Ok(mut reply) => {
-                    if let Some(list) = reply.revoked.take() {
-                        revoked::with(|r| r.sync(batch.shard, list, now_ms()));
-                    }
-                    let missing = with_known(|k| pending.absorb(reply, k, shards));
-                    with_buffer(|buf| missing.into_iter().for_each(|m| buf.retry(m)));
-                }
-                Err(e) => {
-                    with_buffer(|buf| buf.restore(batch.ops, batch.traffic));
-                    failure = Some(e);
-                }
-            }
+        for b in &mut batches {
+            with_sequencer(|s| s.stamp(b));
+        }
+        let sent = batches.into_iter().map(|b| (b, 0)).collect();
+        result = send(env, setup, sent, &mut pending).await;
+        if result.is_err() {
+            // Nothing newer for a shard goes before its unanswered batch.
+            break;
         }
     }
     if !pending.is_empty() {
         with_buffer(|buf| buf.restore(pending.into_ops(), TrafficPart::default()));
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
+    result
+}
+
+/// Sends batches (with how often each was sent before), one request per shard.
+/// A reply's follow-ups join `pending`, its unknown touches the buffer's retry,
+/// its revoked list the isolate's; a batch without an answer is kept to be sent
+/// again as it is (or given up after `MAX_SENDS`).
+async fn send(
+    env: &Env,
+    setup: &Setup,
+    batches: Vec<(Batch, u32)>,
+    pending: &mut Pending,
+) -> Result<(), String> {
+    let replies = join_all(
+        batches
+            .iter()
+            .map(|(b, _)| shards::call::<_, BatchReply>(env, b.shard, "/batch", b)),
+    )
+    .await;
+    let mut failure = Ok(());
+    for ((batch, sends), reply) in batches.into_iter().zip(replies) {
+        match reply {
+            Ok(mut reply) => {
+                if let Some(list) = reply.revoked.take() {
+                    revoked::with(|r| r.sync(batch.shard, list, now_ms()));
+                }
+                let missing = with_known(|k| pending.absorb(reply, k, setup.shards));
+                with_buffer(|buf| missing.into_iter().for_each(|m| buf.retry(m)));
+            }
+            Err(e) => {
+                let (shard, ops) = (batch.shard, batch.ops.len());
+                if batch.seq == 0 {
+                    // Unsequenced (no randomness for an id): back into the buffer.
+                    with_buffer(|buf| buf.restore(batch.ops, batch.traffic));
+                } else if with_sequencer(|s| s.failed(batch, sends + 1)) == Some(false) {
+                    log_lost(&format!(
+                        "a batch of {ops} ops to shard {shard} (no answer)"
+                    ));
+                }
+                failure = Err(e);
+            }
+        }
     }
+    failure
 }
 
 /// The live session behind a cookie hash: the cookie's shard knows the session

@@ -9,7 +9,7 @@
 use crate::shards;
 use crate::store::Store;
 use futures::future::join_all;
-use headcount_core::ledger::route::{Pending, MAX_ROUNDS};
+use headcount_core::ledger::route::Pending;
 use headcount_core::ledger::wire::{
     Batch, BatchReply, Resolve, RevokeQuery, RevokedAdd, StatsQuery, StatsReply,
 };
@@ -201,7 +201,7 @@ impl Sessions {
         }
         let forward = std::mem::take(&mut swept.outcome.reply.forward);
         if !forward.is_empty() {
-            self.deliver(&mut store, cfg, here, forward).await;
+            self.deliver(here, forward).await;
         }
         if Ledger::new(&mut store, cfg, here).sampling()? {
             if let Err(e) = self.sample_history(&mut store, cfg, here).await {
@@ -231,47 +231,25 @@ impl Sessions {
         Ledger::new(store, cfg, here).sample_history(&sessions, stored)
     }
 
-    /// Delivers follow-ups an alarm produced, round by round: its own are applied
-    /// here, the others sent to their shards.
-    async fn deliver(&self, store: &mut Store, cfg: &Config, here: Here, ops: Vec<Op>) {
+    /// Delivers the follow-ups of a sweep to the other shards, one batch each. A
+    /// sweep's own shard applied its share already, and what it sends (cookie
+    /// entries, per-user entries, events) leads to nothing further.
+    async fn deliver(&self, here: Here, ops: Vec<Op>) {
         let mut pending = Pending::default();
         ops.into_iter().for_each(|op| pending.push(op, here.shards));
-        for _ in 0..MAX_ROUNDS {
-            if let Some(mine) = pending.take_shard(here.shard) {
-                match Ledger::new(store, cfg, here).follow_ups(mine) {
-                    Ok(out) => {
-                        log(&out.log);
-                        out.reply
-                            .forward
-                            .into_iter()
-                            .for_each(|op| pending.push(op, here.shards));
-                    }
-                    Err(e) => console_error!("headcount: alarm follow-ups failed: {e}"),
-                }
-                continue;
+        let batches = pending.batches(here.shards, now_ms(), None, |_| None);
+        let replies = join_all(
+            batches
+                .iter()
+                .map(|b| shards::call::<_, BatchReply>(&self.env, b.shard, "/batch", b)),
+        )
+        .await;
+        for reply in replies {
+            match reply {
+                Ok(r) if r.forward.is_empty() => {}
+                Ok(r) => console_error!("headcount: {} alarm follow-ups dropped", r.forward.len()),
+                Err(e) => console_error!("headcount: alarm follow-ups not delivered: {e}"),
             }
-            let batches = pending.batches(here.shards, now_ms(), None, |_| None);
-            if batches.is_empty() {
-                return;
-            }
-            let replies = join_all(
-                batches
-                    .iter()
-                    .map(|b| shards::call::<_, BatchReply>(&self.env, b.shard, "/batch", b)),
-            )
-            .await;
-            for reply in replies {
-                match reply {
-                    Ok(r) => r
-                        .forward
-                        .into_iter()
-                        .for_each(|op| pending.push(op, here.shards)),
-                    Err(e) => console_error!("headcount: alarm follow-ups not delivered: {e}"),
-                }
-            }
-        }
-        if !pending.is_empty() {
-            console_error!("headcount: alarm follow-ups dropped: too many rounds");
         }
     }
 

@@ -5,7 +5,7 @@
 
 use headcount_core::events::Events;
 use headcount_core::history::History;
-use headcount_core::ledger::store::{Minima, Rows};
+use headcount_core::ledger::store::{Applied, Minima, Rows};
 use headcount_core::ledger::{CookieRow, Hash, LedgerStore};
 use headcount_core::traffic::Traffic;
 use headcount_core::{CookieHash, Session};
@@ -53,6 +53,14 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (user, session)
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS users_by_login ON users (login_ms)",
+    // The last sequenced batch of each isolate (its reply), so a retry is answered
+    // from here instead of applied twice.
+    "CREATE TABLE IF NOT EXISTS applied (
+        origin BLOB PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        reply TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID",
 ];
 
 const SESSION_COLUMNS: &str =
@@ -143,6 +151,33 @@ impl Store {
             row?;
         }
         Ok(())
+    }
+
+    /// The first column of each row, as hashes.
+    fn hashes(&self, query: &str, bindings: Vec<V>) -> Result<Vec<Hash>> {
+        let rows = self.query(query, bindings)?;
+        Ok(rows.iter().filter_map(|r| as_hash(r.first())).collect())
+    }
+
+    fn sessions_where(&self, condition: &str, bindings: Vec<V>) -> Result<Vec<Session>> {
+        let q = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE {condition}");
+        let rows = self.query(&q, bindings)?;
+        Ok(rows.iter().filter_map(|r| row_session(r)).collect())
+    }
+
+    /// Deletes the rows of `table` whose `column` is before `t`; how many.
+    fn delete_before(&self, table: &str, column: &str, t: u64) -> Result<u64> {
+        let q = format!("SELECT COUNT(*) FROM {table} WHERE {column} < ?");
+        let n = as_u64(
+            self.query(&q, vec![int(t)])?
+                .first()
+                .and_then(|r| r.first()),
+        );
+        if n > 0 {
+            let q = format!("DELETE FROM {table} WHERE {column} < ?");
+            self.exec(&q, vec![int(t)])?;
+        }
+        Ok(n)
     }
 
     fn bump_revoked_rev(&self) -> Result<()> {
@@ -298,39 +333,23 @@ impl LedgerStore for Store {
     }
 
     fn delete_cookies_before(&mut self, now: u64) -> Result<u64> {
-        let n = self.query(
-            "SELECT COUNT(*) FROM cookies WHERE until_ms < ?",
-            vec![int(now)],
-        )?;
-        let n = as_u64(n.first().and_then(|r| r.first()));
-        if n > 0 {
-            self.exec("DELETE FROM cookies WHERE until_ms < ?", vec![int(now)])?;
-        }
-        Ok(n)
+        self.delete_before("cookies", "until_ms", now)
     }
 
     fn sessions_seen_since(&mut self, since: u64) -> Result<Vec<Session>> {
-        let q = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE last_ms >= ?");
-        Ok(self
-            .query(&q, vec![int(since)])?
-            .iter()
-            .filter_map(|r| row_session(r))
-            .collect())
+        self.sessions_where("last_ms >= ?", vec![int(since)])
     }
 
     fn expiry_candidates(&mut self, idle_before: u64, login_before: u64) -> Result<Vec<Session>> {
-        let q = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE last_ms < ? OR login_ms < ?");
-        Ok(self
-            .query(&q, vec![int(idle_before), int(login_before)])?
-            .iter()
-            .filter_map(|r| row_session(r))
-            .collect())
+        let bindings = vec![int(idle_before), int(login_before)];
+        self.sessions_where("last_ms < ? OR login_ms < ?", bindings)
     }
 
     fn minima(&mut self) -> Result<Minima> {
         let mins = self.query(
             "SELECT (SELECT MIN(last_ms) FROM sessions), (SELECT MIN(login_ms) FROM sessions),
-                    (SELECT MIN(until_ms) FROM cookies), (SELECT MIN(until_ms) FROM revoked)",
+                    (SELECT MIN(until_ms) FROM cookies), (SELECT MIN(until_ms) FROM revoked),
+                    (SELECT MIN(at_ms) FROM applied)",
             vec![],
         )?;
         let row = mins.first();
@@ -343,7 +362,38 @@ impl LedgerStore for Store {
             login_ms: present(1),
             cookie_until: present(2),
             revoked_until: present(3),
+            applied_at: present(4),
         })
+    }
+
+    fn applied(&mut self, origin: &Hash) -> Result<Option<Applied>> {
+        Ok(self
+            .query(
+                "SELECT seq, reply, at_ms FROM applied WHERE origin = ?",
+                vec![blob(origin)],
+            )?
+            .first()
+            .map(|r| Applied {
+                seq: as_u64(r.first()),
+                reply: as_text(r.get(1)),
+                at: as_u64(r.get(2)),
+            }))
+    }
+
+    fn put_applied(&mut self, origin: &Hash, a: &Applied) -> Result<()> {
+        self.exec(
+            "INSERT OR REPLACE INTO applied (origin, seq, reply, at_ms) VALUES (?, ?, ?, ?)",
+            vec![
+                blob(origin),
+                int(a.seq),
+                V::from(a.reply.as_str()),
+                int(a.at),
+            ],
+        )
+    }
+
+    fn forget_applied_before(&mut self, before: u64) -> Result<u64> {
+        self.delete_before("applied", "at_ms", before)
     }
 
     fn rows(&mut self) -> Result<Rows> {
@@ -366,25 +416,17 @@ impl LedgerStore for Store {
     }
 
     fn longest_idle(&mut self, n: u64, keep: &Hash) -> Result<Vec<Hash>> {
-        Ok(self
-            .query(
-                "SELECT id FROM sessions WHERE id != ? ORDER BY last_ms ASC, login_ms ASC LIMIT ?",
-                vec![blob(keep), int(n)],
-            )?
-            .iter()
-            .filter_map(|r| as_hash(r.first()))
-            .collect())
+        self.hashes(
+            "SELECT id FROM sessions WHERE id != ? ORDER BY last_ms ASC, login_ms ASC LIMIT ?",
+            vec![blob(keep), int(n)],
+        )
     }
 
     fn cookies_of_session(&mut self, id: &Hash, now: u64) -> Result<Vec<Hash>> {
-        Ok(self
-            .query(
-                "SELECT hash FROM cookies WHERE session = ? AND until_ms >= ?",
-                vec![blob(id), int(now)],
-            )?
-            .iter()
-            .filter_map(|r| as_hash(r.first()))
-            .collect())
+        self.hashes(
+            "SELECT hash FROM cookies WHERE session = ? AND until_ms >= ?",
+            vec![blob(id), int(now)],
+        )
     }
 
     fn user_add(&mut self, user: &Hash, id: &Hash, login_ms: u64) -> Result<Vec<Hash>> {
@@ -392,14 +434,10 @@ impl LedgerStore for Store {
             "INSERT OR REPLACE INTO users (user, session, login_ms) VALUES (?, ?, ?)",
             vec![blob(user), blob(id), int(login_ms)],
         )?;
-        Ok(self
-            .query(
-                "SELECT session FROM users WHERE user = ? ORDER BY login_ms ASC, session ASC",
-                vec![blob(user)],
-            )?
-            .iter()
-            .filter_map(|r| as_hash(r.first()))
-            .collect())
+        self.hashes(
+            "SELECT session FROM users WHERE user = ? ORDER BY login_ms ASC, session ASC",
+            vec![blob(user)],
+        )
     }
 
     fn user_remove(&mut self, user: &Hash, id: &Hash) -> Result<()> {
@@ -452,13 +490,8 @@ impl LedgerStore for Store {
     }
 
     fn delete_revoked_before(&mut self, now: u64) -> Result<u64> {
-        let n = self.query(
-            "SELECT COUNT(*) FROM revoked WHERE until_ms < ?",
-            vec![int(now)],
-        )?;
-        let n = as_u64(n.first().and_then(|r| r.first()));
+        let n = self.delete_before("revoked", "until_ms", now)?;
         if n > 0 {
-            self.exec("DELETE FROM revoked WHERE until_ms < ?", vec![int(now)])?;
             self.bump_revoked_rev()?;
         }
         Ok(n)

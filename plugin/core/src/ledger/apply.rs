@@ -3,10 +3,10 @@
 //! a request, builds a `Ledger` over its store, calls one method, and sends back
 //! what it returns.
 
-use super::store::{CookieRow, LedgerStore, Minima};
+use super::store::{Applied, CookieRow, LedgerStore, Minima};
 use super::wire::{
     Batch, BatchReply, FeedReply, Hash, Op, RevokeReply, RevokedAdd, RevokedList, SecretReply,
-    StatsReply, TrafficPart, MAX_BATCH_OPS, VERSION,
+    StatsReply, TrafficPart, APPLIED_TTL_MS, MAX_BATCH_OPS, VERSION,
 };
 use crate::activity::{self, Pending, Settled};
 use crate::bearer::{self, Start};
@@ -132,41 +132,54 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
 
     /// Applies a batch: its ops in order (each with its same-shard follow-ups;
     /// a failed op is logged and the rest go on), then its traffic, then answers
-    /// with the shard's revoked list if the node's revision is stale.
+    /// with the shard's revoked list if the node's revision is stale. A
+    /// sequenced batch seen before (`Batch::seq`) is answered with the reply it
+    /// got then, and changes nothing.
     pub fn batch(&mut self, batch: Batch) -> Result<Outcome, LedgerError<S::Error>> {
         check_batch(&batch).map_err(LedgerError::Refused)?;
+        let origin = batch.origin.filter(|_| batch.seq > 0);
+        let last = match origin {
+            Some(o) => self.store.applied(&o).map_err(LedgerError::Store)?,
+            None => None,
+        };
+        match sequence(last.as_ref().map(|a| a.seq), batch.seq) {
+            Sequence::Replay => return Ok(replay(last)),
+            Sequence::Stale(last) => {
+                let why = format!("batch {} of this node is older than {last}", batch.seq);
+                return Err(LedgerError::Refused(why));
+            }
+            Sequence::New => {}
+        }
+        let seq = batch.seq;
+        let mut out = self.apply_batch(batch).map_err(LedgerError::Store)?;
+        if let Some(origin) = origin {
+            let reply = serde_json::to_string(&out.reply).unwrap_or_default();
+            let at = self.here.now;
+            let applied = Applied { seq, reply, at };
+            self.store
+                .put_applied(&origin, &applied)
+                .map_err(LedgerError::Store)?;
+            out.needs_alarm = true;
+        }
+        Ok(out)
+    }
+
+    fn apply_batch(&mut self, batch: Batch) -> Res<Outcome, S> {
         let mut out = Outcome::default();
         for op in batch.ops {
             if let Err(e) = self.apply(op, 0, &mut out) {
                 out.log.push(format!("op failed: {e}"));
             }
         }
-        self.finish(&mut out).map_err(LedgerError::Store)?;
-        self.add_traffic(batch.traffic, &out, batch.now)
-            .map_err(LedgerError::Store)?;
+        self.finish(&mut out)?;
+        self.add_traffic(batch.traffic, &out, batch.now)?;
         if let Some(have) = batch.revoked_rev {
-            let rev = self.store.revoked_rev().map_err(LedgerError::Store)?;
+            let rev = self.store.revoked_rev()?;
             if rev != have {
-                let entries = self
-                    .store
-                    .revoked(MAX_REVOKED_SYNC)
-                    .map_err(LedgerError::Store)?;
+                let entries = self.store.revoked(MAX_REVOKED_SYNC)?;
                 out.reply.revoked = Some(RevokedList { rev, entries });
             }
         }
-        Ok(out)
-    }
-
-    /// Applies follow-ups that reached this shard outside a node's batch (an
-    /// alarm's own); those for other shards come back in `reply.forward`.
-    pub fn follow_ups(&mut self, ops: Vec<Op>) -> Res<Outcome, S> {
-        let mut out = Outcome::default();
-        for op in ops {
-            if let Err(e) = self.apply(op, 1, &mut out) {
-                out.log.push(format!("op failed: {e}"));
-            }
-        }
-        self.finish(&mut out)?;
         Ok(out)
     }
 
@@ -678,6 +691,8 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         self.finish(&mut swept.outcome)?;
         swept.stale_cookies = self.store.delete_cookies_before(now)?;
         swept.revocations = self.store.delete_revoked_before(now)?;
+        self.store
+            .forget_applied_before(now.saturating_sub(APPLIED_TTL_MS))?;
         self.store.users_prune(login_before)?;
         Ok(swept)
     }
@@ -741,11 +756,46 @@ pub fn next_expiry(m: Minima, cfg: &Config) -> Option<u64> {
         m.login_ms.map(|t| t.saturating_add(cfg.max_lifetime_ms)),
         m.cookie_until,
         m.revoked_until,
+        m.applied_at.map(|t| t.saturating_add(APPLIED_TTL_MS)),
     ]
     .into_iter()
     .flatten()
     .min()
     .map(|t| t + 1)
+}
+
+/// Where a sequenced batch stands against the last one a shard applied for its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequence {
+    /// Not seen yet (or not sequenced): apply it.
+    New,
+    /// The last one again (its reply was lost): answer as then, apply nothing.
+    Replay,
+    /// Older than the last one applied (this number): refuse it.
+    Stale(u64),
+}
+
+/// The rule for `Batch::seq` (0: not sequenced).
+pub fn sequence(last: Option<u64>, seq: u64) -> Sequence {
+    match last {
+        Some(last) if seq > 0 && seq == last => Sequence::Replay,
+        Some(last) if seq > 0 && seq < last => Sequence::Stale(last),
+        _ => Sequence::New,
+    }
+}
+
+/// The outcome of a replayed batch: the reply it had, nothing else.
+fn replay(last: Option<Applied>) -> Outcome {
+    let mut out = Outcome::default();
+    match last.map(|a| serde_json::from_str(&a.reply)) {
+        Some(Ok(reply)) => out.reply = reply,
+        _ => out
+            .log
+            .push("a replayed batch's reply was unreadable; answered empty".into()),
+    }
+    out.log
+        .push("replayed a batch already applied: nothing counted twice".into());
+    out
 }
 
 /// A touch of a cookie that leads to no live session: the shared rule

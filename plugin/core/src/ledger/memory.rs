@@ -2,7 +2,7 @@
 //! collector's `--store memory`, the demo) and for testing the ledger's rules
 //! natively; it keeps nothing across a restart.
 
-use super::store::{CookieRow, LedgerStore, Minima, Rows};
+use super::store::{Applied, CookieRow, LedgerStore, Minima, Rows};
 use super::wire::Hash;
 use crate::events::Events;
 use crate::history::History;
@@ -23,6 +23,7 @@ pub struct MemoryLedger {
     history: History,
     traffic: Traffic,
     meta: BTreeMap<String, String>,
+    applied: BTreeMap<Hash, Applied>,
 }
 
 fn until_of(row: &CookieRow) -> u64 {
@@ -247,12 +248,28 @@ impl LedgerStore for MemoryLedger {
         Ok(())
     }
 
+    fn applied(&mut self, origin: &Hash) -> Result<Option<Applied>, Infallible> {
+        Ok(self.applied.get(origin).cloned())
+    }
+
+    fn put_applied(&mut self, origin: &Hash, applied: &Applied) -> Result<(), Infallible> {
+        self.applied.insert(*origin, applied.clone());
+        Ok(())
+    }
+
+    fn forget_applied_before(&mut self, before: u64) -> Result<u64, Infallible> {
+        let n = self.applied.len();
+        self.applied.retain(|_, a| a.at >= before);
+        Ok((n - self.applied.len()) as u64)
+    }
+
     fn minima(&mut self) -> Result<Minima, Infallible> {
         Ok(Minima {
             last_ms: self.sessions.values().map(|s| s.last_ms).min(),
             login_ms: self.sessions.values().map(|s| s.login_ms).min(),
             cookie_until: self.cookies.values().map(until_of).min(),
             revoked_until: self.revoked.values().copied().min(),
+            applied_at: self.applied.values().map(|a| a.at).min(),
         })
     }
 

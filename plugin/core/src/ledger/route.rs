@@ -112,11 +112,6 @@ impl Pending {
             .push(op);
     }
 
-    /// Takes the ops for `shard` (a shard applying its own follow-ups).
-    pub fn take_shard(&mut self, shard: u32) -> Option<Vec<Op>> {
-        self.by_shard.remove(&shard)
-    }
-
     /// Everything left, in shard order (to put back in the buffer).
     pub fn into_ops(self) -> Vec<Op> {
         self.by_shard.into_values().flatten().collect()
@@ -164,6 +159,61 @@ impl Pending {
             self.push(op, shards);
         }
         reply.missing
+    }
+}
+
+/// A node's numbering of its batches (`Batch::origin`, `Batch::seq`), per shard,
+/// and the batches whose answer never came. Such a batch is sent again as it
+/// was, before anything newer for its shard, so a shard that did apply it
+/// answers from memory and nothing is counted twice.
+#[derive(Debug)]
+pub struct Sequencer {
+    origin: Hash,
+    next: HashMap<u32, u64>,
+    /// By shard: the batch, and how often it was sent without an answer.
+    unacked: BTreeMap<u32, (Batch, u32)>,
+}
+
+/// Sends of one batch without an answer before the node gives it up (a shard
+/// that refuses it, say a newer protocol's, would otherwise block its shard).
+pub const MAX_SENDS: u32 = 8;
+
+impl Sequencer {
+    /// `origin`: a random id for this node (never reused).
+    pub fn new(origin: Hash) -> Sequencer {
+        Sequencer {
+            origin,
+            next: HashMap::new(),
+            unacked: BTreeMap::new(),
+        }
+    }
+
+    /// Numbers a new batch for its shard.
+    pub fn stamp(&mut self, batch: &mut Batch) {
+        let next = self.next.entry(batch.shard).or_insert(1);
+        batch.origin = Some(self.origin);
+        batch.seq = *next;
+        *next += 1;
+    }
+
+    /// A batch whose answer never came: kept to be sent again as it is. False
+    /// when it was sent `MAX_SENDS` times already: given up (its ops are lost).
+    pub fn failed(&mut self, batch: Batch, sends: u32) -> bool {
+        if sends >= MAX_SENDS {
+            return false;
+        }
+        self.unacked.insert(batch.shard, (batch, sends));
+        true
+    }
+
+    pub fn has_unacked(&self) -> bool {
+        !self.unacked.is_empty()
+    }
+
+    /// The batches to send again, with how often each was sent (put back with
+    /// `failed` if they fail again).
+    pub fn take_unacked(&mut self) -> Vec<(Batch, u32)> {
+        std::mem::take(&mut self.unacked).into_values().collect()
     }
 }
 
@@ -242,6 +292,28 @@ mod tests {
             }
         );
         assert_eq!(known.get(&h(1)), None);
+    }
+
+    #[test]
+    fn a_batch_that_failed_is_sent_again_with_its_number() {
+        let mut seq = Sequencer::new(h(7));
+        let mut a = Batch::new(0, 2, 1, vec![Op::Evict { id: h(2) }]);
+        let mut b = Batch::new(0, 2, 1, Vec::new());
+        let mut c = Batch::new(1, 2, 1, Vec::new());
+        seq.stamp(&mut a);
+        seq.stamp(&mut b);
+        seq.stamp(&mut c);
+        assert_eq!((a.seq, b.seq, c.seq), (1, 2, 1), "numbered per shard");
+        assert_eq!(a.origin, Some(h(7)));
+        assert!(!seq.has_unacked());
+        assert!(seq.failed(b, 1));
+        let mut again = seq.take_unacked();
+        assert_eq!(again.len(), 1);
+        let (b, sends) = again.remove(0);
+        assert_eq!((b.shard, b.seq, sends), (0, 2, 1));
+        assert!(!seq.has_unacked());
+        assert!(!seq.failed(b, MAX_SENDS), "given up after MAX_SENDS");
+        assert!(!seq.has_unacked());
     }
 
     #[test]

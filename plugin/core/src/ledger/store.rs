@@ -27,6 +27,17 @@ pub struct Minima {
     pub login_ms: Option<u64>,
     pub cookie_until: Option<u64>,
     pub revoked_until: Option<u64>,
+    /// The oldest remembered batch (`Applied::at`).
+    pub applied_at: Option<u64>,
+}
+
+/// The last sequenced batch a shard applied for one node: its number, the reply
+/// it gave (JSON), and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub seq: u64,
+    pub reply: String,
+    pub at: u64,
 }
 
 /// Rows held: sessions, cookie entries, revoked values.
@@ -113,6 +124,12 @@ pub trait LedgerStore {
     /// Small named values: the cookie hash secret, whether history is sampled.
     fn meta(&mut self, key: &str) -> Result<Option<String>, Self::Error>;
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), Self::Error>;
+
+    // The last sequenced batch of each node (`Batch::origin`).
+    fn applied(&mut self, origin: &Hash) -> Result<Option<Applied>, Self::Error>;
+    fn put_applied(&mut self, origin: &Hash, applied: &Applied) -> Result<(), Self::Error>;
+    /// Forgets batches applied before `before`; how many.
+    fn forget_applied_before(&mut self, before: u64) -> Result<u64, Self::Error>;
 
     // For the alarm and operators.
     fn minima(&mut self) -> Result<Minima, Self::Error>;

@@ -1,12 +1,14 @@
 //! The ledger's rules end to end over `MemoryLedger` shards: a node's ops go
 //! through `Known` and `Pending` round by round, as a Worker isolate sends them.
 
-use super::apply::{check_batch, next_expiry, shard_cap, Here, Ledger};
+use super::apply::{check_batch, next_expiry, sequence, shard_cap, Here, Ledger, Sequence};
 use super::memory::MemoryLedger;
-use super::route::{Gathered, Known, Pending, MAX_ROUNDS};
+use super::route::{Gathered, Known, Pending, Sequencer, MAX_ROUNDS};
 use super::store::{LedgerStore, Minima};
 use super::testing::session;
-use super::wire::{Batch, Hash, Op, RevokedAdd, TrafficPart, MAX_BATCH_OPS, VERSION};
+use super::wire::{
+    Batch, Hash, Op, RevokedAdd, TrafficPart, APPLIED_TTL_MS, MAX_BATCH_OPS, VERSION,
+};
 use crate::config::Config;
 use crate::events::Kind;
 use crate::session::{Session, MAX_ALIASES};
@@ -364,4 +366,38 @@ fn the_secret_is_made_once() {
     let first = c.ledger(0).secret([7; 32]).unwrap().secret;
     assert_eq!(first, "07".repeat(32));
     assert_eq!(c.ledger(0).secret([8; 32]).unwrap().secret, first);
+}
+
+#[test]
+fn a_batch_sent_again_after_a_lost_reply_counts_nothing_twice() {
+    assert_eq!(sequence(None, 1), Sequence::New);
+    assert_eq!(sequence(Some(3), 4), Sequence::New);
+    assert_eq!(sequence(Some(3), 3), Sequence::Replay);
+    assert_eq!(sequence(Some(3), 2), Sequence::Stale(3));
+    assert_eq!(sequence(Some(3), 0), Sequence::New, "0: not sequenced");
+    let mut c = Cluster::new(1, "{}");
+    let mut node = Sequencer::new(h(99));
+    let mut first = Batch::new(0, 1, T0, vec![login(1, 11, "1", T0), touch(11, T0)]);
+    first.traffic.anonymous = 5;
+    node.stamp(&mut first);
+    let reply = c.ledger(0).batch(first.clone()).unwrap().reply;
+    // The reply was lost: the node sends the same batch again.
+    assert!(node.failed(first, 1));
+    let (again, _) = node.take_unacked().remove(0);
+    let replayed = c.ledger(0).batch(again.clone()).unwrap();
+    assert_eq!(replayed.reply, reply, "answered as the first time");
+    let g = c.gather();
+    assert_eq!(g.traffic.anonymous_today, 5, "traffic counted once");
+    assert_eq!(g.traffic.authenticated_today, 1);
+    assert_eq!(c.events().len(), 1, "one login event");
+    // An older batch than the last one applied is refused.
+    let mut next = Batch::new(0, 1, T0, Vec::new());
+    node.stamp(&mut next);
+    c.ledger(0).batch(next).unwrap();
+    assert!(c.ledger(0).batch(again).is_err());
+    // Remembered batches go with the sweep after their time.
+    assert_eq!(c.shards[0].applied(&h(99)).unwrap().map(|a| a.seq), Some(2));
+    c.now += APPLIED_TTL_MS + 1;
+    c.ledger(0).sweep().unwrap();
+    assert_eq!(c.shards[0].applied(&h(99)).unwrap(), None);
 }

@@ -23,6 +23,10 @@ pub const VERSION: u32 = 1;
 /// Most ops in one batch; a larger one is refused whole.
 pub const MAX_BATCH_OPS: usize = 131_072;
 
+/// How long a shard remembers the last batch of a node (`Batch::origin`), so a
+/// retry of it is answered from memory instead of applied twice.
+pub const APPLIED_TTL_MS: u64 = 10 * 60_000;
+
 /// A keyed cookie hash or a session id (never a cookie), as 32 lower-case hex
 /// digits on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -215,6 +219,14 @@ pub struct Batch {
     /// node holds (0: none); the reply carries the list if it changed.
     #[serde(default)]
     pub revoked_rev: Option<u64>,
+    /// Who sent it (a random id per node) and its number among that node's
+    /// batches to this shard (from 1, no gaps). A batch whose reply was lost is
+    /// sent again with the same number: the shard answers it from memory and
+    /// counts nothing twice. `None` / 0: not sequenced (applied as it comes).
+    #[serde(default)]
+    pub origin: Option<Hash>,
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl Batch {
@@ -228,11 +240,13 @@ impl Batch {
             ops,
             traffic: TrafficPart::default(),
             revoked_rev: None,
+            origin: None,
+            seq: 0,
         }
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchReply {
     /// Touches of cookies nobody knows yet: the node sends them once more later
     /// (a rotation seen by another node may not have landed).
