@@ -242,9 +242,8 @@ pub fn dashboard_html(cfg: &Config) -> String {
 
 /// A JSON error body that says nothing about sessions.
 pub fn error_body(message: &str) -> Vec<u8> {
-    serde_json::json!({ "error": message })
-        .to_string()
-        .into_bytes()
+    let message = serde_json::to_string(message).unwrap_or_default();
+    format!(r#"{{"error":{message}}}"#).into_bytes()
 }
 
 #[cfg(test)]

@@ -83,7 +83,6 @@ impl Stream {
         token: CookieHash,
         who: Identity,
         headers: &host::Headers,
-        user_agent: &[u8],
         now: u64,
     ) -> bool {
         let (table, cfg) = (self.vm.table(), &self.vm.cfg);
@@ -105,7 +104,7 @@ impl Stream {
                     self.end_expired(&old, now);
                 }
                 let ip = self.client_ip(headers);
-                let ua = identity::clean_user_agent(user_agent);
+                let ua = identity::clean_user_agent(headers.user_agent().unwrap_or_default());
                 let hasher = &self.vm.hasher;
                 let Some(session) = bearer::start_session(cfg, hasher, key, who, ip, ua, now)
                 else {
@@ -229,53 +228,39 @@ impl Stream {
     }
 }
 
-impl Context for Stream {}
-
-impl HttpContext for Stream {
-    /// Runs when the request headers arrive. Strips client-sent identity headers,
-    /// hashes the session cookie, and answers `route_prefix` routes locally
-    /// (returns `Pause` then); everything else continues to the upstream untouched.
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.start_us = host::now_us();
+impl Stream {
+    /// The request's session key (a verified token's before the cookie's hash,
+    /// `flow::request_key`) and the token's verdict; marks ignored agents. Only
+    /// a request that could name someone has its agent checked.
+    fn identify(
+        &mut self,
+        headers: &host::Headers,
+        now: u64,
+    ) -> (Option<CookieHash>, Option<Bearer>) {
         let cfg = &self.vm.cfg;
-        // One hostcall for the whole map instead of one per header.
-        let headers = host::Headers::read(MapType::HttpRequestHeaders);
-        for name in cfg.trusted_identity_headers() {
-            if headers.get(name).is_some() {
-                host::remove_header(MapType::HttpRequestHeaders, name);
-            }
-        }
-        let method = headers.method().unwrap_or_default();
-        let path = headers.path().unwrap_or_default();
-        self.route = gateway::route(cfg, method, path);
-        let user_agent = headers.user_agent().unwrap_or_default();
         let cookie_header = headers.cookie();
         let jwt_header = cfg
             .jwt
             .as_ref()
             .and_then(|jwt| jwt.header.as_deref())
             .and_then(|h| headers.get(h));
-        // Only a request that could name someone needs its agent checked: a bot
-        // without credentials is anonymous traffic either way.
         let could_identify = cookie_header.is_some()
             || jwt_header.is_some()
             || matches!(self.route, Route::Login(_));
+        let user_agent = headers.user_agent().unwrap_or_default();
         self.ignored = could_identify && identity::is_ignored_agent(cfg, user_agent);
-        let cookie = cookie_header.as_deref().and_then(|c| {
-            identity::request_cookie(c, &cfg.session_cookie)
-                .map(|v| self.vm.cookie_cache.borrow_mut().hash(&self.vm.hasher, v))
-        });
-        let now = self.start_us / 1000;
-        // A verified JWT names the user; it takes precedence over a session cookie.
+        let vm = &self.vm;
+        // Cookie values and tokens are keyed through the same per-VM cache.
+        let hash = |v: &[u8]| vm.cookie_cache.borrow_mut().hash(&vm.hasher, v);
+        let cookie = cookie_header
+            .as_deref()
+            .and_then(|c| identity::request_cookie(c, &cfg.session_cookie).map(hash));
         let bearer = match &cfg.jwt {
             Some(jwt) if !self.ignored => {
                 jwt.token(jwt_header, cookie_header.as_deref()).map(|t| {
-                    // The token's HMAC comes from the same per-VM cache as cookies'.
-                    let hash = self.vm.cookie_cache.borrow_mut().hash(&self.vm.hasher, t);
-                    self.vm
-                        .tokens
+                    vm.tokens
                         .borrow_mut()
-                        .check_hashed(jwt, &self.vm.hasher, t, hash, now)
+                        .check_hashed(jwt, &vm.hasher, t, hash(t), now)
                 })
             }
             _ => None,
@@ -283,19 +268,26 @@ impl HttpContext for Stream {
         if let Some(why) = flow::refusal(bearer.as_ref()) {
             host::debug(&format!("bearer token refused: {why}"));
         }
-        let cookie = flow::request_key(bearer.as_ref(), cookie);
-        if cfg.enforce_revocation
-            && !matches!(self.route, Route::Admin(_))
-            && cookie.is_some_and(|h| self.vm.table().is_revoked(&h, now).unwrap_or(false))
-        {
-            // Blocked before the app: neither traffic nor activity.
-            self.route = Route::Admin(AdminRoute::NotFound);
-            let answer = Answer::session_revoked();
-            host::respond(answer.status.into(), answer.content_type, &answer.body);
-            return Action::Pause;
+        (flow::request_key(bearer.as_ref(), cookie), bearer)
+    }
+
+    /// With `enforce_revocation`: answers 401 for a revoked session's key before
+    /// the app (neither traffic nor activity). Whether it did.
+    fn refuse_revoked(&mut self, key: Option<CookieHash>, now: u64) -> bool {
+        let applies = self.vm.cfg.enforce_revocation && !matches!(self.route, Route::Admin(_));
+        if !(applies && key.is_some_and(|h| self.vm.table().is_revoked(&h, now).unwrap_or(false))) {
+            return false;
         }
-        // Bots are proxied but never followed, even with a session cookie.
-        self.cookie = cookie.filter(|_| !self.ignored);
+        self.route = Route::Admin(AdminRoute::NotFound);
+        let answer = Answer::session_revoked();
+        host::respond(answer.status.into(), answer.content_type, &answer.body);
+        true
+    }
+
+    /// A verified token: on an admin route it only authorizes; elsewhere its
+    /// session is started if need be (`bearer_session`), or the request is
+    /// anonymous when it cannot be followed.
+    fn follow_bearer(&mut self, bearer: Option<Bearer>, headers: &host::Headers, now: u64) {
         let verified = matches!(bearer, Some(Bearer::Known(_) | Bearer::Unconfirmed { .. }));
         if let Some(Bearer::Unconfirmed {
             key,
@@ -305,11 +297,57 @@ impl HttpContext for Stream {
         {
             if matches!(self.route, Route::Admin(_)) {
                 self.bearer_admin = Some(who);
-            } else if !self.bearer_session(key, token, who, &headers, user_agent, now) {
+            } else if !self.bearer_session(key, token, who, headers, now) {
                 self.cookie = None;
             }
         }
         self.bearer = verified && self.cookie.is_some();
+    }
+
+    /// A login request: who the client is and where from, until the answer comes.
+    fn begin_login(&mut self, headers: &host::Headers) {
+        let user_agent = headers.user_agent().unwrap_or_default();
+        self.login = Some(PendingLogin {
+            attempt: LoginAttempt {
+                route: self.route,
+                ip: self.client_ip(headers),
+                user_agent: identity::clean_user_agent(user_agent),
+                claimed: Identity::default(),
+            },
+            content_type: headers.get("content-type").unwrap_or_default().to_vec(),
+            request_body: BodyCopy::default(),
+            accepted: None,
+            response_body: BodyCopy::default(),
+        });
+    }
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    /// Runs when the request headers arrive. Strips client-sent identity headers,
+    /// identifies the request (token or cookie), refuses a revoked session, and
+    /// answers `route_prefix` routes locally (returns `Pause` then); everything
+    /// else continues to the upstream untouched.
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.start_us = host::now_us();
+        let now = self.start_us / 1000;
+        // One hostcall for the whole map instead of one per header.
+        let headers = host::Headers::read(MapType::HttpRequestHeaders);
+        for name in self.vm.cfg.trusted_identity_headers() {
+            if headers.get(name).is_some() {
+                host::remove_header(MapType::HttpRequestHeaders, name);
+            }
+        }
+        let path = headers.path().unwrap_or_default();
+        self.route = gateway::route(&self.vm.cfg, headers.method().unwrap_or_default(), path);
+        let (key, bearer) = self.identify(&headers, now);
+        if self.refuse_revoked(key, now) {
+            return Action::Pause;
+        }
+        // Bots are proxied but never followed, even with a session cookie.
+        self.cookie = key.filter(|_| !self.ignored);
+        self.follow_bearer(bearer, &headers, now);
         match self.route {
             Route::Admin(route) => {
                 let request = AdminRequest {
@@ -325,18 +363,7 @@ impl HttpContext for Stream {
                 Action::Pause
             }
             Route::Login(_) if !self.ignored => {
-                self.login = Some(PendingLogin {
-                    attempt: LoginAttempt {
-                        route: self.route,
-                        ip: self.client_ip(&headers),
-                        user_agent: identity::clean_user_agent(user_agent),
-                        claimed: Identity::default(),
-                    },
-                    content_type: headers.get("content-type").unwrap_or_default().to_vec(),
-                    request_body: BodyCopy::default(),
-                    accepted: None,
-                    response_body: BodyCopy::default(),
-                });
+                self.begin_login(&headers);
                 Action::Continue
             }
             _ => Action::Continue,
