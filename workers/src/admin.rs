@@ -13,7 +13,7 @@ use crate::setup::{self, Setup};
 use headcount_core::answer::Answer;
 use headcount_core::gateway::{self, Access, AdminRoute};
 use headcount_core::identity::Identity;
-use headcount_core::ledger::Hash;
+use headcount_core::ids::CookieHash;
 use headcount_core::stats;
 use std::rc::Rc;
 use worker::{console_error, console_log, console_warn, Context, Env, Request, Response, Result};
@@ -24,7 +24,7 @@ pub async fn handle(
     env: &Env,
     ctx: &Context,
     setup: &Rc<Setup>,
-    cookie: Option<Hash>,
+    cookie: Option<CookieHash>,
     bearer_admin: Option<Identity>,
 ) -> Result<Response> {
     if let Some(answer) = Answer::without_data(&setup.cfg, route) {
@@ -48,7 +48,7 @@ async fn authorize(
     req: &Request,
     env: &Env,
     setup: &Setup,
-    cookie: Option<Hash>,
+    cookie: Option<CookieHash>,
     bearer_admin: Option<Identity>,
     now: u64,
 ) -> std::result::Result<(Access, bool), String> {
@@ -81,7 +81,7 @@ async fn data_route(
     req: &Request,
     env: &Env,
     setup: &Setup,
-    cookie: Option<Hash>,
+    cookie: Option<CookieHash>,
     bearer_admin: Option<Identity>,
 ) -> Result<Response> {
     let now = now_ms();
@@ -149,7 +149,7 @@ async fn data_route(
                 feed.map(|feed| Answer::metrics(&counts, &feed.events))
             })
         }
-        AdminRoute::Revoke(id) => flush::revoke(env, setup, Hash(id)).await.map(|session| {
+        AdminRoute::Revoke(id) => flush::revoke(env, setup, id).await.map(|session| {
             if let Some(s) = &session {
                 console_log!("headcount: revoked {} ({})", s.username, s.uuid());
             }

@@ -14,6 +14,7 @@
 //! Plain data apart from the cache, so the rules are unit-tested natively.
 
 use headcount_core::bearer::{Bearer, BearerConfig, TokenCache};
+use headcount_core::ids::TokenKey;
 use headcount_core::{CookieHash, CookieHasher};
 use std::cell::RefCell;
 
@@ -29,7 +30,7 @@ pub fn check(cfg: &BearerConfig, hasher: &CookieHasher, token: &[u8], now: u64) 
 }
 
 /// The token's session is taken as present for the next `CONFIRM_MS`.
-pub fn confirm(token: &CookieHash, now: u64) {
+pub fn confirm(token: &TokenKey, now: u64) {
     TOKENS.with(|t| t.borrow_mut().confirm(token, now));
 }
 
@@ -142,7 +143,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(again.id, s.id);
-        assert_ne!(s.id, key);
+        // The id is derived from the key, not the key itself.
+        assert_ne!(s.id.0, key.0);
         // Once confirmed, the token is Known (no op) until CONFIRM_MS has passed.
         confirm(&token, now);
         assert_eq!(who(&ann, &cfg, &hasher, now + 1), Bearer::Known(key));

@@ -16,13 +16,13 @@ use crate::revoked;
 use crate::setup::{self, Setup};
 use crate::shards;
 use futures::future::join_all;
+use headcount_core::ids::{CookieHash, NodeId, SessionId};
 use headcount_core::ledger::buffer::Buffer;
 use headcount_core::ledger::route::{Gathered, Known, Pending, Sequencer, MAX_ROUNDS};
 use headcount_core::ledger::wire::{
     Batch, BatchReply, FeedReply, Resolve, ResolveReply, RevokeQuery, RevokeReply, RevokedAdd,
     StatsQuery, StatsReply, TrafficPart,
 };
-use headcount_core::ledger::Hash;
 use headcount_core::Session;
 use std::cell::RefCell;
 use std::future::Future;
@@ -68,7 +68,7 @@ fn with_sequencer<R>(f: impl FnOnce(&mut Sequencer) -> R) -> Option<R> {
             let mut id = [0u8; 16];
             *s = getrandom::getrandom(&mut id)
                 .ok()
-                .map(|()| Sequencer::new(Hash(id)));
+                .map(|()| Sequencer::new(NodeId(id)));
         }
         s.as_mut().map(f)
     })
@@ -83,7 +83,7 @@ fn with_known<R>(f: impl FnOnce(&mut Known) -> R) -> R {
     KNOWN.with(|k| f(&mut k.borrow_mut()))
 }
 
-pub fn known(hash: &Hash) -> Option<Hash> {
+pub fn known(hash: &CookieHash) -> Option<SessionId> {
     with_known(|k| k.get(hash))
 }
 
@@ -294,7 +294,7 @@ async fn send(
 pub async fn resolve(
     env: &Env,
     setup: &Setup,
-    hash: Hash,
+    hash: CookieHash,
     now: u64,
 ) -> Result<Option<Session>, String> {
     let shard = hash.shard(setup.shards);
@@ -346,7 +346,7 @@ pub async fn feed(env: &Env) -> Result<FeedReply, String> {
 /// the session's deadline, and this isolate refuses them at once. The follow-ups
 /// (cookie entries and per-user entry elsewhere, the event) are flushed before
 /// the answer. `None`: no such live session.
-pub async fn revoke(env: &Env, setup: &Setup, id: Hash) -> Result<Option<Session>, String> {
+pub async fn revoke(env: &Env, setup: &Setup, id: SessionId) -> Result<Option<Session>, String> {
     let shards = setup.shards;
     let shard = id.shard(shards);
     let q = RevokeQuery { id, shard, shards };
@@ -354,10 +354,7 @@ pub async fn revoke(env: &Env, setup: &Setup, id: Hash) -> Result<Option<Session
     let Some(session) = reply.session else {
         return Ok(None);
     };
-    let values: Vec<Hash> = std::iter::once(session.cookie)
-        .chain(session.aliases.iter().copied())
-        .map(Hash)
-        .collect();
+    let values = session.cookies(None);
     with_known(|k| values.iter().for_each(|v| k.forget(v)));
     with_buffer(|b| {
         for op in reply.forward {
@@ -370,17 +367,20 @@ pub async fn revoke(env: &Env, setup: &Setup, id: Hash) -> Result<Option<Session
     if setup.cfg.enforce_revocation {
         let until = session.deadline(&setup.cfg);
         revoked::with(|r| r.add(values.iter().map(|h| (*h, until)), now_ms()));
-        let replies = join_all((0..shards).map(|shard| {
-            let q = RevokedAdd {
-                id,
-                hashes: values.clone(),
-                until,
-                shard,
-                shards,
-            };
-            async move { shards::call::<_, Vec<(Hash, u64)>>(env, shard, "/revoked", &q).await }
-        }))
-        .await;
+        let replies =
+            join_all((0..shards).map(|shard| {
+                let q = RevokedAdd {
+                    id,
+                    hashes: values.clone(),
+                    until,
+                    shard,
+                    shards,
+                };
+                async move {
+                    shards::call::<_, Vec<(CookieHash, u64)>>(env, shard, "/revoked", &q).await
+                }
+            }))
+            .await;
         for reply in replies {
             match reply {
                 Ok(added) => revoked::with(|r| r.add(added, now_ms())),

@@ -17,8 +17,9 @@ use headcount_core::bearer::Bearer;
 use headcount_core::flow::{self, Change, LoginAttempt, Upstream};
 use headcount_core::gateway::{self, Route};
 use headcount_core::identity::{self, BodyCopy, Identity, MAX_BODY};
+use headcount_core::ids::CookieHash;
 use headcount_core::ledger::buffer::Buffer;
-use headcount_core::ledger::{Hash, Op};
+use headcount_core::ledger::Op;
 use headcount_core::{Config, CookieHasher};
 use std::rc::Rc;
 use worker::{
@@ -46,20 +47,20 @@ struct Incoming {
 struct Identified {
     hasher: Option<Rc<CookieHasher>>,
     verdict: Option<Bearer>,
-    key: Option<Hash>,
+    key: Option<CookieHash>,
 }
 
 /// An accepted login waiting for its response body.
 struct AcceptedLogin {
     attempt: LoginAttempt,
-    cookie: Hash,
+    cookie: CookieHash,
     from_headers: Identity,
     body: Option<Response>,
 }
 
 /// A proxied request, for the traffic figures and the buffer.
 struct Done {
-    key: Option<Hash>,
+    key: Option<CookieHash>,
     start_ms: u64,
     response_us: Option<u64>,
 }
@@ -216,7 +217,7 @@ async fn identify(env: &Env, setup: &Setup, incoming: &Incoming) -> Identified {
         .as_deref()
         .zip(hasher.as_ref())
         .map(|(v, h)| h.hash(v));
-    let key = flow::request_key(verdict.as_ref(), cookie).map(Hash);
+    let key = flow::request_key(verdict.as_ref(), cookie);
     Identified {
         hasher,
         verdict,
@@ -226,7 +227,12 @@ async fn identify(env: &Env, setup: &Setup, incoming: &Incoming) -> Identified {
 
 /// With `enforce_revocation`: whether the key is a revoked session's, from the
 /// isolate's own copy of the list (loaded once per isolate; see revoked.rs).
-async fn is_revoked(env: &Env, setup: &Setup, incoming: &Incoming, key: Option<Hash>) -> bool {
+async fn is_revoked(
+    env: &Env,
+    setup: &Setup,
+    incoming: &Incoming,
+    key: Option<CookieHash>,
+) -> bool {
     let enforce = setup.cfg.enforce_revocation && !matches!(incoming.route, Route::Admin(_));
     let Some(key) = key.filter(|_| enforce) else {
         return false;
@@ -279,7 +285,7 @@ fn follow_bearer(setup: &Setup, req: &Request, incoming: &Incoming, who: &Identi
     let Some(session) = bearer::session(cfg, hasher, *key, identity.clone(), ip, ua, now) else {
         return false;
     };
-    let first = flush::known(&Hash(*key)).is_none();
+    let first = flush::known(key).is_none();
     let pushed = with_buffer(|b| {
         let pushed = b.push(Op::Bearer { session });
         b.urgent |= pushed && first;
@@ -324,7 +330,7 @@ fn settle(
         location: location.as_deref(),
         set_cookies: set_cookies.iter().map(Vec::as_slice),
     };
-    let old = done.key.map(|k| k.0);
+    let old = done.key;
     let change = flow::response_change(cfg, route, upstream, old, now, |v| hasher.hash(v));
     let record = |b: &mut Buffer| b.record(done.key, done.start_ms, done.response_us);
     match change {
@@ -332,7 +338,7 @@ fn settle(
             if let Some(attempt) = login {
                 return Some(AcceptedLogin {
                     attempt,
-                    cookie: Hash(new),
+                    cookie: new,
                     from_headers: identity::from_response_headers(cfg, |name| {
                         header(resp.headers(), name)
                     }),
@@ -353,7 +359,7 @@ fn settle(
                 let rotate = Op::Rotate {
                     from,
                     via: Vec::new(),
-                    to: Hash(to),
+                    to,
                     at: now,
                 };
                 if !b.push(rotate) {
@@ -460,7 +466,7 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
     let mut random = [0u8; 16];
     let session = match getrandom::getrandom(&mut random) {
         Ok(()) => {
-            let (new, who) = (login.cookie.0, login.from_headers);
+            let (new, who) = (login.cookie, login.from_headers);
             login
                 .attempt
                 .finish(cfg, new, who, body.as_deref(), now, random)
@@ -496,8 +502,8 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
 }
 
 /// A session ended here: its token (if a bearer session) starts a new one if used again.
-fn push_logout(b: &mut Buffer, key: Hash, now: u64) {
-    bearer::forget_session(&key.0);
+fn push_logout(b: &mut Buffer, key: CookieHash, now: u64) {
+    bearer::forget_session(&key);
     if !b.push(Op::Logout { hash: key, at: now }) {
         flush::log_lost("a logout");
     }

@@ -5,8 +5,9 @@
 
 use headcount_core::events::Events;
 use headcount_core::history::History;
+use headcount_core::ids::{Id16, NodeId, SessionId, UserKey};
 use headcount_core::ledger::store::{Applied, Minima, Rows};
-use headcount_core::ledger::{CookieRow, Hash, LedgerStore};
+use headcount_core::ledger::{CookieRow, LedgerStore};
 use headcount_core::traffic::Traffic;
 use headcount_core::{CookieHash, Session};
 use worker::{Result, SqlCursor, SqlStorage, SqlStorageValue as V, State};
@@ -70,8 +71,8 @@ pub struct Store {
     sql: SqlStorage,
 }
 
-fn blob(h: &Hash) -> V {
-    V::Blob(h.0.to_vec())
+fn blob(h: &impl Id16) -> V {
+    V::Blob(h.bytes().to_vec())
 }
 
 fn int(v: u64) -> V {
@@ -94,25 +95,25 @@ fn as_text(v: Option<&V>) -> String {
     }
 }
 
-fn as_hash(v: Option<&V>) -> Option<Hash> {
+fn as_id<T: From<[u8; 16]>>(v: Option<&V>) -> Option<T> {
     match v {
-        Some(V::Blob(b)) => CookieHash::try_from(b.as_slice()).ok().map(Hash),
+        Some(V::Blob(b)) => <[u8; 16]>::try_from(b.as_slice()).ok().map(T::from),
         _ => None,
     }
 }
 
 fn row_session(row: &[V]) -> Option<Session> {
-    let id = as_hash(row.first())?;
-    let cookie = as_hash(row.get(1))?;
+    let id = as_id(row.first())?;
+    let cookie: CookieHash = as_id(row.get(1))?;
     let aliases = match row.get(9) {
         Some(V::Blob(b)) => b
             .chunks_exact(16)
-            .filter_map(|c| CookieHash::try_from(c).ok())
+            .filter_map(|c| <[u8; 16]>::try_from(c).ok().map(CookieHash))
             .collect(),
         _ => Vec::new(),
     };
     Some(Session {
-        id: id.0,
+        id,
         user_id: as_text(row.get(2)),
         username: as_text(row.get(3)),
         role: as_text(row.get(4)),
@@ -120,7 +121,7 @@ fn row_session(row: &[V]) -> Option<Session> {
         user_agent: as_text(row.get(6)),
         login_ms: as_u64(row.get(7)),
         last_ms: as_u64(row.get(8)),
-        cookie: cookie.0,
+        cookie,
         aliases,
     })
 }
@@ -154,9 +155,9 @@ impl Store {
     }
 
     /// The first column of each row, as hashes.
-    fn hashes(&self, query: &str, bindings: Vec<V>) -> Result<Vec<Hash>> {
+    fn ids<T: From<[u8; 16]>>(&self, query: &str, bindings: Vec<V>) -> Result<Vec<T>> {
         let rows = self.query(query, bindings)?;
-        Ok(rows.iter().filter_map(|r| as_hash(r.first())).collect())
+        Ok(rows.iter().filter_map(|r| as_id(r.first())).collect())
     }
 
     fn sessions_where(&self, condition: &str, bindings: Vec<V>) -> Result<Vec<Session>> {
@@ -224,7 +225,7 @@ impl Store {
 impl LedgerStore for Store {
     type Error = worker::Error;
 
-    fn session(&mut self, id: &Hash) -> Result<Option<Session>> {
+    fn session(&mut self, id: &SessionId) -> Result<Option<Session>> {
         let q = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?");
         Ok(self
             .query(&q, vec![blob(id)])?
@@ -233,15 +234,15 @@ impl LedgerStore for Store {
     }
 
     fn put_session(&mut self, s: &Session) -> Result<()> {
-        let aliases: Vec<u8> = s.aliases.iter().flatten().copied().collect();
+        let aliases: Vec<u8> = s.aliases.iter().flat_map(|a| a.0).collect();
         let q = format!(
             "INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         );
         self.exec(
             &q,
             vec![
-                V::Blob(s.id.to_vec()),
-                V::Blob(s.cookie.to_vec()),
+                blob(&s.id),
+                blob(&s.cookie),
                 V::String(s.user_id.clone()),
                 V::String(s.username.clone()),
                 V::String(s.role.clone()),
@@ -255,7 +256,7 @@ impl LedgerStore for Store {
         Ok(())
     }
 
-    fn touch(&mut self, id: &Hash, last_ms: u64) -> Result<bool> {
+    fn touch(&mut self, id: &SessionId, last_ms: u64) -> Result<bool> {
         let exists = !self
             .query("SELECT 1 FROM sessions WHERE id = ?", vec![blob(id)])?
             .is_empty();
@@ -268,7 +269,7 @@ impl LedgerStore for Store {
         Ok(exists)
     }
 
-    fn delete_session(&mut self, id: &Hash) -> Result<Option<Session>> {
+    fn delete_session(&mut self, id: &SessionId) -> Result<Option<Session>> {
         let s = self.session(id)?;
         if s.is_some() {
             self.exec("DELETE FROM sessions WHERE id = ?", vec![blob(id)])?;
@@ -276,7 +277,7 @@ impl LedgerStore for Store {
         Ok(s)
     }
 
-    fn cookie(&mut self, hash: &Hash) -> Result<Option<CookieRow>> {
+    fn cookie(&mut self, hash: &CookieHash) -> Result<Option<CookieRow>> {
         Ok(self
             .query(
                 "SELECT session, until_ms, next FROM cookies WHERE hash = ?",
@@ -285,17 +286,17 @@ impl LedgerStore for Store {
             .first()
             .map(|r| {
                 let until = as_u64(r.get(1));
-                match as_hash(r.first()) {
+                match as_id(r.first()) {
                     Some(id) => CookieRow::Session { id, until },
                     None => CookieRow::Orphan {
-                        next: as_hash(r.get(2)),
+                        next: as_id(r.get(2)),
                         until,
                     },
                 }
             }))
     }
 
-    fn index(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<()> {
+    fn index(&mut self, hash: &CookieHash, id: &SessionId, until: u64) -> Result<()> {
         self.exec(
             "INSERT OR REPLACE INTO cookies (hash, session, until_ms, next) VALUES (?, ?, ?, NULL)",
             vec![blob(hash), blob(id), int(until)],
@@ -303,7 +304,12 @@ impl LedgerStore for Store {
         Ok(())
     }
 
-    fn put_orphan(&mut self, hash: &Hash, next: Option<Hash>, until: u64) -> Result<()> {
+    fn put_orphan(
+        &mut self,
+        hash: &CookieHash,
+        next: Option<CookieHash>,
+        until: u64,
+    ) -> Result<()> {
         self.exec(
             "INSERT OR REPLACE INTO cookies (hash, session, until_ms, next) VALUES (?, NULL, ?, ?)",
             vec![blob(hash), int(until), next.as_ref().map_or(V::Null, blob)],
@@ -311,7 +317,7 @@ impl LedgerStore for Store {
         Ok(())
     }
 
-    fn shorten(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<()> {
+    fn shorten(&mut self, hash: &CookieHash, id: &SessionId, until: u64) -> Result<()> {
         self.exec(
             "UPDATE cookies SET until_ms = MIN(until_ms, ?) WHERE hash = ? AND session = ?",
             vec![int(until), blob(hash), blob(id)],
@@ -319,7 +325,7 @@ impl LedgerStore for Store {
         Ok(())
     }
 
-    fn unindex(&mut self, hash: &Hash, id: &Hash) -> Result<()> {
+    fn unindex(&mut self, hash: &CookieHash, id: &SessionId) -> Result<()> {
         self.exec(
             "DELETE FROM cookies WHERE hash = ? AND session = ?",
             vec![blob(hash), blob(id)],
@@ -327,7 +333,7 @@ impl LedgerStore for Store {
         Ok(())
     }
 
-    fn delete_cookie(&mut self, hash: &Hash) -> Result<()> {
+    fn delete_cookie(&mut self, hash: &CookieHash) -> Result<()> {
         self.exec("DELETE FROM cookies WHERE hash = ?", vec![blob(hash)])?;
         Ok(())
     }
@@ -366,7 +372,7 @@ impl LedgerStore for Store {
         })
     }
 
-    fn applied(&mut self, origin: &Hash) -> Result<Option<Applied>> {
+    fn applied(&mut self, origin: &NodeId) -> Result<Option<Applied>> {
         Ok(self
             .query(
                 "SELECT seq, reply, at_ms FROM applied WHERE origin = ?",
@@ -380,7 +386,7 @@ impl LedgerStore for Store {
             }))
     }
 
-    fn put_applied(&mut self, origin: &Hash, a: &Applied) -> Result<()> {
+    fn put_applied(&mut self, origin: &NodeId, a: &Applied) -> Result<()> {
         self.exec(
             "INSERT OR REPLACE INTO applied (origin, seq, reply, at_ms) VALUES (?, ?, ?, ?)",
             vec![
@@ -415,32 +421,37 @@ impl LedgerStore for Store {
         Ok(as_u64(rows.first().and_then(|r| r.first())))
     }
 
-    fn longest_idle(&mut self, n: u64, keep: &Hash) -> Result<Vec<Hash>> {
-        self.hashes(
+    fn longest_idle(&mut self, n: u64, keep: &SessionId) -> Result<Vec<SessionId>> {
+        self.ids(
             "SELECT id FROM sessions WHERE id != ? ORDER BY last_ms ASC, login_ms ASC LIMIT ?",
             vec![blob(keep), int(n)],
         )
     }
 
-    fn cookies_of_session(&mut self, id: &Hash, now: u64) -> Result<Vec<Hash>> {
-        self.hashes(
+    fn cookies_of_session(&mut self, id: &SessionId, now: u64) -> Result<Vec<CookieHash>> {
+        self.ids(
             "SELECT hash FROM cookies WHERE session = ? AND until_ms >= ?",
             vec![blob(id), int(now)],
         )
     }
 
-    fn user_add(&mut self, user: &Hash, id: &Hash, login_ms: u64) -> Result<Vec<Hash>> {
+    fn user_add(
+        &mut self,
+        user: &UserKey,
+        id: &SessionId,
+        login_ms: u64,
+    ) -> Result<Vec<SessionId>> {
         self.exec(
             "INSERT OR REPLACE INTO users (user, session, login_ms) VALUES (?, ?, ?)",
             vec![blob(user), blob(id), int(login_ms)],
         )?;
-        self.hashes(
+        self.ids(
             "SELECT session FROM users WHERE user = ? ORDER BY login_ms ASC, session ASC",
             vec![blob(user)],
         )
     }
 
-    fn user_remove(&mut self, user: &Hash, id: &Hash) -> Result<()> {
+    fn user_remove(&mut self, user: &UserKey, id: &SessionId) -> Result<()> {
         self.exec(
             "DELETE FROM users WHERE user = ? AND session = ?",
             vec![blob(user), blob(id)],
@@ -454,7 +465,7 @@ impl LedgerStore for Store {
         )
     }
 
-    fn revoke(&mut self, hashes: &[Hash], until: u64) -> Result<()> {
+    fn revoke(&mut self, hashes: &[CookieHash], until: u64) -> Result<()> {
         for h in hashes {
             self.exec(
                 "INSERT INTO revoked (hash, until_ms) VALUES (?, ?)
@@ -465,7 +476,7 @@ impl LedgerStore for Store {
         self.bump_revoked_rev()
     }
 
-    fn is_revoked(&mut self, hash: &Hash, now: u64) -> Result<bool> {
+    fn is_revoked(&mut self, hash: &CookieHash, now: u64) -> Result<bool> {
         Ok(!self
             .query(
                 "SELECT 1 FROM revoked WHERE hash = ? AND until_ms >= ?",
@@ -478,14 +489,14 @@ impl LedgerStore for Store {
         self.revoked_revision()
     }
 
-    fn revoked(&mut self, limit: usize) -> Result<Vec<(Hash, u64)>> {
+    fn revoked(&mut self, limit: usize) -> Result<Vec<(CookieHash, u64)>> {
         Ok(self
             .query(
                 "SELECT hash, until_ms FROM revoked ORDER BY until_ms DESC LIMIT ?",
                 vec![int(limit as u64)],
             )?
             .iter()
-            .filter_map(|r| Some((as_hash(r.first())?, as_u64(r.get(1)))))
+            .filter_map(|r| Some((as_id(r.first())?, as_u64(r.get(1)))))
             .collect())
     }
 

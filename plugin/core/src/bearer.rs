@@ -17,6 +17,7 @@
 use crate::config::{Config, ConfigError};
 use crate::gateway::LoginFacts;
 use crate::identity::Identity;
+use crate::ids::TokenKey;
 use crate::jwt::{self, JwtConfig, JwtError, Key};
 use crate::session::{CookieHash, CookieHasher, Session};
 use serde::Deserialize;
@@ -192,7 +193,7 @@ fn looks_like_jwt(t: &[u8]) -> bool {
 pub fn session_key(
     hasher: &CookieHasher,
     claims: &jwt::Claims,
-    token_hash: &CookieHash,
+    token_hash: &TokenKey,
 ) -> CookieHash {
     match &claims.sid {
         Some(sid) => {
@@ -203,14 +204,15 @@ pub fn session_key(
             input.extend_from_slice(sid.as_bytes());
             hasher.hash(&input)
         }
-        None => *token_hash,
+        // Without `sid`, the token is its own session: keyed by its own hash.
+        None => CookieHash(token_hash.0),
     }
 }
 
 /// The session id for a bearer session: derived from its key, so two VMs that
 /// start the same session at once write the same record rather than two.
 pub fn session_id_seed(hasher: &CookieHasher, key: &CookieHash) -> [u8; 16] {
-    hasher.hash(&[&b"id\0"[..], &key[..]].concat())
+    hasher.hash(&[&b"id\0"[..], &key.0[..]].concat()).0
 }
 
 /// The session a verified token starts (its first request is its "login"). Its id
@@ -239,7 +241,7 @@ pub fn start_session(
 /// no session, but an admin's token authorizes them.
 pub fn transient_session(cfg: &Config, who: Identity, now: u64) -> Option<Session> {
     let facts = LoginFacts {
-        cookie: [0; 16],
+        cookie: CookieHash([0; 16]),
         ip: String::new(),
         user_agent: String::new(),
         now,
@@ -299,7 +301,7 @@ pub enum Bearer {
     /// from `identity` unless the key is revoked), then calls [`TokenCache::confirm`].
     Unconfirmed {
         key: CookieHash,
-        token: CookieHash,
+        token: TokenKey,
         identity: Identity,
     },
     /// Forged, expired, unsigned, or otherwise not acceptable: nobody. `None` when
@@ -311,7 +313,7 @@ pub enum Bearer {
 /// itself is never kept).
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    verdicts: HashMap<CookieHash, Verdict>,
+    verdicts: HashMap<TokenKey, Verdict>,
 }
 
 impl TokenCache {
@@ -335,7 +337,7 @@ impl TokenCache {
         token: &[u8],
         now: u64,
     ) -> Bearer {
-        self.check_hashed(cfg, hasher, token, hasher.hash(token), now)
+        self.check_hashed(cfg, hasher, token, hasher.hash_token(token), now)
     }
 
     /// As [`TokenCache::check`], for a host that already has `hasher.hash(token)`
@@ -345,7 +347,7 @@ impl TokenCache {
         cfg: &BearerConfig,
         hasher: &CookieHasher,
         token: &[u8],
-        token_hash: CookieHash,
+        token_hash: TokenKey,
         now: u64,
     ) -> Bearer {
         match self.verdicts.get(&token_hash) {
@@ -406,7 +408,7 @@ impl TokenCache {
     }
 
     /// The token's session is in the table as of `now`.
-    pub fn confirm(&mut self, token: &CookieHash, now: u64) {
+    pub fn confirm(&mut self, token: &TokenKey, now: u64) {
         if let Some(Verdict::Valid {
             confirmed_until, ..
         }) = self.verdicts.get_mut(token)
@@ -473,7 +475,7 @@ mod tests {
         let s = start_session(
             &full,
             &hasher,
-            [3; 16],
+            crate::ids::CookieHash([3; 16]),
             who,
             String::new(),
             String::new(),
@@ -670,7 +672,7 @@ mod tests {
         assert_ne!(key_of(&mut cache, &a), key_of(&mut cache, &other_user));
         assert_ne!(
             session_id_seed(&h, &key_of(&mut cache, &a)),
-            key_of(&mut cache, &a)
+            key_of(&mut cache, &a).0
         );
         for i in 0..(MAX_CACHED + 10) {
             cache.check(&c, &h, format!("x.{i}.y").as_bytes(), now);

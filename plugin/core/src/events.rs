@@ -1,7 +1,7 @@
 //! A bounded feed of recent session events and the lifetime counters behind the
 //! Prometheus metrics.
 
-use crate::session::Session;
+use crate::session::{Session, SessionId};
 use crate::stats::rfc3339;
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +37,7 @@ pub struct Event {
     pub at_ms: u64,
     pub username: String,
     pub role: String,
-    pub session_id: [u8; 16],
+    pub session_id: SessionId,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +58,7 @@ impl Events {
     }
 
     /// `push` with only what an event keeps of its session.
-    pub fn push_for(&mut self, kind: Kind, id: [u8; 16], username: &str, role: &str, at_ms: u64) {
+    pub fn push_for(&mut self, kind: Kind, id: SessionId, username: &str, role: &str, at_ms: u64) {
         let counter = match kind {
             Kind::Login => &mut self.logins_total,
             Kind::Logout => &mut self.logouts_total,
@@ -96,7 +96,7 @@ impl Events {
                     at: rfc3339(e.at_ms),
                     username: e.username.clone(),
                     role: e.role.clone(),
-                    session_id: uuid::Uuid::from_bytes(e.session_id)
+                    session_id: uuid::Uuid::from_bytes(e.session_id.0)
                         .hyphenated()
                         .to_string(),
                 })
@@ -133,7 +133,7 @@ mod tests {
 
     fn s(name: &str) -> Session {
         Session {
-            id: [7; 16],
+            id: SessionId([7; 16]),
             user_id: name.into(),
             username: name.into(),
             role: "student".into(),
@@ -141,7 +141,7 @@ mod tests {
             user_agent: String::new(),
             login_ms: 0,
             last_ms: 0,
-            cookie: [0; 16],
+            cookie: crate::session::CookieHash([0; 16]),
             aliases: vec![],
         }
     }

@@ -110,12 +110,12 @@ pub fn response_change<'a, I: DoubleEndedIterator<Item = &'a [u8]>>(
         .rev()
         .find_map(|v| identity::set_cookie(v, &cfg.session_cookie, now))
         .map(|c| match c {
-            CookieChange::Set(v) => CookieChange::Set(hash(&v).to_vec()),
+            CookieChange::Set(v) => CookieChange::Set(hash(&v).0.to_vec()),
             CookieChange::Cleared => CookieChange::Cleared,
         });
     let success = gateway::succeeded(cfg, route, answer.status, answer.location);
-    let key = |v: Vec<u8>| CookieHash::try_from(v.as_slice()).ok();
-    match gateway::transition(route, success, old.as_ref().map(|o| &o[..]), change) {
+    let key = |v: Vec<u8>| <[u8; 16]>::try_from(v.as_slice()).ok().map(CookieHash);
+    match gateway::transition(route, success, old.as_ref().map(|o| &o.0[..]), change) {
         Transition::Login { cookie } => key(cookie).map_or(Change::None, Change::Login),
         Transition::Rotate { to } => key(to).map_or(Change::None, Change::Rotate),
         Transition::Logout => Change::Logout,
@@ -137,7 +137,9 @@ mod tests {
             location: None,
             set_cookies: cookies.iter().map(|c| c.as_bytes()),
         };
-        response_change(&cfg(), route, answer, old, 0, |v| [v.len() as u8; 16])
+        response_change(&cfg(), route, answer, old, 0, |v| {
+            CookieHash([v.len() as u8; 16])
+        })
     }
 
     #[test]
@@ -145,25 +147,25 @@ mod tests {
         let login = Route::Login(0);
         assert_eq!(
             change(login, 200, &["sid=abc"], None),
-            Change::Login([3; 16])
+            Change::Login(CookieHash([3; 16]))
         );
         assert_eq!(change(login, 401, &["sid=abc"], None), Change::None);
         // The last Set-Cookie for the session cookie wins; others are ignored.
         let two = ["sid=abcd", "other=x", "sid=ab"];
         assert_eq!(
-            change(Route::App, 200, &two, Some([9; 16])),
-            Change::Rotate([2; 16])
+            change(Route::App, 200, &two, Some(CookieHash([9; 16]))),
+            Change::Rotate(CookieHash([2; 16]))
         );
         assert_eq!(
-            change(Route::App, 200, &["sid=abc"], Some([3; 16])),
+            change(Route::App, 200, &["sid=abc"], Some(CookieHash([3; 16]))),
             Change::None
         );
         assert_eq!(
-            change(Route::App, 200, &["sid="], Some([3; 16])),
+            change(Route::App, 200, &["sid="], Some(CookieHash([3; 16]))),
             Change::Logout
         );
         assert_eq!(
-            change(Route::Logout, 204, &[], Some([3; 16])),
+            change(Route::Logout, 204, &[], Some(CookieHash([3; 16]))),
             Change::Logout
         );
         assert_eq!(change(Route::Logout, 204, &[], None), Change::None);
@@ -172,11 +174,17 @@ mod tests {
     #[test]
     fn a_token_takes_precedence_over_the_cookie() {
         assert_eq!(
-            request_key(Some(&Bearer::Known([1; 16])), Some([2; 16])),
-            Some([1; 16])
+            request_key(
+                Some(&Bearer::Known(CookieHash([1; 16]))),
+                Some(CookieHash([2; 16]))
+            ),
+            Some(CookieHash([1; 16]))
         );
         let refused = Bearer::Refused(Some(JwtError::AlgNone));
-        assert_eq!(request_key(Some(&refused), Some([2; 16])), Some([2; 16]));
+        assert_eq!(
+            request_key(Some(&refused), Some(CookieHash([2; 16]))),
+            Some(CookieHash([2; 16]))
+        );
         assert_eq!(refusal(Some(&refused)), Some(&JwtError::AlgNone));
         assert_eq!(request_key(None, None), None);
     }
@@ -199,13 +207,27 @@ mod tests {
         let body = br#"{"user": {"id": "4", "username": "ann", "role": "admin"}}"#;
         let s = attempt
             .clone()
-            .finish(&cfg, [5; 16], Identity::default(), Some(body), 7, [1; 16])
+            .finish(
+                &cfg,
+                CookieHash([5; 16]),
+                Identity::default(),
+                Some(body),
+                7,
+                [1; 16],
+            )
             .unwrap();
         assert_eq!(
             (s.username.as_str(), s.role.as_str(), s.cookie),
-            ("ann", "admin", [5; 16])
+            ("ann", "admin", CookieHash([5; 16]))
         );
-        let typed = attempt.finish(&cfg, [5; 16], Identity::default(), None, 7, [1; 16]);
+        let typed = attempt.finish(
+            &cfg,
+            CookieHash([5; 16]),
+            Identity::default(),
+            None,
+            7,
+            [1; 16],
+        );
         assert_eq!(typed.map(|s| s.username), Some("typed".into()));
     }
 }

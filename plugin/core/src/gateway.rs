@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::identity::{CookieChange, Identity};
-use crate::session::{session_id_from_random, CookieHash, Session};
+use crate::session::{session_id_from_random, CookieHash, Session, SessionId};
 use subtle::ConstantTimeEq;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub enum AdminRoute {
     Events,
     Metrics,
     /// `POST {prefix}/sessions/{session_id}/revoke`.
-    Revoke([u8; 16]),
+    Revoke(SessionId),
     MethodNotAllowed,
     NotFound,
 }
@@ -90,10 +90,12 @@ pub fn query_param(path: &[u8], name: &str) -> Option<u64> {
 }
 
 /// The session id in `/sessions/{uuid}/revoke`.
-fn revoke_target(rest: &[u8]) -> Option<[u8; 16]> {
+fn revoke_target(rest: &[u8]) -> Option<SessionId> {
     let id = rest.strip_prefix(b"/sessions/")?.strip_suffix(b"/revoke")?;
     let id = std::str::from_utf8(id).ok()?;
-    uuid::Uuid::try_parse(id).ok().map(|u| *u.as_bytes())
+    uuid::Uuid::try_parse(id)
+        .ok()
+        .map(|u| SessionId(*u.as_bytes()))
 }
 
 /// Whether the upstream's answer counts as success for `route`: the login
@@ -272,7 +274,7 @@ mod tests {
         let want = *uuid::Uuid::parse_str(id).unwrap().as_bytes();
         assert_eq!(
             route(&cfg, b"POST", revoke.as_bytes()),
-            Route::Admin(AdminRoute::Revoke(want))
+            Route::Admin(AdminRoute::Revoke(crate::ids::SessionId(want)))
         );
         assert_eq!(
             route(&cfg, b"GET", revoke.as_bytes()),
@@ -352,7 +354,7 @@ mod tests {
                 ..Identity::default()
             },
             LoginFacts {
-                cookie: [2; 16],
+                cookie: crate::ids::CookieHash([2; 16]),
                 ip: String::new(),
                 user_agent: String::new(),
                 now: 0,

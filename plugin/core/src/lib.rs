@@ -21,6 +21,7 @@ pub mod flow;
 pub mod gateway;
 pub mod history;
 pub mod identity;
+pub mod ids;
 pub mod jwt;
 pub mod ledger;
 pub mod memory;

@@ -5,8 +5,7 @@ use hmac::{digest::KeyInit, Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Keyed hash of a cookie value: the only form in which a cookie is ever kept.
-pub type CookieHash = [u8; 16];
+pub use crate::ids::{CookieHash, SessionId, TokenKey, UserKey};
 
 /// Longest stored strings, in bytes; longer input is cut at a char boundary.
 pub const MAX_NAME: usize = 128;
@@ -41,8 +40,17 @@ impl CookieHasher {
     }
 
     pub fn hash(&self, cookie_value: &[u8]) -> CookieHash {
+        CookieHash(self.mac16(cookie_value))
+    }
+
+    /// A bearer token's keyed hash: the same HMAC, as the token cache's key.
+    pub fn hash_token(&self, token: &[u8]) -> TokenKey {
+        TokenKey(self.mac16(token))
+    }
+
+    fn mac16(&self, value: &[u8]) -> [u8; 16] {
         let mut mac = self.mac.clone();
-        mac.update(cookie_value);
+        mac.update(value);
         let full = mac.finalize().into_bytes();
         let mut out = [0u8; 16];
         out.iter_mut().zip(full.iter()).for_each(|(o, f)| *o = *f);
@@ -54,7 +62,7 @@ impl CookieHasher {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// UUID bytes.
-    pub id: [u8; 16],
+    pub id: SessionId,
     pub user_id: String,
     pub username: String,
     pub role: String,
@@ -84,7 +92,7 @@ pub fn expired(login_ms: u64, last_ms: u64, now: u64, cfg: &Config) -> bool {
 /// of every session allocates nothing for strings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct SessionRef<'a> {
-    pub id: [u8; 16],
+    pub id: SessionId,
     pub user_id: &'a str,
     pub username: &'a str,
     pub role: &'a str,
@@ -147,7 +155,7 @@ impl Session {
     }
 
     pub fn uuid(&self) -> String {
-        uuid::Uuid::from_bytes(self.id).hyphenated().to_string()
+        uuid::Uuid::from_bytes(self.id.0).hyphenated().to_string()
     }
 
     /// Every cookie value known to lead here: the current one, the kept aliases,
@@ -182,18 +190,20 @@ pub fn rotate_cookie(
 
 /// The per-user index key (`max_sessions_per_user`): a plain SHA-256 of the user
 /// id cut to 128 bits (user ids are not secrets), the same on every host.
-pub fn user_key(user_id: &str) -> [u8; 16] {
+pub fn user_key(user_id: &str) -> UserKey {
     let d = Sha256::digest(user_id.as_bytes());
     let mut out = [0u8; 16];
     out.iter_mut().zip(d.iter()).for_each(|(o, b)| *o = *b);
-    out
+    UserKey(out)
 }
 
 /// Turns 16 random bytes into a version-4 UUID; the host supplies the randomness.
-pub fn session_id_from_random(random: [u8; 16]) -> [u8; 16] {
-    *uuid::Builder::from_random_bytes(random)
-        .as_uuid()
-        .as_bytes()
+pub fn session_id_from_random(random: [u8; 16]) -> SessionId {
+    SessionId(
+        *uuid::Builder::from_random_bytes(random)
+            .as_uuid()
+            .as_bytes(),
+    )
 }
 
 /// Cuts `s` to at most `max` bytes on a char boundary.
@@ -214,7 +224,7 @@ mod tests {
 
     fn session(login: u64, last: u64) -> Session {
         Session {
-            id: [0; 16],
+            id: crate::ids::SessionId([0; 16]),
             user_id: "1".into(),
             username: "u".into(),
             role: "student".into(),
@@ -222,7 +232,7 @@ mod tests {
             user_agent: "ua".into(),
             login_ms: login,
             last_ms: last,
-            cookie: [0; 16],
+            cookie: crate::ids::CookieHash([0; 16]),
             aliases: vec![],
         }
     }
@@ -257,7 +267,7 @@ mod tests {
     #[test]
     fn session_ids_are_v4_uuids() {
         let id = session_id_from_random([0xff; 16]);
-        let s = uuid::Uuid::from_bytes(id);
+        let s = uuid::Uuid::from_bytes(id.0);
         assert_eq!(s.get_version_num(), 4);
     }
 

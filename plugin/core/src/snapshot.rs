@@ -183,7 +183,7 @@ impl Snapshot {
                 // Borrowed from `bytes`, so its address gives its place there.
                 let at = (r.username.as_ptr() as usize).saturating_sub(base);
                 let entry = Entry {
-                    key: u128::from_be_bytes(r.id),
+                    key: u128::from_be_bytes(r.id.0),
                     user: self.user_hasher.hash_one(r.user_id),
                     role: 0,
                     offset: u32::try_from(offset).unwrap_or(u32::MAX),
@@ -459,7 +459,7 @@ fn fixed_json(r: &RecordRef<'_>, agents: &mut HashMap<String, (String, String)>)
         .or_insert_with(|| described(r.agent));
     let mut out = Vec::with_capacity(320);
     stats::SessionFixed {
-        session_id: &uuid::Uuid::from_bytes(r.id).hyphenated().to_string(),
+        session_id: &uuid::Uuid::from_bytes(r.id.0).hyphenated().to_string(),
         user_id: r.user_id,
         username: r.username,
         role: r.role,
@@ -505,7 +505,7 @@ fn view(
     now: u64,
 ) -> SessionView {
     SessionView {
-        session_id: uuid::Uuid::from_bytes(r.id).hyphenated().to_string(),
+        session_id: uuid::Uuid::from_bytes(r.id.0).hyphenated().to_string(),
         user_id: r.user_id.to_string(),
         username: r.username.to_string(),
         role: r.role.to_string(),
@@ -529,7 +529,7 @@ mod tests {
 
     fn s(id: u8, user: &str, role: &str, last: u64) -> Session {
         Session {
-            id: [id; 16],
+            id: crate::ids::SessionId([id; 16]),
             user_id: user.into(),
             username: user.into(),
             role: role.into(),
@@ -537,7 +537,7 @@ mod tests {
             user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36".into(),
             login_ms: 1_000,
             last_ms: last,
-            cookie: [id; 16],
+            cookie: crate::ids::CookieHash([id; 16]),
             aliases: vec![],
         }
     }
@@ -593,19 +593,26 @@ mod tests {
         // activity.
         snap.counts(&store, now, &cfg).unwrap();
         assert_eq!((snap.copied, snap.decoded), (0, 0));
-        t.touch(&[([4; 16], now)], now).unwrap();
+        t.touch(&[(crate::ids::CookieHash([4; 16]), now)], now)
+            .unwrap();
         let c = snap.counts(&store, now, &cfg).unwrap();
         assert_eq!((snap.decoded, c.active_sessions, c.active_users), (0, 7, 6));
         assert_eq!(snap.copied, 0);
         // A logout: fresh counts (its shard is not even read once its activity
         // shard is empty).
-        t.end(&[5; 16], now, &cfg).unwrap();
+        t.end(&crate::ids::CookieHash([5; 16]), now, &cfg).unwrap();
         let c = snap.counts(&store, now, &cfg).unwrap();
         assert_eq!((snap.decoded, c.active_sessions), (0, 6));
         assert_eq!(c.by_role.get("auditor"), None);
         // A rotation changes one shard: one decode, and the report shows it.
         let kept = snap.fixed_json_count;
-        t.rotate(&[1; 16], &[99; 16], now + 5, &cfg).unwrap();
+        t.rotate(
+            &crate::ids::CookieHash([1; 16]),
+            &crate::ids::CookieHash([99; 16]),
+            now + 5,
+            &cfg,
+        )
+        .unwrap();
         let r = snap
             .report(&store, now + 5, &cfg, 1, traffic.clone())
             .unwrap();
@@ -632,7 +639,13 @@ mod tests {
         let c = snap.counts(&store, now + 5, &cfg).unwrap();
         let every = snap.copied;
         assert_eq!((every, snap.decoded, c.active_sessions), (6 * 8, 0, 6));
-        t.rotate(&[99; 16], &[98; 16], now + 6, &cfg).unwrap();
+        t.rotate(
+            &crate::ids::CookieHash([99; 16]),
+            &crate::ids::CookieHash([98; 16]),
+            now + 6,
+            &cfg,
+        )
+        .unwrap();
         let c = snap.counts(&store, now + 6, &cfg).unwrap();
         assert_eq!(
             (snap.copied, snap.decoded, c.active_sessions),

@@ -370,7 +370,7 @@ mod tests {
 
     fn s(id: u8, user: &str, role: &str, last: u64) -> Session {
         Session {
-            id: [id; 16],
+            id: crate::ids::SessionId([id; 16]),
             user_id: user.into(),
             username: user.into(),
             role: role.into(),
@@ -378,7 +378,7 @@ mod tests {
             user_agent: "ua".into(),
             login_ms: 1_000,
             last_ms: last,
-            cookie: [id; 16],
+            cookie: crate::ids::CookieHash([id; 16]),
             aliases: vec![],
         }
     }

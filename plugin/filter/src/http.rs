@@ -11,6 +11,7 @@ use headcount_core::events::Kind;
 use headcount_core::flow::{self, Change, LoginAttempt, Upstream};
 use headcount_core::gateway::{self, AdminRoute, Route};
 use headcount_core::identity::{self, BodyCopy, Identity};
+use headcount_core::ids::TokenKey;
 use headcount_core::{CookieHash, Session};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -80,7 +81,7 @@ impl Stream {
     fn bearer_session(
         &self,
         key: CookieHash,
-        token: CookieHash,
+        token: TokenKey,
         who: Identity,
         headers: &host::Headers,
         now: u64,
@@ -262,9 +263,11 @@ impl Stream {
         let bearer = match &cfg.jwt {
             Some(jwt) if !self.ignored => {
                 jwt.token(jwt_header, cookie_header.as_deref()).map(|t| {
+                    // The cache holds HMACs of any value: for a token, its key.
+                    let key = TokenKey(hash(t).0);
                     vm.tokens
                         .borrow_mut()
-                        .check_hashed(jwt, &vm.hasher, t, hash(t), now)
+                        .check_hashed(jwt, &vm.hasher, t, key, now)
                 })
             }
             _ => None,

@@ -5,13 +5,14 @@
 
 use super::store::{Applied, CookieRow, LedgerStore, Minima};
 use super::wire::{
-    Batch, BatchReply, FeedReply, Hash, Op, RevokeReply, RevokedAdd, RevokedList, SecretReply,
+    Batch, BatchReply, FeedReply, Op, RevokeReply, RevokedAdd, RevokedList, SecretReply,
     StatsReply, TrafficPart, APPLIED_TTL_MS, MAX_BATCH_OPS, VERSION,
 };
 use crate::activity::{self, Pending, Settled};
 use crate::bearer::{self, Start};
 use crate::config::Config;
 use crate::events::{Events, Kind};
+use crate::ids::{CookieHash, SessionId, UserKey};
 use crate::session::{self, Session};
 use crate::stats;
 use crate::table::ROTATION_GRACE_MS;
@@ -193,7 +194,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
 
     /// Applies `op` here if it belongs to this shard, else hands it back.
     fn apply(&mut self, op: Op, depth: usize, out: &mut Outcome) -> Res<(), S> {
-        if op.key().shard(self.here.shards) != self.here.shard {
+        if op.shard(self.here.shards) != self.here.shard {
             out.reply.forward.push(op);
             return Ok(());
         }
@@ -290,7 +291,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
     }
 
     /// The session a cookie leads to now, if any.
-    fn live_cookie(&mut self, hash: &Hash) -> Res<Option<Hash>, S> {
+    fn live_cookie(&mut self, hash: &CookieHash) -> Res<Option<SessionId>, S> {
         Ok(match self.store.cookie(hash)? {
             Some(CookieRow::Session { id, until }) if until >= self.here.now => Some(id),
             _ => None,
@@ -308,15 +309,15 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
             session.uuid()
         ));
         self.store.put_session(&session)?;
-        let id = Hash(session.id);
+        let id = session.id;
         let mut ops = vec![Op::Index {
-            hash: Hash(session.cookie),
+            hash: session.cookie,
             id,
             until: session.deadline(self.cfg),
         }];
         if self.cfg.max_sessions_per_user.is_some() {
             ops.push(Op::UserAdd {
-                user: Hash(session::user_key(&session.user_id)),
+                user: session::user_key(&session.user_id),
                 id,
                 login_ms: session.login_ms,
             });
@@ -330,11 +331,9 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
     /// login unless it is live (the id derives from the token's key, so two nodes
     /// starting it at once write one session) or its key is revoked.
     fn bearer(&mut self, session: Session, out: &mut Outcome) -> Res<Vec<Op>, S> {
-        let id = Hash(session.id);
+        let id = session.id;
         let existing = self.store.session(&id)?;
-        let revoked = self
-            .store
-            .is_revoked(&Hash(session.cookie), self.here.now)?;
+        let revoked = self.store.is_revoked(&session.cookie, self.here.now)?;
         match bearer::start(existing.as_ref(), revoked, self.here.now, self.cfg) {
             Start::Live => Ok(Vec::new()),
             Start::Revoked => {
@@ -355,7 +354,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
 
     /// Keeps this shard within its share of `max_sessions`: evicts the
     /// longest-idle sessions other than `keep`, exactly (by index).
-    fn cap(&mut self, keep: Hash, out: &mut Outcome) -> Res<Vec<Op>, S> {
+    fn cap(&mut self, keep: SessionId, out: &mut Outcome) -> Res<Vec<Op>, S> {
         let cap = shard_cap(self.cfg.max_sessions, self.here.shard, self.here.shards);
         let live = self.store.session_count()?;
         let mut ops = Vec::new();
@@ -369,7 +368,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
 
     /// Adds a login to its user's list; the user's oldest sessions beyond
     /// `max_sessions_per_user` are evicted.
-    fn user_add(&mut self, user: Hash, id: Hash, login_ms: u64) -> Res<Vec<Op>, S> {
+    fn user_add(&mut self, user: UserKey, id: SessionId, login_ms: u64) -> Res<Vec<Op>, S> {
         let Some(limit) = self.cfg.max_sessions_per_user else {
             return Ok(Vec::new());
         };
@@ -392,7 +391,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         &mut self,
         kind: Kind,
         at: u64,
-        id: Hash,
+        id: SessionId,
         username: &str,
         role: &str,
         out: &mut Outcome,
@@ -401,7 +400,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
             Some(e) => e,
             None => self.store.events()?,
         };
-        events.push_for(kind, id.0, username, role, at);
+        events.push_for(kind, id, username, role, at);
         out.events = Some(events);
         if kind == Kind::Login && !self.sampling()? {
             self.store.put_meta(SAMPLING, "1")?;
@@ -414,9 +413,9 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
     /// known yet, leaves an orphan entry that the session follows when it lands.
     fn rotate(
         &mut self,
-        from: Hash,
-        via: Vec<Hash>,
-        to: Hash,
+        from: CookieHash,
+        via: Vec<CookieHash>,
+        to: CookieHash,
         at: u64,
         out: &mut Outcome,
     ) -> Res<Vec<Op>, S> {
@@ -438,7 +437,13 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
     /// Follows a rotation on the session (`session::rotate_cookie`, step by step
     /// through `via`), and indexes the new values; dropped aliases keep
     /// resolving for `ROTATION_GRACE_MS` only.
-    fn rotate_session(&mut self, id: Hash, via: &[Hash], to: Hash, at: u64) -> Res<Vec<Op>, S> {
+    fn rotate_session(
+        &mut self,
+        id: SessionId,
+        via: &[CookieHash],
+        to: CookieHash,
+        at: u64,
+    ) -> Res<Vec<Op>, S> {
         let Some(mut s) = self.store.session(&id)? else {
             return Ok(Vec::new());
         };
@@ -448,7 +453,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         let mut dropped = Vec::new();
         for step in via.iter().chain(std::iter::once(&to)) {
             dropped.extend(
-                session::rotate_cookie(&mut s.cookie, &mut s.aliases, step.0)
+                session::rotate_cookie(&mut s.cookie, &mut s.aliases, *step)
                     .into_iter()
                     .flatten(),
             );
@@ -463,7 +468,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         ops.extend(
             s.aliases
                 .iter()
-                .map(|a| Hash(*a))
+                .copied()
                 .filter(|a| via.contains(a))
                 .map(|hash| Op::Index {
                     hash,
@@ -471,7 +476,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
                     until: deadline,
                 }),
         );
-        ops.extend(dropped.into_iter().map(Hash).map(|hash| {
+        ops.extend(dropped.into_iter().map(|hash| {
             if via.contains(&hash) {
                 Op::Index {
                     hash,
@@ -491,7 +496,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
 
     /// Points a cookie at a session, unless an orphan says that cookie has already
     /// rotated on (the session follows) or logged out (the session ends).
-    fn index(&mut self, hash: Hash, id: Hash, until: u64) -> Res<Vec<Op>, S> {
+    fn index(&mut self, hash: CookieHash, id: SessionId, until: u64) -> Res<Vec<Op>, S> {
         let now = self.here.now;
         let orphan = match self.store.cookie(&hash)? {
             Some(CookieRow::Orphan { next, until: t }) if t >= now => Some(next),
@@ -522,8 +527,8 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
     /// entries (current, kept aliases, `extra`), its per-user entry, the event.
     fn end(
         &mut self,
-        id: Hash,
-        extra: Option<Hash>,
+        id: SessionId,
+        extra: Option<CookieHash>,
         kind: Kind,
         out: &mut Outcome,
     ) -> Res<(Option<Session>, Vec<Op>), S> {
@@ -533,16 +538,13 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         out.log
             .push(format!("{} {} ({})", kind.name(), s.username, s.uuid()));
         let mut ops: Vec<Op> = s
-            .cookies(extra.map(|h| h.0).as_ref())
+            .cookies(extra.as_ref())
             .into_iter()
-            .map(|hash| Op::Unindex {
-                hash: Hash(hash),
-                id,
-            })
+            .map(|hash| Op::Unindex { hash, id })
             .collect();
         if self.cfg.max_sessions_per_user.is_some() {
             ops.push(Op::UserRemove {
-                user: Hash(session::user_key(&s.user_id)),
+                user: session::user_key(&s.user_id),
                 id,
             });
         }
@@ -570,12 +572,11 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
     /// session's shard). With `enforce_revocation` its values are revoked here at
     /// once, so a bearer token of the session cannot start it again before phase
     /// 2 (`revoked_add` on every shard) arrives.
-    pub fn revoke(&mut self, id: Hash) -> Res<(RevokeReply, Outcome), S> {
+    pub fn revoke(&mut self, id: SessionId) -> Res<(RevokeReply, Outcome), S> {
         let mut out = Outcome::default();
         let (session, ops) = self.end(id, None, Kind::Revocation, &mut out)?;
         if let (true, Some(s)) = (self.cfg.enforce_revocation, &session) {
-            let values: Vec<Hash> = s.cookies(None).into_iter().map(Hash).collect();
-            self.store.revoke(&values, s.deadline(self.cfg))?;
+            self.store.revoke(&s.cookies(None), s.deadline(self.cfg))?;
             out.needs_alarm = true;
         }
         for op in ops {
@@ -593,7 +594,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
     /// values and those of this shard's entries that still lead to the session
     /// (recent rotations) are revoked until `until`; the entries go. Returns
     /// what it added.
-    pub fn revoked_add(&mut self, q: RevokedAdd) -> Res<Vec<(Hash, u64)>, S> {
+    pub fn revoked_add(&mut self, q: RevokedAdd) -> Res<Vec<(CookieHash, u64)>, S> {
         let mut hashes = q.hashes;
         for h in self.store.cookies_of_session(&q.id, self.here.now)? {
             self.store.unindex(&h, &q.id)?;
@@ -609,8 +610,8 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
     /// (on its own): the session, or the id to ask its shard for.
     pub fn resolve(
         &mut self,
-        hash: Option<Hash>,
-        id: Option<Hash>,
+        hash: Option<CookieHash>,
+        id: Option<SessionId>,
     ) -> Res<super::wire::ResolveReply, S> {
         let id = match (id, hash) {
             (Some(id), _) => Some(id),
@@ -681,7 +682,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         let login_before = now.saturating_sub(self.cfg.max_lifetime_ms);
         for s in self.store.expiry_candidates(idle_before, login_before)? {
             if s.is_expired(now, self.cfg) {
-                let (_, ops) = self.end(Hash(s.id), None, Kind::Expiry, &mut swept.outcome)?;
+                let (_, ops) = self.end(s.id, None, Kind::Expiry, &mut swept.outcome)?;
                 for op in ops {
                     self.apply(op, 1, &mut swept.outcome)?;
                 }
@@ -800,7 +801,7 @@ fn replay(last: Option<Applied>) -> Outcome {
 
 /// A touch of a cookie that leads to no live session: the shared rule
 /// (`activity::settle`) sends it once more later, then counts it anonymous.
-fn unknown_touch(hash: Hash, last_ms: u64, requests: u64, retry: bool, out: &mut Outcome) {
+fn unknown_touch(hash: CookieHash, last_ms: u64, requests: u64, retry: bool, out: &mut Outcome) {
     let pending = Pending {
         last_ms,
         requests,

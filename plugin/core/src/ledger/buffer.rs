@@ -2,7 +2,8 @@
 //! not yet sent to the ledger: an ordered list of ops with touches (and chains of
 //! rotations) coalesced, plus the traffic counts. Plain data, no I/O.
 
-use super::wire::{Hash, Op, TrafficPart};
+use super::wire::{Op, TrafficPart};
+use crate::ids::CookieHash;
 use crate::traffic::TrafficDelta;
 use std::collections::HashMap;
 
@@ -16,10 +17,10 @@ pub const MAX_OPS: usize = 2 * MAX_PENDING;
 pub struct Buffer {
     ops: Vec<Op>,
     /// Index in `ops` of the touch that a new request with this cookie adds to.
-    touch_at: HashMap<Hash, usize>,
+    touch_at: HashMap<CookieHash, usize>,
     /// Index in `ops` of the rotation whose newest cookie is this hash: a further
     /// rotation of that cookie extends the chain instead of adding an op.
-    rotation_to: HashMap<Hash, usize>,
+    rotation_to: HashMap<CookieHash, usize>,
     traffic: TrafficDelta,
     /// A login or logout is waiting: flush without waiting for the interval.
     pub urgent: bool,
@@ -37,7 +38,7 @@ impl Buffer {
 
     /// Counts one proxied request that started at `start_ms`; `cookie` is the hash
     /// of its session cookie (none for anonymous requests and ignored agents).
-    pub fn record(&mut self, cookie: Option<Hash>, start_ms: u64, response_us: Option<u64>) {
+    pub fn record(&mut self, cookie: Option<CookieHash>, start_ms: u64, response_us: Option<u64>) {
         self.traffic.record(start_ms, response_us);
         let Some(hash) = cookie else {
             self.traffic.anonymous += 1;
@@ -121,16 +122,14 @@ impl Buffer {
                 self.rotation_to.insert(*to, self.ops.len());
             }
             Op::Login { session } => {
-                let hash = Hash(session.cookie);
-                self.touch_at.remove(&hash);
-                self.rotation_to.remove(&hash);
+                self.touch_at.remove(&session.cookie);
+                self.rotation_to.remove(&session.cookie);
                 self.urgent = true;
             }
             // Urgent or not is the caller's call (a first sighting is, a re-check is not).
             Op::Bearer { session } => {
-                let hash = Hash(session.cookie);
-                self.touch_at.remove(&hash);
-                self.rotation_to.remove(&hash);
+                self.touch_at.remove(&session.cookie);
+                self.rotation_to.remove(&session.cookie);
             }
             Op::Logout { hash, .. } => {
                 self.touch_at.remove(hash);
@@ -191,8 +190,8 @@ impl Buffer {
 mod tests {
     use super::*;
 
-    fn h(n: u8) -> Hash {
-        Hash([n; 16])
+    fn h(n: u8) -> CookieHash {
+        CookieHash([n; 16])
     }
 
     #[test]
@@ -305,7 +304,7 @@ mod tests {
         b.record(Some(h(2)), 2_000, Some(1));
         b.restore(ops, traffic);
         let (ops, traffic) = b.take();
-        assert_eq!(ops.first().map(Op::key), Some(h(1)));
+        assert_eq!(ops.first().map(Op::key), Some(h(1).0));
         assert_eq!(ops.len(), 2);
         assert_eq!(traffic.buckets.len(), 2);
     }
@@ -316,7 +315,7 @@ mod tests {
         for i in 0..(MAX_PENDING + 10) {
             let mut x = [0u8; 16];
             x[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            b.record(Some(Hash(x)), 1, None);
+            b.record(Some(CookieHash(x)), 1, None);
         }
         assert_eq!(b.len(), MAX_PENDING);
         let (_, traffic) = b.take();

@@ -3,9 +3,9 @@
 //! natively; it keeps nothing across a restart.
 
 use super::store::{Applied, CookieRow, LedgerStore, Minima, Rows};
-use super::wire::Hash;
 use crate::events::Events;
 use crate::history::History;
+use crate::ids::{CookieHash, NodeId, SessionId, UserKey};
 use crate::session::Session;
 use crate::traffic::Traffic;
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,17 +13,17 @@ use std::convert::Infallible;
 
 #[derive(Debug, Default, Clone)]
 pub struct MemoryLedger {
-    sessions: BTreeMap<Hash, Session>,
-    cookies: BTreeMap<Hash, CookieRow>,
+    sessions: BTreeMap<SessionId, Session>,
+    cookies: BTreeMap<CookieHash, CookieRow>,
     /// user -> (login, session)
-    users: BTreeMap<Hash, BTreeSet<(u64, Hash)>>,
-    revoked: BTreeMap<Hash, u64>,
+    users: BTreeMap<UserKey, BTreeSet<(u64, SessionId)>>,
+    revoked: BTreeMap<CookieHash, u64>,
     revoked_rev: u64,
     events: Events,
     history: History,
     traffic: Traffic,
     meta: BTreeMap<String, String>,
-    applied: BTreeMap<Hash, Applied>,
+    applied: BTreeMap<NodeId, Applied>,
 }
 
 fn until_of(row: &CookieRow) -> u64 {
@@ -35,16 +35,16 @@ fn until_of(row: &CookieRow) -> u64 {
 impl LedgerStore for MemoryLedger {
     type Error = Infallible;
 
-    fn session(&mut self, id: &Hash) -> Result<Option<Session>, Infallible> {
+    fn session(&mut self, id: &SessionId) -> Result<Option<Session>, Infallible> {
         Ok(self.sessions.get(id).cloned())
     }
 
     fn put_session(&mut self, s: &Session) -> Result<(), Infallible> {
-        self.sessions.insert(Hash(s.id), s.clone());
+        self.sessions.insert(s.id, s.clone());
         Ok(())
     }
 
-    fn touch(&mut self, id: &Hash, last_ms: u64) -> Result<bool, Infallible> {
+    fn touch(&mut self, id: &SessionId, last_ms: u64) -> Result<bool, Infallible> {
         Ok(match self.sessions.get_mut(id) {
             Some(s) => {
                 s.last_ms = s.last_ms.max(last_ms);
@@ -54,7 +54,7 @@ impl LedgerStore for MemoryLedger {
         })
     }
 
-    fn delete_session(&mut self, id: &Hash) -> Result<Option<Session>, Infallible> {
+    fn delete_session(&mut self, id: &SessionId) -> Result<Option<Session>, Infallible> {
         Ok(self.sessions.remove(id))
     }
 
@@ -62,12 +62,12 @@ impl LedgerStore for MemoryLedger {
         Ok(self.sessions.len() as u64)
     }
 
-    fn longest_idle(&mut self, n: u64, keep: &Hash) -> Result<Vec<Hash>, Infallible> {
-        let mut all: Vec<(u64, u64, Hash)> = self
+    fn longest_idle(&mut self, n: u64, keep: &SessionId) -> Result<Vec<SessionId>, Infallible> {
+        let mut all: Vec<(u64, u64, SessionId)> = self
             .sessions
             .values()
-            .filter(|s| s.id != keep.0)
-            .map(|s| (s.last_ms, s.login_ms, Hash(s.id)))
+            .filter(|s| s.id != *keep)
+            .map(|s| (s.last_ms, s.login_ms, s.id))
             .collect();
         all.sort();
         let n = usize::try_from(n).unwrap_or(usize::MAX);
@@ -96,11 +96,11 @@ impl LedgerStore for MemoryLedger {
             .collect())
     }
 
-    fn cookie(&mut self, hash: &Hash) -> Result<Option<CookieRow>, Infallible> {
+    fn cookie(&mut self, hash: &CookieHash) -> Result<Option<CookieRow>, Infallible> {
         Ok(self.cookies.get(hash).copied())
     }
 
-    fn index(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<(), Infallible> {
+    fn index(&mut self, hash: &CookieHash, id: &SessionId, until: u64) -> Result<(), Infallible> {
         self.cookies
             .insert(*hash, CookieRow::Session { id: *id, until });
         Ok(())
@@ -108,8 +108,8 @@ impl LedgerStore for MemoryLedger {
 
     fn put_orphan(
         &mut self,
-        hash: &Hash,
-        next: Option<Hash>,
+        hash: &CookieHash,
+        next: Option<CookieHash>,
         until: u64,
     ) -> Result<(), Infallible> {
         self.cookies
@@ -117,7 +117,7 @@ impl LedgerStore for MemoryLedger {
         Ok(())
     }
 
-    fn shorten(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<(), Infallible> {
+    fn shorten(&mut self, hash: &CookieHash, id: &SessionId, until: u64) -> Result<(), Infallible> {
         if let Some(CookieRow::Session { id: s, until: u }) = self.cookies.get_mut(hash) {
             if s == id {
                 *u = (*u).min(until);
@@ -126,14 +126,14 @@ impl LedgerStore for MemoryLedger {
         Ok(())
     }
 
-    fn unindex(&mut self, hash: &Hash, id: &Hash) -> Result<(), Infallible> {
+    fn unindex(&mut self, hash: &CookieHash, id: &SessionId) -> Result<(), Infallible> {
         if matches!(self.cookies.get(hash), Some(CookieRow::Session { id: s, .. }) if s == id) {
             self.cookies.remove(hash);
         }
         Ok(())
     }
 
-    fn delete_cookie(&mut self, hash: &Hash) -> Result<(), Infallible> {
+    fn delete_cookie(&mut self, hash: &CookieHash) -> Result<(), Infallible> {
         self.cookies.remove(hash);
         Ok(())
     }
@@ -144,7 +144,11 @@ impl LedgerStore for MemoryLedger {
         Ok((before - self.cookies.len()) as u64)
     }
 
-    fn cookies_of_session(&mut self, id: &Hash, now: u64) -> Result<Vec<Hash>, Infallible> {
+    fn cookies_of_session(
+        &mut self,
+        id: &SessionId,
+        now: u64,
+    ) -> Result<Vec<CookieHash>, Infallible> {
         Ok(self
             .cookies
             .iter()
@@ -153,14 +157,19 @@ impl LedgerStore for MemoryLedger {
             .collect())
     }
 
-    fn user_add(&mut self, user: &Hash, id: &Hash, login_ms: u64) -> Result<Vec<Hash>, Infallible> {
+    fn user_add(
+        &mut self,
+        user: &UserKey,
+        id: &SessionId,
+        login_ms: u64,
+    ) -> Result<Vec<SessionId>, Infallible> {
         let list = self.users.entry(*user).or_default();
         list.retain(|(_, s)| s != id);
         list.insert((login_ms, *id));
         Ok(list.iter().map(|(_, s)| *s).collect())
     }
 
-    fn user_remove(&mut self, user: &Hash, id: &Hash) -> Result<(), Infallible> {
+    fn user_remove(&mut self, user: &UserKey, id: &SessionId) -> Result<(), Infallible> {
         if let Some(list) = self.users.get_mut(user) {
             list.retain(|(_, s)| s != id);
             if list.is_empty() {
@@ -178,7 +187,7 @@ impl LedgerStore for MemoryLedger {
         Ok(())
     }
 
-    fn revoke(&mut self, hashes: &[Hash], until: u64) -> Result<(), Infallible> {
+    fn revoke(&mut self, hashes: &[CookieHash], until: u64) -> Result<(), Infallible> {
         for h in hashes {
             let t = self.revoked.entry(*h).or_insert(until);
             *t = (*t).max(until);
@@ -187,7 +196,7 @@ impl LedgerStore for MemoryLedger {
         Ok(())
     }
 
-    fn is_revoked(&mut self, hash: &Hash, now: u64) -> Result<bool, Infallible> {
+    fn is_revoked(&mut self, hash: &CookieHash, now: u64) -> Result<bool, Infallible> {
         Ok(self.revoked.get(hash).is_some_and(|t| *t >= now))
     }
 
@@ -195,8 +204,8 @@ impl LedgerStore for MemoryLedger {
         Ok(self.revoked_rev)
     }
 
-    fn revoked(&mut self, limit: usize) -> Result<Vec<(Hash, u64)>, Infallible> {
-        let mut all: Vec<(Hash, u64)> = self.revoked.iter().map(|(h, t)| (*h, *t)).collect();
+    fn revoked(&mut self, limit: usize) -> Result<Vec<(CookieHash, u64)>, Infallible> {
+        let mut all: Vec<(CookieHash, u64)> = self.revoked.iter().map(|(h, t)| (*h, *t)).collect();
         all.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
         all.truncate(limit);
         Ok(all)
@@ -248,11 +257,11 @@ impl LedgerStore for MemoryLedger {
         Ok(())
     }
 
-    fn applied(&mut self, origin: &Hash) -> Result<Option<Applied>, Infallible> {
+    fn applied(&mut self, origin: &NodeId) -> Result<Option<Applied>, Infallible> {
         Ok(self.applied.get(origin).cloned())
     }
 
-    fn put_applied(&mut self, origin: &Hash, applied: &Applied) -> Result<(), Infallible> {
+    fn put_applied(&mut self, origin: &NodeId, applied: &Applied) -> Result<(), Infallible> {
         self.applied.insert(*origin, applied.clone());
         Ok(())
     }

@@ -19,10 +19,11 @@ pub mod route;
 pub mod store;
 pub mod wire;
 
+pub use crate::ids::{CookieHash, NodeId, SessionId, UserKey};
 pub use apply::{Here, Ledger, LedgerError, Outcome};
 pub use memory::MemoryLedger;
 pub use store::{CookieRow, LedgerStore};
-pub use wire::{Batch, BatchReply, Hash, Op};
+pub use wire::{Batch, BatchReply, Op};
 
 #[cfg(test)]
 pub(crate) mod testing {
@@ -31,7 +32,7 @@ pub(crate) mod testing {
     /// A session with id `[id; 16]` and cookie `[cookie; 16]`.
     pub fn session(id: u8, cookie: u8) -> Session {
         Session {
-            id: [id; 16],
+            id: crate::ids::SessionId([id; 16]),
             user_id: "7".into(),
             username: "ann".into(),
             role: "teacher".into(),
@@ -39,7 +40,7 @@ pub(crate) mod testing {
             user_agent: String::new(),
             login_ms: 1,
             last_ms: 1,
-            cookie: [cookie; 16],
+            cookie: crate::ids::CookieHash([cookie; 16]),
             aliases: Vec::new(),
         }
     }

@@ -7,7 +7,8 @@
 //! every flush reply: each batch says which revision of the shard's list the node
 //! holds, and the shard sends its list when that changed. Plain data, no I/O.
 
-use super::wire::{Hash, RevokedList};
+use super::wire::RevokedList;
+use crate::ids::CookieHash;
 use std::collections::HashMap;
 
 /// Revoked values kept per node (the shards send at most `MAX_REVOKED_SYNC`);
@@ -17,7 +18,7 @@ pub const MAX_REVOKED: usize = 20_000;
 #[derive(Default)]
 pub struct RevokedSet {
     /// Cookie hash -> until when it is revoked (the session's deadline).
-    until: HashMap<Hash, u64>,
+    until: HashMap<CookieHash, u64>,
     /// Revision of each shard's list this node has merged.
     revs: HashMap<u32, u64>,
     /// Whether shard 0's list was loaded once (then refreshes come with flushes).
@@ -27,7 +28,7 @@ pub struct RevokedSet {
 }
 
 impl RevokedSet {
-    pub fn is_revoked(&self, hash: &Hash, now: u64) -> bool {
+    pub fn is_revoked(&self, hash: &CookieHash, now: u64) -> bool {
         self.until.get(hash).is_some_and(|t| *t >= now)
     }
 
@@ -37,7 +38,7 @@ impl RevokedSet {
     }
 
     /// Adds revoked values (a later `until` wins), within `MAX_REVOKED`.
-    pub fn add(&mut self, entries: impl IntoIterator<Item = (Hash, u64)>, now: u64) {
+    pub fn add(&mut self, entries: impl IntoIterator<Item = (CookieHash, u64)>, now: u64) {
         for (h, t) in entries {
             if t >= now {
                 let e = self.until.entry(h).or_insert(t);
@@ -48,7 +49,7 @@ impl RevokedSet {
             self.until.retain(|_, t| *t >= now);
         }
         if self.until.len() > MAX_REVOKED {
-            let mut all: Vec<(Hash, u64)> = self.until.drain().collect();
+            let mut all: Vec<(CookieHash, u64)> = self.until.drain().collect();
             all.sort_by_key(|e| std::cmp::Reverse(e.1));
             all.truncate(MAX_REVOKED);
             self.until = all.into_iter().collect();
@@ -77,8 +78,8 @@ impl RevokedSet {
 mod tests {
     use super::*;
 
-    fn h(n: u8) -> Hash {
-        Hash([n; 16])
+    fn h(n: u8) -> CookieHash {
+        CookieHash([n; 16])
     }
 
     #[test]
@@ -128,18 +129,18 @@ mod tests {
         let entries = (0..MAX_REVOKED as u64 + 10).map(|i| {
             let mut x = [0u8; 16];
             x[..8].copy_from_slice(&i.to_le_bytes());
-            (Hash(x), 1_000 + i)
+            (CookieHash(x), 1_000 + i)
         });
         r.add(entries, 0);
         assert_eq!(r.len(), MAX_REVOKED);
         let mut first = [0u8; 16];
         first[..8].copy_from_slice(&0u64.to_le_bytes());
         assert!(
-            !r.is_revoked(&Hash(first), 0),
+            !r.is_revoked(&CookieHash(first), 0),
             "the soonest-ending went first"
         );
         let mut last = [0u8; 16];
         last[..8].copy_from_slice(&(MAX_REVOKED as u64 + 9).to_le_bytes());
-        assert!(r.is_revoked(&Hash(last), 0));
+        assert!(r.is_revoked(&CookieHash(last), 0));
     }
 }

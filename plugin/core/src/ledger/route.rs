@@ -3,7 +3,8 @@
 //! A host sends what `Pending::batches` gives, one request per shard, and feeds
 //! the replies back; rounds continue while follow-ups remain.
 
-use super::wire::{Batch, BatchReply, Hash, Op, StatsReply, TrafficPart};
+use super::wire::{Batch, BatchReply, Op, StatsReply, TrafficPart};
+use crate::ids::{CookieHash, NodeId, SessionId};
 use crate::session::Session;
 use crate::traffic::{Traffic, TrafficDelta};
 use std::collections::{BTreeMap, HashMap};
@@ -19,31 +20,29 @@ pub const MAX_ROUNDS: usize = 6;
 /// instead of two).
 #[derive(Debug, Default)]
 pub struct Known {
-    map: HashMap<Hash, Hash>,
+    map: HashMap<CookieHash, SessionId>,
 }
 
 impl Known {
-    pub fn get(&self, hash: &Hash) -> Option<Hash> {
+    pub fn get(&self, hash: &CookieHash) -> Option<SessionId> {
         self.map.get(hash).copied()
     }
 
-    fn put(&mut self, hash: Hash, id: Hash) {
+    fn put(&mut self, hash: CookieHash, id: SessionId) {
         if self.map.len() >= MAX_KNOWN {
             self.map.clear();
         }
         self.map.insert(hash, id);
     }
 
-    pub fn forget(&mut self, hash: &Hash) {
+    pub fn forget(&mut self, hash: &CookieHash) {
         self.map.remove(hash);
     }
 
     /// Learns cookie -> session from an op a shard returned or the node sends.
     pub fn learn(&mut self, op: &Op) {
         match op {
-            Op::Login { session } | Op::Bearer { session } => {
-                self.put(Hash(session.cookie), Hash(session.id))
-            }
+            Op::Login { session } | Op::Bearer { session } => self.put(session.cookie, session.id),
             Op::TouchSession { id, hash, .. } | Op::Index { hash, id, .. } => self.put(*hash, *id),
             Op::RotateSession { id, via, to, .. } => {
                 via.iter()
@@ -106,10 +105,7 @@ impl Pending {
     }
 
     pub fn push(&mut self, op: Op, shards: u32) {
-        self.by_shard
-            .entry(op.key().shard(shards))
-            .or_default()
-            .push(op);
+        self.by_shard.entry(op.shard(shards)).or_default().push(op);
     }
 
     /// Everything left, in shard order (to put back in the buffer).
@@ -152,7 +148,9 @@ impl Pending {
     /// first); touches nobody knew are returned, for the buffer to retry.
     pub fn absorb(&mut self, reply: BatchReply, known: &mut Known, shards: u32) -> Vec<Op> {
         for m in &reply.missing {
-            known.forget(&m.key());
+            if let Op::Touch { hash, .. } = m {
+                known.forget(hash);
+            }
         }
         for op in reply.forward {
             known.learn(&op);
@@ -168,7 +166,7 @@ impl Pending {
 /// answers from memory and nothing is counted twice.
 #[derive(Debug)]
 pub struct Sequencer {
-    origin: Hash,
+    origin: NodeId,
     next: HashMap<u32, u64>,
     /// By shard: the batch, and how often it was sent without an answer.
     unacked: BTreeMap<u32, (Batch, u32)>,
@@ -180,7 +178,7 @@ pub const MAX_SENDS: u32 = 8;
 
 impl Sequencer {
     /// `origin`: a random id for this node (never reused).
-    pub fn new(origin: Hash) -> Sequencer {
+    pub fn new(origin: NodeId) -> Sequencer {
         Sequencer {
             origin,
             next: HashMap::new(),
@@ -254,8 +252,12 @@ impl Gathered {
 mod tests {
     use super::*;
 
-    fn h(n: u8) -> Hash {
-        Hash([n; 16])
+    fn h(n: u8) -> CookieHash {
+        CookieHash([n; 16])
+    }
+
+    fn s(n: u8) -> SessionId {
+        SessionId([n; 16])
     }
 
     #[test]
@@ -270,13 +272,13 @@ mod tests {
         assert_eq!(known.address(touch.clone()), touch);
         known.learn(&Op::Index {
             hash: h(1),
-            id: h(9),
+            id: s(9),
             until: 10,
         });
         assert_eq!(
             known.address(touch),
             Op::TouchSession {
-                id: h(9),
+                id: s(9),
                 hash: h(1),
                 last_ms: 5,
                 requests: 2,
@@ -287,7 +289,7 @@ mod tests {
         assert_eq!(
             known.address(Op::Logout { hash: h(1), at: 6 }),
             Op::EndSession {
-                id: h(9),
+                id: s(9),
                 hash: h(1)
             }
         );
@@ -296,15 +298,15 @@ mod tests {
 
     #[test]
     fn a_batch_that_failed_is_sent_again_with_its_number() {
-        let mut seq = Sequencer::new(h(7));
-        let mut a = Batch::new(0, 2, 1, vec![Op::Evict { id: h(2) }]);
+        let mut seq = Sequencer::new(NodeId([7; 16]));
+        let mut a = Batch::new(0, 2, 1, vec![Op::Evict { id: s(2) }]);
         let mut b = Batch::new(0, 2, 1, Vec::new());
         let mut c = Batch::new(1, 2, 1, Vec::new());
         seq.stamp(&mut a);
         seq.stamp(&mut b);
         seq.stamp(&mut c);
         assert_eq!((a.seq, b.seq, c.seq), (1, 2, 1), "numbered per shard");
-        assert_eq!(a.origin, Some(h(7)));
+        assert_eq!(a.origin, Some(NodeId([7; 16])));
         assert!(!seq.has_unacked());
         assert!(seq.failed(b, 1));
         let mut again = seq.take_unacked();
@@ -323,7 +325,7 @@ mod tests {
             buckets: Vec::new(),
         };
         let mut p = Pending::default();
-        p.push(Op::Evict { id: h(2) }, 4);
+        p.push(Op::Evict { id: s(2) }, 4);
         let b = p.batches(4, 1, Some(traffic.clone()), |_| None);
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].traffic.anonymous, 3);

@@ -3,9 +3,9 @@
 //! `MemoryLedger` over maps. Every rule lives in `apply.rs`; a store only keeps
 //! rows and finds candidates, so the same rules hold whatever the store.
 
-use super::wire::Hash;
 use crate::events::Events;
 use crate::history::History;
+use crate::ids::{CookieHash, NodeId, SessionId, UserKey};
 use crate::session::Session;
 use crate::traffic::Traffic;
 
@@ -13,10 +13,13 @@ use crate::traffic::Traffic;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CookieRow {
     /// Leads to session `id` until `until`.
-    Session { id: Hash, until: u64 },
+    Session { id: SessionId, until: u64 },
     /// Arrived before its session (from another node): it rotated on to `next`
     /// (`None`: logged out). Kept until `until`, waiting for the session's entry.
-    Orphan { next: Option<Hash>, until: u64 },
+    Orphan {
+        next: Option<CookieHash>,
+        until: u64,
+    },
 }
 
 /// The earliest times in a store, from which the ledger computes when something
@@ -55,16 +58,16 @@ pub trait LedgerStore {
     type Error: std::fmt::Display;
 
     // Sessions, by id.
-    fn session(&mut self, id: &Hash) -> Result<Option<Session>, Self::Error>;
+    fn session(&mut self, id: &SessionId) -> Result<Option<Session>, Self::Error>;
     /// Adds or replaces the session with the same id.
     fn put_session(&mut self, s: &Session) -> Result<(), Self::Error>;
     /// Moves the session's last activity forward to `last_ms` (never back).
     /// Whether the session exists.
-    fn touch(&mut self, id: &Hash, last_ms: u64) -> Result<bool, Self::Error>;
-    fn delete_session(&mut self, id: &Hash) -> Result<Option<Session>, Self::Error>;
+    fn touch(&mut self, id: &SessionId, last_ms: u64) -> Result<bool, Self::Error>;
+    fn delete_session(&mut self, id: &SessionId) -> Result<Option<Session>, Self::Error>;
     fn session_count(&mut self) -> Result<u64, Self::Error>;
     /// The `n` sessions seen longest ago (then longest logged in), other than `keep`.
-    fn longest_idle(&mut self, n: u64, keep: &Hash) -> Result<Vec<Hash>, Self::Error>;
+    fn longest_idle(&mut self, n: u64, keep: &SessionId) -> Result<Vec<SessionId>, Self::Error>;
     /// Sessions seen at or after `since`.
     fn sessions_seen_since(&mut self, since: u64) -> Result<Vec<Session>, Self::Error>;
     /// Sessions seen before `idle_before` or logged in before `login_before`: a
@@ -76,41 +79,50 @@ pub trait LedgerStore {
     ) -> Result<Vec<Session>, Self::Error>;
 
     // The cookie index, by cookie hash.
-    fn cookie(&mut self, hash: &Hash) -> Result<Option<CookieRow>, Self::Error>;
+    fn cookie(&mut self, hash: &CookieHash) -> Result<Option<CookieRow>, Self::Error>;
     /// Points `hash` at session `id` until `until` (adds or replaces the entry).
-    fn index(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<(), Self::Error>;
+    fn index(&mut self, hash: &CookieHash, id: &SessionId, until: u64) -> Result<(), Self::Error>;
     fn put_orphan(
         &mut self,
-        hash: &Hash,
-        next: Option<Hash>,
+        hash: &CookieHash,
+        next: Option<CookieHash>,
         until: u64,
     ) -> Result<(), Self::Error>;
     /// Shortens the entry of `hash` for session `id` to end no later than `until`.
-    fn shorten(&mut self, hash: &Hash, id: &Hash, until: u64) -> Result<(), Self::Error>;
+    fn shorten(&mut self, hash: &CookieHash, id: &SessionId, until: u64)
+        -> Result<(), Self::Error>;
     /// Removes the entry of `hash` if it leads to session `id`.
-    fn unindex(&mut self, hash: &Hash, id: &Hash) -> Result<(), Self::Error>;
-    fn delete_cookie(&mut self, hash: &Hash) -> Result<(), Self::Error>;
+    fn unindex(&mut self, hash: &CookieHash, id: &SessionId) -> Result<(), Self::Error>;
+    fn delete_cookie(&mut self, hash: &CookieHash) -> Result<(), Self::Error>;
     /// Removes entries past their time (`until < now`); how many.
     fn delete_cookies_before(&mut self, now: u64) -> Result<u64, Self::Error>;
     /// Entries that lead to session `id` and are still valid at `now`.
-    fn cookies_of_session(&mut self, id: &Hash, now: u64) -> Result<Vec<Hash>, Self::Error>;
+    fn cookies_of_session(
+        &mut self,
+        id: &SessionId,
+        now: u64,
+    ) -> Result<Vec<CookieHash>, Self::Error>;
 
     // The per-user index (`max_sessions_per_user`), by user key.
     /// Adds `id` to `user`'s sessions; returns all of them, oldest login first.
-    fn user_add(&mut self, user: &Hash, id: &Hash, login_ms: u64)
-        -> Result<Vec<Hash>, Self::Error>;
-    fn user_remove(&mut self, user: &Hash, id: &Hash) -> Result<(), Self::Error>;
+    fn user_add(
+        &mut self,
+        user: &UserKey,
+        id: &SessionId,
+        login_ms: u64,
+    ) -> Result<Vec<SessionId>, Self::Error>;
+    fn user_remove(&mut self, user: &UserKey, id: &SessionId) -> Result<(), Self::Error>;
     /// Forgets entries of sessions that logged in before `login_before`.
     fn users_prune(&mut self, login_before: u64) -> Result<(), Self::Error>;
 
     // Revoked cookie values (`enforce_revocation`); every shard keeps them all.
     /// Remembers `hashes` until `until` (a later time wins) and bumps the revision.
-    fn revoke(&mut self, hashes: &[Hash], until: u64) -> Result<(), Self::Error>;
-    fn is_revoked(&mut self, hash: &Hash, now: u64) -> Result<bool, Self::Error>;
+    fn revoke(&mut self, hashes: &[CookieHash], until: u64) -> Result<(), Self::Error>;
+    fn is_revoked(&mut self, hash: &CookieHash, now: u64) -> Result<bool, Self::Error>;
     /// The list's revision: 0 before any revocation, changed by every change.
     fn revoked_rev(&mut self) -> Result<u64, Self::Error>;
     /// The `limit` values that stay revoked longest.
-    fn revoked(&mut self, limit: usize) -> Result<Vec<(Hash, u64)>, Self::Error>;
+    fn revoked(&mut self, limit: usize) -> Result<Vec<(CookieHash, u64)>, Self::Error>;
     /// Forgets values past their time (bumping the revision if any); how many.
     fn delete_revoked_before(&mut self, now: u64) -> Result<u64, Self::Error>;
 
@@ -126,8 +138,8 @@ pub trait LedgerStore {
     fn put_meta(&mut self, key: &str, value: &str) -> Result<(), Self::Error>;
 
     // The last sequenced batch of each node (`Batch::origin`).
-    fn applied(&mut self, origin: &Hash) -> Result<Option<Applied>, Self::Error>;
-    fn put_applied(&mut self, origin: &Hash, applied: &Applied) -> Result<(), Self::Error>;
+    fn applied(&mut self, origin: &NodeId) -> Result<Option<Applied>, Self::Error>;
+    fn put_applied(&mut self, origin: &NodeId, applied: &Applied) -> Result<(), Self::Error>;
     /// Forgets batches applied before `before`; how many.
     fn forget_applied_before(&mut self, before: u64) -> Result<u64, Self::Error>;
 

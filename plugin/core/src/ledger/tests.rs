@@ -6,18 +6,21 @@ use super::memory::MemoryLedger;
 use super::route::{Gathered, Known, Pending, Sequencer, MAX_ROUNDS};
 use super::store::{LedgerStore, Minima};
 use super::testing::session;
-use super::wire::{
-    Batch, Hash, Op, RevokedAdd, TrafficPart, APPLIED_TTL_MS, MAX_BATCH_OPS, VERSION,
-};
+use super::wire::{Batch, Op, RevokedAdd, TrafficPart, APPLIED_TTL_MS, MAX_BATCH_OPS, VERSION};
 use crate::config::Config;
 use crate::events::Kind;
+use crate::ids::{CookieHash, NodeId, SessionId};
 use crate::session::{Session, MAX_ALIASES};
 use crate::table::ROTATION_GRACE_MS;
 
 const T0: u64 = 1_800_000_000_000;
 
-fn h(n: u8) -> Hash {
-    Hash([n; 16])
+fn h(n: u8) -> CookieHash {
+    CookieHash([n; 16])
+}
+
+fn s(n: u8) -> SessionId {
+    SessionId([n; 16])
 }
 
 /// `shards` ledger shards and one node.
@@ -81,7 +84,7 @@ impl Cluster {
         );
     }
 
-    fn session_of(&mut self, cookie: Hash) -> Option<Session> {
+    fn session_of(&mut self, cookie: CookieHash) -> Option<Session> {
         let shard = cookie.shard(self.count());
         let r = self.ledger(shard).resolve(Some(cookie), None).unwrap();
         match r.id {
@@ -104,7 +107,7 @@ impl Cluster {
         g
     }
 
-    fn events(&mut self) -> Vec<(Kind, [u8; 16])> {
+    fn events(&mut self) -> Vec<(Kind, SessionId)> {
         let feed = self.ledger(0).feed().unwrap();
         feed.events
             .recent
@@ -147,7 +150,11 @@ fn a_login_is_followed_through_touches_on_every_shard_count() {
             }),
         );
         let s = c.session_of(h(11)).expect("session");
-        assert_eq!((s.id, s.last_ms), ([1; 16], T0 + 4_000), "{shards} shards");
+        assert_eq!(
+            (s.id, s.last_ms),
+            (SessionId([1; 16]), T0 + 4_000),
+            "{shards} shards"
+        );
         // The unknown cookie comes back once; its retry counts as anonymous.
         assert_eq!(c.missing.len(), 1, "{:?}", c.missing);
         let retry = std::mem::take(&mut c.missing);
@@ -162,7 +169,7 @@ fn a_login_is_followed_through_touches_on_every_shard_count() {
         assert_eq!((g.stored_sessions, g.stored_cookies), (1, 1));
         assert_eq!(g.traffic.authenticated_today, 1);
         assert_eq!(g.traffic.anonymous_today, 3);
-        assert_eq!(c.events(), vec![(Kind::Login, [1; 16])]);
+        assert_eq!(c.events(), vec![(Kind::Login, SessionId([1; 16]))]);
     }
 }
 
@@ -178,8 +185,8 @@ fn rotations_keep_the_newest_aliases_and_shorten_the_rest() {
         at: T0 + 1,
     }]);
     let s = c.session_of(h(13)).expect("the newest value resolves");
-    assert_eq!(s.cookie, [13; 16]);
-    assert_eq!(s.aliases, vec![[12; 16], [11; 16]]);
+    assert_eq!(s.cookie, h(13));
+    assert_eq!(s.aliases, vec![h(12), h(11)]);
     assert_eq!(s.aliases.len(), MAX_ALIASES);
     for kept in [11, 12] {
         assert!(c.session_of(h(kept)).is_some(), "alias {kept}");
@@ -202,7 +209,7 @@ fn a_rotation_or_logout_before_its_login_lands_is_followed() {
         at: T0,
     }]);
     c.send(vec![login(1, 10, "1", T0)]);
-    assert_eq!(c.session_of(h(20)).map(|s| s.cookie), Some([20; 16]));
+    assert_eq!(c.session_of(h(20)).map(|s| s.cookie), Some(h(20)));
     // A logout that overtakes its login: the session ends when its entry lands.
     c.send(vec![Op::Logout {
         hash: h(30),
@@ -249,7 +256,7 @@ fn the_cap_evicts_the_longest_idle_within_each_shards_share() {
     c.send(vec![login(3, 13, "3", T0 + 6)]);
     assert!(c.session_of(h(12)).is_none(), "the longest idle went");
     assert!(c.session_of(h(11)).is_some() && c.session_of(h(13)).is_some());
-    assert!(c.events().contains(&(Kind::Eviction, [2; 16])));
+    assert!(c.events().contains(&(Kind::Eviction, SessionId([2; 16]))));
 }
 
 #[test]
@@ -262,7 +269,7 @@ fn a_users_oldest_sessions_beyond_the_limit_are_evicted() {
     for cookie in [12, 13, 19] {
         assert!(c.session_of(h(cookie)).is_some(), "{cookie}");
     }
-    assert!(c.events().contains(&(Kind::Eviction, [1; 16])));
+    assert!(c.events().contains(&(Kind::Eviction, SessionId([1; 16]))));
 }
 
 #[test]
@@ -280,19 +287,19 @@ fn a_bearer_session_starts_once_and_a_revoked_one_never_again() {
     assert_eq!(c.gather().stored_sessions, 1);
     assert_eq!(c.events().len(), 1, "one login");
     // Revoked: phase 1 on the session's shard, phase 2 on every shard.
-    let shard = h(5).shard(2);
-    let (reply, _) = c.ledger(shard).revoke(h(5)).unwrap();
+    let shard = s(5).shard(2);
+    let (reply, _) = c.ledger(shard).revoke(s(5)).unwrap();
     let ended = reply.session.expect("revoked a live session");
     c.send(reply.forward);
-    for s in 0..2 {
+    for shard in 0..2 {
         let q = RevokedAdd {
-            id: h(5),
+            id: s(5),
             hashes: vec![h(50)],
             until: ended.deadline(&c.cfg),
-            shard: s,
+            shard,
             shards: 2,
         };
-        assert!(!c.ledger(s).revoked_add(q).unwrap().is_empty());
+        assert!(!c.ledger(shard).revoked_add(q).unwrap().is_empty());
     }
     c.send(vec![Op::Bearer { session: token }]);
     assert_eq!(c.gather().stored_sessions, 0, "never restarted");
@@ -331,7 +338,7 @@ fn the_sweep_ends_idle_sessions_and_the_alarm_follows_the_rows() {
         "one shard: all applied"
     );
     assert_eq!(c.gather().stored_cookies, 0);
-    assert_eq!(c.events().last(), Some(&(Kind::Expiry, [1; 16])));
+    assert_eq!(c.events().last(), Some(&(Kind::Expiry, SessionId([1; 16]))));
     assert_eq!(c.ledger(0).next_alarm(true).unwrap(), None);
 }
 
@@ -354,7 +361,7 @@ fn batches_of_a_newer_version_or_too_many_ops_are_refused_whole() {
     b.v = VERSION + 1;
     assert!(check_batch(&b).unwrap_err().contains("version"));
     let mut c = Cluster::new(1, "{}");
-    let mut big = Batch::new(0, 1, T0, vec![Op::Evict { id: h(1) }; MAX_BATCH_OPS + 1]);
+    let mut big = Batch::new(0, 1, T0, vec![Op::Evict { id: s(1) }; MAX_BATCH_OPS + 1]);
     big.v = VERSION;
     assert!(c.ledger(0).batch(big).is_err());
     assert_eq!(c.shards[0].session_count().unwrap(), 0);
@@ -376,7 +383,7 @@ fn a_batch_sent_again_after_a_lost_reply_counts_nothing_twice() {
     assert_eq!(sequence(Some(3), 2), Sequence::Stale(3));
     assert_eq!(sequence(Some(3), 0), Sequence::New, "0: not sequenced");
     let mut c = Cluster::new(1, "{}");
-    let mut node = Sequencer::new(h(99));
+    let mut node = Sequencer::new(NodeId([99; 16]));
     let mut first = Batch::new(0, 1, T0, vec![login(1, 11, "1", T0), touch(11, T0)]);
     first.traffic.anonymous = 5;
     node.stamp(&mut first);
@@ -396,8 +403,14 @@ fn a_batch_sent_again_after_a_lost_reply_counts_nothing_twice() {
     c.ledger(0).batch(next).unwrap();
     assert!(c.ledger(0).batch(again).is_err());
     // Remembered batches go with the sweep after their time.
-    assert_eq!(c.shards[0].applied(&h(99)).unwrap().map(|a| a.seq), Some(2));
+    assert_eq!(
+        c.shards[0]
+            .applied(&NodeId([99; 16]))
+            .unwrap()
+            .map(|a| a.seq),
+        Some(2)
+    );
     c.now += APPLIED_TTL_MS + 1;
     c.ledger(0).sweep().unwrap();
-    assert_eq!(c.shards[0].applied(&h(99)).unwrap(), None);
+    assert_eq!(c.shards[0].applied(&NodeId([99; 16])).unwrap(), None);
 }

@@ -11,10 +11,10 @@
 
 use crate::events::{Events, Kind};
 use crate::history::History;
-use crate::session::{CookieHash, Session};
+use crate::ids::{CookieHash, Id16, NodeId, SessionId, UserKey};
+use crate::session::Session;
 use crate::traffic::{Bucket, Traffic};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
+use serde::{Deserialize, Serialize};
 
 /// The protocol version a node speaks (`Batch::v`). A shard refuses a batch of a
 /// newer version rather than misread it; absent means 1.
@@ -26,49 +26,6 @@ pub const MAX_BATCH_OPS: usize = 131_072;
 /// How long a shard remembers the last batch of a node (`Batch::origin`), so a
 /// retry of it is answered from memory instead of applied twice.
 pub const APPLIED_TTL_MS: u64 = 10 * 60_000;
-
-/// A keyed cookie hash or a session id (never a cookie), as 32 lower-case hex
-/// digits on the wire.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Hash(pub CookieHash);
-
-impl Hash {
-    pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    pub fn from_hex(s: &str) -> Option<Hash> {
-        let bytes = decode_hex(s)?;
-        CookieHash::try_from(bytes.as_slice()).ok().map(Hash)
-    }
-
-    /// Which shard of `shards` keeps this key: the first four bytes of the
-    /// (keyed, uniformly distributed) hash modulo the shard count.
-    pub fn shard(&self, shards: u32) -> u32 {
-        let [a, b, c, d, ..] = self.0;
-        u32::from_le_bytes([a, b, c, d]) % shards.max(1)
-    }
-}
-
-impl fmt::Debug for Hash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Eight hex digits are enough to follow one session through the logs.
-        write!(f, "{}", self.hex().get(..8).unwrap_or_default())
-    }
-}
-
-impl Serialize for Hash {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for Hash {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Hash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("not a 32-digit hex hash"))
-    }
-}
 
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
@@ -95,7 +52,7 @@ pub enum Op {
     /// `requests` requests carried this cookie, the last one at `last_ms`.
     /// `retry`: the second attempt for a cookie that was unknown the first time.
     Touch {
-        hash: Hash,
+        hash: CookieHash,
         last_ms: u64,
         requests: u64,
         retry: bool,
@@ -103,79 +60,97 @@ pub enum Op {
     /// The app re-issued the cookie: `from` -> each of `via` -> `to` (several
     /// rotations seen by one node between two flushes, oldest first).
     Rotate {
-        from: Hash,
-        via: Vec<Hash>,
-        to: Hash,
+        from: CookieHash,
+        via: Vec<CookieHash>,
+        to: CookieHash,
         at: u64,
     },
     /// The session behind this cookie is over.
-    Logout { hash: Hash, at: u64 },
+    Logout { hash: CookieHash, at: u64 },
     /// `Touch` once the cookie led to session `id`.
     TouchSession {
-        id: Hash,
-        hash: Hash,
+        id: SessionId,
+        hash: CookieHash,
         last_ms: u64,
         requests: u64,
         retry: bool,
     },
     /// `Rotate` once the cookie led to session `id`.
     RotateSession {
-        id: Hash,
-        via: Vec<Hash>,
-        to: Hash,
+        id: SessionId,
+        via: Vec<CookieHash>,
+        to: CookieHash,
         at: u64,
     },
     /// `Logout` once the cookie led to session `id`.
-    EndSession { id: Hash, hash: Hash },
+    EndSession { id: SessionId, hash: CookieHash },
     /// Cookie `hash` leads to session `id` until `until`.
-    Index { hash: Hash, id: Hash, until: u64 },
+    Index {
+        hash: CookieHash,
+        id: SessionId,
+        until: u64,
+    },
     /// Cookie `hash` leads to session `id` no longer than `until`.
-    Shorten { hash: Hash, id: Hash, until: u64 },
+    Shorten {
+        hash: CookieHash,
+        id: SessionId,
+        until: u64,
+    },
     /// Cookie `hash` no longer leads to session `id`.
-    Unindex { hash: Hash, id: Hash },
+    Unindex { hash: CookieHash, id: SessionId },
     /// Keeps the shard of session `keep` (just logged in) within its share of
     /// `max_sessions`: evicts the longest-idle others.
-    Cap { keep: Hash },
+    Cap { keep: SessionId },
     /// Session `id` ended by a limit (`max_sessions_per_user`): an eviction.
-    Evict { id: Hash },
+    Evict { id: SessionId },
     /// Session `id` of user `user` (`session::user_key`) logged in at `login_ms`:
     /// the per-user index (only with `max_sessions_per_user`), on the user's shard.
-    UserAdd { user: Hash, id: Hash, login_ms: u64 },
+    UserAdd {
+        user: UserKey,
+        id: SessionId,
+        login_ms: u64,
+    },
     /// Session `id` of `user` is over.
-    UserRemove { user: Hash, id: Hash },
+    UserRemove { user: UserKey, id: SessionId },
     /// A session event for the feed and the lifetime counters (kept on shard 0).
     Event {
         kind: Kind,
         at: u64,
-        id: Hash,
+        id: SessionId,
         username: String,
         role: String,
     },
 }
 
 /// The key of what only shard 0 keeps: the event feed and the history.
-pub const FEED_KEY: Hash = Hash([0; 16]);
+pub const FEED_KEY: [u8; 16] = [0; 16];
 
 impl Op {
     /// The key that decides which shard applies this op: the session id for ops
-    /// on sessions, the cookie hash for ops on the cookie index.
-    pub fn key(&self) -> Hash {
-        match self {
-            Op::Login { session } | Op::Bearer { session } => Hash(session.id),
+    /// on sessions, the cookie hash for ops on the cookie index, the user key for
+    /// the per-user index.
+    pub fn key(&self) -> [u8; 16] {
+        *match self {
+            Op::Login { session } | Op::Bearer { session } => session.id.bytes(),
             Op::Touch { hash, .. }
             | Op::Logout { hash, .. }
             | Op::Index { hash, .. }
             | Op::Shorten { hash, .. }
-            | Op::Unindex { hash, .. } => *hash,
-            Op::Rotate { from, .. } => *from,
+            | Op::Unindex { hash, .. } => hash.bytes(),
+            Op::Rotate { from, .. } => from.bytes(),
             Op::TouchSession { id, .. }
             | Op::RotateSession { id, .. }
             | Op::EndSession { id, .. }
-            | Op::Evict { id, .. } => *id,
-            Op::Cap { keep, .. } => *keep,
-            Op::UserAdd { user, .. } | Op::UserRemove { user, .. } => *user,
-            Op::Event { .. } => FEED_KEY,
+            | Op::Evict { id, .. } => id.bytes(),
+            Op::Cap { keep, .. } => keep.bytes(),
+            Op::UserAdd { user, .. } | Op::UserRemove { user, .. } => user.bytes(),
+            Op::Event { .. } => &FEED_KEY,
         }
+    }
+
+    /// Which of `shards` applies this op.
+    pub fn shard(&self, shards: u32) -> u32 {
+        crate::ids::shard(&self.key(), shards)
     }
 
     /// The feed event for `kind` happening to `s` at `at`.
@@ -183,7 +158,7 @@ impl Op {
         Op::Event {
             kind,
             at,
-            id: Hash(s.id),
+            id: s.id,
             username: s.username.clone(),
             role: s.role.clone(),
         }
@@ -224,7 +199,7 @@ pub struct Batch {
     /// sent again with the same number: the shard answers it from memory and
     /// counts nothing twice. `None` / 0: not sequenced (applied as it comes).
     #[serde(default)]
-    pub origin: Option<Hash>,
+    pub origin: Option<NodeId>,
     #[serde(default)]
     pub seq: u64,
 }
@@ -263,13 +238,13 @@ pub struct BatchReply {
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RevokedList {
     pub rev: u64,
-    pub entries: Vec<(Hash, u64)>,
+    pub entries: Vec<(CookieHash, u64)>,
 }
 
 /// `POST /revoke` to the session's shard: ends session `id` (a revocation).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RevokeQuery {
-    pub id: Hash,
+    pub id: SessionId,
     pub shard: u32,
     pub shards: u32,
 }
@@ -286,8 +261,8 @@ pub struct RevokeReply {
 /// and the cookie entries of session `id` this shard holds, as revoked until `until`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RevokedAdd {
-    pub id: Hash,
-    pub hashes: Vec<Hash>,
+    pub id: SessionId,
+    pub hashes: Vec<CookieHash>,
     pub until: u64,
     pub shard: u32,
     pub shards: u32,
@@ -304,8 +279,8 @@ pub struct FeedReply {
 /// shard) or with an id (`id`, on the session's shard), for the admin routes.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Resolve {
-    pub hash: Option<Hash>,
-    pub id: Option<Hash>,
+    pub hash: Option<CookieHash>,
+    pub id: Option<SessionId>,
     pub shard: u32,
     pub shards: u32,
     pub now: u64,
@@ -315,7 +290,7 @@ pub struct Resolve {
 pub struct ResolveReply {
     pub session: Option<Session>,
     /// The cookie leads to this session id, kept on another shard.
-    pub id: Option<Hash>,
+    pub id: Option<SessionId>,
 }
 
 /// `POST /stats`: one shard's share of the report.
@@ -348,65 +323,38 @@ pub struct SecretReply {
 mod tests {
     use super::*;
 
-    #[test]
-    fn hashes_round_trip_as_hex() {
-        let h = Hash([0xab; 16]);
-        let json = serde_json::to_string(&h).unwrap();
-        assert_eq!(json, format!("\"{}\"", "ab".repeat(16)));
-        assert_eq!(serde_json::from_str::<Hash>(&json).unwrap(), h);
-        assert!(serde_json::from_str::<Hash>("\"abc\"").is_err());
-        assert!(Hash::from_hex(&"zz".repeat(16)).is_none());
-        assert_eq!(format!("{h:?}"), "abababab");
-    }
-
-    #[test]
-    fn shards_spread_and_stay_in_range() {
-        let mut seen = [0u32; 4];
-        for i in 0..=255u8 {
-            let mut h = [0u8; 16];
-            h[0] = i;
-            h[1] = i.wrapping_mul(7);
-            let s = Hash(h).shard(4);
-            seen[s as usize] += 1;
-        }
-        assert!(seen.iter().all(|n| *n > 0), "{seen:?}");
-        assert_eq!(Hash([9; 16]).shard(1), 0);
-        assert_eq!(Hash([9; 16]).shard(0), 0);
+    fn s(n: u8) -> SessionId {
+        SessionId([n; 16])
     }
 
     #[test]
     fn ops_go_to_their_shards() {
-        let user = Hash(crate::session::user_key("3"));
+        let user = crate::session::user_key("3");
         let add = Op::UserAdd {
             user,
-            id: Hash([1; 16]),
+            id: s(1),
             login_ms: 0,
         };
-        assert_eq!(add.key(), user);
-        assert_eq!(Op::Evict { id: Hash([2; 16]) }.key(), Hash([2; 16]));
-        assert_eq!(
-            Op::Cap {
-                keep: Hash([3; 16])
-            }
-            .key(),
-            Hash([3; 16])
-        );
+        assert_eq!(add.key(), user.0);
+        assert_eq!(Op::Evict { id: s(2) }.key(), [2; 16]);
+        assert_eq!(Op::Cap { keep: s(3) }.shard(4), s(3).shard(4));
         // A bearer session goes to its session's shard (the id), not its key's.
         let op = Op::Bearer {
             session: crate::ledger::testing::session(5, 6),
         };
-        assert_eq!(op.key(), Hash([5; 16]));
+        assert_eq!(op.key(), [5; 16]);
         let json = serde_json::to_string(&op).unwrap();
         assert!(json.contains("\"op\":\"bearer\""), "{json}");
+        assert!(json.contains(&"05".repeat(16)), "ids are hex: {json}");
         assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), op);
         let event = Op::Event {
             kind: Kind::Login,
             at: 1,
-            id: Hash([4; 16]),
+            id: s(4),
             username: "u".into(),
             role: "r".into(),
         };
-        assert_eq!(event.key().shard(8), 0, "the feed lives on shard 0");
+        assert_eq!(event.shard(8), 0, "the feed lives on shard 0");
         let json = serde_json::to_string(&event).unwrap();
         assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), event);
     }
@@ -421,13 +369,13 @@ mod tests {
             r#"{"shard":0,"shards":1,"now":0,"ops":[],"traffic":{"anonymous":0,"buckets":[]}}"#,
         )
         .unwrap();
-        assert_eq!((old.v, old.revoked_rev), (0, None));
+        assert_eq!((old.v, old.revoked_rev, old.seq), (0, None, 0));
     }
 
     #[test]
     fn ops_are_tagged_json() {
         let op = Op::Logout {
-            hash: Hash([1; 16]),
+            hash: CookieHash([1; 16]),
             at: 5,
         };
         let json = serde_json::to_string(&op).unwrap();

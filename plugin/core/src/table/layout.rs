@@ -3,7 +3,8 @@
 //! details as postcard records, and the in-place edits the table makes to them.
 //! `mod.rs` holds the operations over this layout.
 
-use crate::session::{CookieHash, Session};
+use crate::ids::Id16;
+use crate::session::{CookieHash, Session, SessionId, UserKey};
 use serde::{Deserialize, Serialize};
 
 /// Shard keys for session details and for cookies. More shards make each write
@@ -21,7 +22,7 @@ pub const SEEN_LEN: usize = 32;
 /// A cookie value's index entry: which session it leads to, and until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CookieRef {
-    pub session: [u8; 16],
+    pub session: SessionId,
     pub until: u64,
 }
 
@@ -32,7 +33,7 @@ pub const COOKIE_LEN: usize = 40;
 /// the activity record) and with the user agent packed (`agent::pack`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    pub id: [u8; 16],
+    pub id: SessionId,
     pub user_id: String,
     pub username: String,
     pub role: String,
@@ -46,7 +47,7 @@ pub struct Record {
 /// A `Record` borrowed from its encoded shard (same layout).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct RecordRef<'a> {
-    pub id: [u8; 16],
+    pub id: SessionId,
     pub user_id: &'a str,
     pub username: &'a str,
     pub role: &'a str,
@@ -90,11 +91,12 @@ impl Record {
 
 pub(super) type SessionShard = Vec<Record>;
 
-pub fn shard_of(bytes: &[u8; 16]) -> usize {
+pub fn shard_of(id: &impl Id16) -> usize {
+    let bytes = id.bytes();
     usize::from(u16::from_le_bytes([bytes[0], bytes[1]])) % SHARDS
 }
 
-pub fn seen_shard_of(id: &[u8; 16]) -> usize {
+pub fn seen_shard_of(id: &SessionId) -> usize {
     shard_of(id) % SEEN_SHARDS
 }
 
@@ -141,7 +143,7 @@ pub fn generation(bytes: &[u8], index: usize) -> Option<u64> {
 pub const COUNT_KEY: &str = "headcount.v2.count";
 
 /// Per-user session lists (only kept when `max_sessions_per_user` is set).
-pub(super) type UserShard = Vec<([u8; 16], Vec<([u8; 16], u64)>)>;
+pub(super) type UserShard = Vec<(UserKey, Vec<(SessionId, u64)>)>;
 
 /// A shard of fixed-width records sorted by their first 16 bytes (a session id or
 /// a cookie hash). Bytes that are not whole records (another version) read as empty.
@@ -157,7 +159,7 @@ pub type Cookies<'b> = Fixed<'b, COOKIE_LEN>;
 /// One activity record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Activity {
-    pub id: [u8; 16],
+    pub id: SessionId,
     pub login_ms: u64,
     pub last_ms: u64,
 }
@@ -197,7 +199,8 @@ impl<'b, const LEN: usize> Fixed<'b, LEN> {
     }
 
     /// Binary search by key: `Ok(index)` if present, else where it would go.
-    pub fn find(&self, key: &[u8; 16]) -> Result<usize, usize> {
+    pub fn find(&self, key: &impl Id16) -> Result<usize, usize> {
+        let key = key.bytes();
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -221,7 +224,7 @@ impl<'b> Seen<'b> {
         self.record(i).map(activity)
     }
 
-    pub fn get(&self, id: &[u8; 16]) -> Option<Activity> {
+    pub fn get(&self, id: &SessionId) -> Option<Activity> {
         self.find(id).ok().and_then(|i| self.at(i))
     }
 
@@ -232,7 +235,7 @@ impl<'b> Seen<'b> {
 
 pub(super) fn activity(r: &[u8]) -> Activity {
     Activity {
-        id: id_at(r, 0),
+        id: SessionId(id_at(r, 0)),
         login_ms: u64_at(r, 16),
         last_ms: u64_at(r, 24),
     }
@@ -240,9 +243,9 @@ pub(super) fn activity(r: &[u8]) -> Activity {
 
 pub(super) fn cookie_entry(r: &[u8]) -> (CookieHash, CookieRef) {
     (
-        id_at(r, 0),
+        CookieHash(id_at(r, 0)),
         CookieRef {
-            session: id_at(r, 16),
+            session: SessionId(id_at(r, 16)),
             until: u64_at(r, 32),
         },
     )
@@ -261,7 +264,7 @@ impl<'b> Cookies<'b> {
 
 pub(super) fn seen_record(a: &Activity) -> [u8; SEEN_LEN] {
     let mut r = [0u8; SEEN_LEN];
-    r[..16].copy_from_slice(&a.id);
+    r[..16].copy_from_slice(&a.id.0);
     r[16..24].copy_from_slice(&a.login_ms.to_le_bytes());
     r[24..].copy_from_slice(&a.last_ms.to_le_bytes());
     r
@@ -269,8 +272,8 @@ pub(super) fn seen_record(a: &Activity) -> [u8; SEEN_LEN] {
 
 pub(super) fn cookie_record(hash: &CookieHash, r: &CookieRef) -> [u8; COOKIE_LEN] {
     let mut b = [0u8; COOKIE_LEN];
-    b[..16].copy_from_slice(hash);
-    b[16..32].copy_from_slice(&r.session);
+    b[..16].copy_from_slice(&hash.0);
+    b[16..32].copy_from_slice(&r.session.0);
     b[32..].copy_from_slice(&r.until.to_le_bytes());
     b
 }
@@ -295,7 +298,10 @@ pub(super) fn fixed_put<const LEN: usize>(bytes: &mut Vec<u8>, rec: [u8; LEN]) {
 }
 
 /// Removes the record with `key`, returning its bytes.
-pub(super) fn fixed_take<const LEN: usize>(bytes: &mut Vec<u8>, key: &[u8; 16]) -> Option<Vec<u8>> {
+pub(super) fn fixed_take<const LEN: usize>(
+    bytes: &mut Vec<u8>,
+    key: &impl Id16,
+) -> Option<Vec<u8>> {
     let i = Fixed::<LEN>::new(bytes).find(key).ok()?;
     Some(bytes.drain(i * LEN..(i + 1) * LEN).collect())
 }
@@ -332,7 +338,7 @@ pub(super) fn seen_put(bytes: &mut Vec<u8>, a: &Activity) {
 }
 
 /// Moves a record's last activity forward to `t`: (the record exists, it moved).
-pub(super) fn seen_touch(bytes: &mut [u8], id: &[u8; 16], t: u64) -> (bool, bool) {
+pub(super) fn seen_touch(bytes: &mut [u8], id: &SessionId, t: u64) -> (bool, bool) {
     let Ok(i) = Seen::new(bytes).find(id) else {
         return (false, false);
     };
@@ -347,6 +353,6 @@ pub(super) fn seen_touch(bytes: &mut [u8], id: &[u8; 16], t: u64) -> (bool, bool
 }
 
 /// Removes and returns an activity record.
-pub(super) fn seen_take(bytes: &mut Vec<u8>, id: &[u8; 16]) -> Option<Activity> {
+pub(super) fn seen_take(bytes: &mut Vec<u8>, id: &SessionId) -> Option<Activity> {
     fixed_take::<SEEN_LEN>(bytes, id).map(|r| activity(&r))
 }

@@ -23,8 +23,9 @@
 //! value the app handed out recently resolves in two reads, however fast it rotates.
 
 use crate::config::Config;
+use crate::ids::Id16;
 use crate::record::{self, MAX_RETRIES};
-use crate::session::{self, CookieHash, Session};
+use crate::session::{self, CookieHash, Session, SessionId};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -182,7 +183,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     }
 
     /// A live session's activity record.
-    pub fn activity(&self, id: &[u8; 16]) -> Result<Option<Activity>, TableError> {
+    pub fn activity(&self, id: &SessionId) -> Result<Option<Activity>, TableError> {
         let bytes = self.seen_bytes(seen_shard_of(id))?;
         Ok(Seen::new(&bytes).get(id))
     }
@@ -200,13 +201,13 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         Ok(Cookies::new(&bytes).get(hash).filter(|r| r.until >= now))
     }
 
-    fn record_by_id(&self, id: &[u8; 16]) -> Result<Option<Record>, TableError> {
+    fn record_by_id(&self, id: &SessionId) -> Result<Option<Record>, TableError> {
         let (shard, _) = self.read::<SessionShard>(&session_key(shard_of(id)))?;
         Ok(shard.into_iter().find(|s| s.id == *id))
     }
 
     /// A live session by id.
-    pub fn session_by_id(&self, id: &[u8; 16]) -> Result<Option<Session>, TableError> {
+    pub fn session_by_id(&self, id: &SessionId) -> Result<Option<Session>, TableError> {
         let Some(a) = self.activity(id)? else {
             return Ok(None);
         };
@@ -225,7 +226,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     fn index(
         &self,
         hashes: &[CookieHash],
-        session: [u8; 16],
+        session: SessionId,
         until: u64,
     ) -> Result<(), TableError> {
         let entry = CookieRef { session, until };
@@ -245,7 +246,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     fn unindex(
         &self,
         hashes: &[CookieHash],
-        session: [u8; 16],
+        session: SessionId,
         until: Option<u64>,
     ) -> Result<(), TableError> {
         for (index, group) in group_by_shard(hashes) {
@@ -331,12 +332,12 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     /// shard after `keep`'s own, until the live count is back at the cap (an
     /// approximate LRU, as Redis does: about 1/64 of the sessions): exact LRU would
     /// read every shard on every login at the cap.
-    fn evict(&self, n: u64, keep: &[u8; 16], cfg: &Config) -> Result<Vec<Session>, TableError> {
+    fn evict(&self, n: u64, keep: &SessionId, cfg: &Config) -> Result<Vec<Session>, TableError> {
         let start = seen_shard_of(keep);
-        let mut candidates: Vec<([u8; 16], u64)> = Vec::new();
+        let mut candidates: Vec<(SessionId, u64)> = Vec::new();
         let want = usize::try_from(n).unwrap_or(usize::MAX);
         let read = |range: std::ops::Range<usize>,
-                    into: &mut Vec<([u8; 16], u64)>|
+                    into: &mut Vec<(SessionId, u64)>|
          -> Result<(), TableError> {
             for i in range {
                 let bytes = self.seen_bytes((start + i) % SEEN_SHARDS)?;
@@ -373,7 +374,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     /// is remembered as revoked until the session would have ended anyway.
     pub fn revoke(
         &self,
-        id: &[u8; 16],
+        id: &SessionId,
         now: u64,
         cfg: &Config,
     ) -> Result<Option<Session>, TableError> {
@@ -411,7 +412,11 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     }
 
     /// Removes one session by id and everything that points at it.
-    pub fn remove_by_id(&self, id: &[u8; 16], cfg: &Config) -> Result<Option<Session>, TableError> {
+    pub fn remove_by_id(
+        &self,
+        id: &SessionId,
+        cfg: &Config,
+    ) -> Result<Option<Session>, TableError> {
         self.remove(id, None, cfg)
     }
 
@@ -419,7 +424,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
     /// ending, so it is reported once), then its details and cookie entries.
     fn remove(
         &self,
-        id: &[u8; 16],
+        id: &SessionId,
         extra: Option<&CookieHash>,
         cfg: &Config,
     ) -> Result<Option<Session>, TableError> {
@@ -464,7 +469,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
 
     /// Adds `s` to its user's list; returns the ids of that user's oldest sessions
     /// beyond `limit` (to be ended).
-    fn user_index_add(&self, s: &Session, limit: u32) -> Result<Vec<[u8; 16]>, TableError> {
+    fn user_index_add(&self, s: &Session, limit: u32) -> Result<Vec<SessionId>, TableError> {
         let user = session::user_key(&s.user_id);
         self.update::<UserShard, _>(&user_key(shard_of(&user)), |shard| {
             if !shard.iter().any(|(u, _)| *u == user) {
@@ -477,7 +482,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             list.push((s.id, s.login_ms));
             list.sort_by_key(|(_, login)| *login);
             let extra = list.len().saturating_sub(limit as usize);
-            let older: Vec<[u8; 16]> = list.drain(..extra).map(|(id, _)| id).collect();
+            let older: Vec<SessionId> = list.drain(..extra).map(|(id, _)| id).collect();
             (true, older)
         })
     }
@@ -509,7 +514,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
             .collect();
         order.sort_unstable();
         // (activity shard, session id, time, position in the batch)
-        let mut resolved: Vec<(usize, [u8; 16], u64, usize)> = Vec::with_capacity(batch.len());
+        let mut resolved: Vec<(usize, SessionId, u64, usize)> = Vec::with_capacity(batch.len());
         let mut current: Option<(usize, Vec<u8>)> = None;
         for (index, i) in order {
             let Some((h, t)) = batch.get(i) else {
@@ -619,7 +624,7 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         now: u64,
         cfg: &Config,
     ) -> Result<Vec<Session>, TableError> {
-        let mut expired: BTreeMap<usize, BTreeMap<[u8; 16], u64>> = BTreeMap::new();
+        let mut expired: BTreeMap<usize, BTreeMap<SessionId, u64>> = BTreeMap::new();
         let mut shards: Vec<Vec<u8>> = Vec::with_capacity(SEEN_SHARDS);
         let mut taken = 0i64;
         for index in 0..SEEN_SHARDS {
@@ -727,8 +732,8 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
 }
 
 /// Items by shard, as sets: lookups inside a shard stay O(log n) for big batches.
-fn group_by_shard(items: &[[u8; 16]]) -> BTreeMap<usize, BTreeSet<[u8; 16]>> {
-    let mut groups: BTreeMap<usize, BTreeSet<[u8; 16]>> = BTreeMap::new();
+fn group_by_shard<T: Id16 + Copy + Ord>(items: &[T]) -> BTreeMap<usize, BTreeSet<T>> {
+    let mut groups: BTreeMap<usize, BTreeSet<T>> = BTreeMap::new();
     for item in items {
         groups.entry(shard_of(item)).or_default().insert(*item);
     }

@@ -3,12 +3,12 @@ use super::*;
 use crate::memory::MemoryStore;
 
 fn h(n: u8) -> CookieHash {
-    [n; 16]
+    CookieHash([n; 16])
 }
 
 fn session(id: u8, cookie: u8, user: &str, now: u64) -> Session {
     Session {
-        id: [id; 16],
+        id: crate::ids::SessionId([id; 16]),
         user_id: user.into(),
         username: user.into(),
         role: "student".into(),
@@ -65,7 +65,7 @@ fn fast_rotation_keeps_every_recent_value_resolving() {
     for n in (1..=20).chain([99]) {
         assert_eq!(
             t.resolve(&h(n), 40).unwrap().map(|s| s.id),
-            Some([1; 16]),
+            Some(crate::ids::SessionId([1; 16])),
             "value {n}"
         );
     }
@@ -118,7 +118,7 @@ fn a_realistic_session_takes_under_256_bytes() {
         cookie[8] = 1;
         t.insert(
             Session {
-                id,
+                id: SessionId(id),
                 user_id: format!("{i:032}"),
                 username: format!("bench-user-{i:022}"),
                 role: "student".into(),
@@ -126,7 +126,7 @@ fn a_realistic_session_takes_under_256_bytes() {
                 user_agent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36".into(),
                 login_ms: 1_795_830_252_123,
                 last_ms: 1_795_830_252_123,
-                cookie,
+                cookie: CookieHash(cookie),
                 aliases: vec![],
             },
             &cfg,
@@ -187,15 +187,15 @@ fn sweep_removes_expired_once_and_memory_stays_flat() {
         let start = round * 10_000_000;
         for i in 0..200u16 {
             let mut s = session(0, 0, &format!("u{i}"), start);
-            s.id[..2].copy_from_slice(&i.to_le_bytes());
-            s.id[2] = round as u8;
-            s.cookie = s.id;
-            s.cookie[3] = 7;
+            s.id.0[..2].copy_from_slice(&i.to_le_bytes());
+            s.id.0[2] = round as u8;
+            s.cookie = CookieHash(s.id.0);
+            s.cookie.0[3] = 7;
             let cookie = s.cookie;
             t.insert(s, &cfg).unwrap();
             if i % 3 == 0 {
                 let mut to = cookie;
-                to[4] = 1;
+                to.0[4] = 1;
                 t.rotate(&cookie, &to, start + 1, &cfg).unwrap();
             }
         }
@@ -277,7 +277,7 @@ fn per_user_limit_ends_the_oldest_session() {
     let evicted = t.insert(session(4, 4, "ann", 30), &cfg).unwrap();
     assert_eq!(
         evicted.iter().map(|s| s.id).collect::<Vec<_>>(),
-        vec![[1; 16]]
+        vec![crate::ids::SessionId([1; 16])]
     );
     assert_eq!(t.sessions().unwrap().len(), 3);
     // Ending one frees a slot: no eviction on the next login.
@@ -300,7 +300,9 @@ fn revocation_covers_every_known_value_of_the_session() {
     }
     t.insert(session(2, 50, "bob", 0), &cfg).unwrap();
     assert_eq!(
-        t.revoke(&[1; 16], 10, &cfg).unwrap().map(|s| s.username),
+        t.revoke(&crate::ids::SessionId([1; 16]), 10, &cfg)
+            .unwrap()
+            .map(|s| s.username),
         Some("ann".into())
     );
     for n in 1..=6u8 {
@@ -308,7 +310,10 @@ fn revocation_covers_every_known_value_of_the_session() {
         assert_eq!(t.resolve(&h(n), 11).unwrap(), None);
     }
     assert!(!t.is_revoked(&h(50), 11).unwrap());
-    assert!(t.revoke(&[1; 16], 12, &cfg).unwrap().is_none());
+    assert!(t
+        .revoke(&crate::ids::SessionId([1; 16]), 12, &cfg)
+        .unwrap()
+        .is_none());
     // Forgotten once the session could no longer have been alive.
     let later = cfg.max_lifetime_ms + 1;
     t.sweep(0..SHARDS, later, &cfg).unwrap();
