@@ -33,7 +33,10 @@ def test_revocation_blocks_every_value_of_the_session_at_the_edge(start_gateway)
     assert r.status_code == 404 and "x-demo-app" not in r.headers
     assert revoke(base, "0b7c5d3e-1f2a-4b5c-8d9e-0f1a2b3c4d5e", headers=bearer()).status_code == 404
 
-    before = stats(base)["traffic"]
+    # The six proxied requests so far (three logins, three browses) are all counted before the
+    # baseline is read: Envoy counts a request when its worker thread flushes.
+    before = wait_stats(base, lambda x: x["traffic"]["requests_today"] >= 6)["traffic"]
+    assert before["requests_today"] == 6, before
     r = revoke(base, sid, headers=bearer())
     assert r.status_code == 200 and r.json() == {"revoked": True, "session_id": sid}, r.text
     assert r.headers.get("cache-control") == "no-store"

@@ -11,6 +11,9 @@ use crate::traffic::Traffic;
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 
+/// Nothing can fail in memory.
+type R<T> = Result<T, Infallible>;
+
 #[derive(Debug, Default, Clone)]
 pub struct MemoryLedger {
     sessions: BTreeMap<SessionId, Session>,
@@ -35,16 +38,16 @@ fn until_of(row: &CookieRow) -> u64 {
 impl LedgerStore for MemoryLedger {
     type Error = Infallible;
 
-    fn session(&mut self, id: &SessionId) -> Result<Option<Session>, Infallible> {
+    fn session(&mut self, id: &SessionId) -> R<Option<Session>> {
         Ok(self.sessions.get(id).cloned())
     }
 
-    fn put_session(&mut self, s: &Session) -> Result<(), Infallible> {
+    fn put_session(&mut self, s: &Session) -> R<()> {
         self.sessions.insert(s.id, s.clone());
         Ok(())
     }
 
-    fn touch(&mut self, id: &SessionId, last_ms: u64) -> Result<bool, Infallible> {
+    fn touch(&mut self, id: &SessionId, last_ms: u64) -> R<bool> {
         Ok(match self.sessions.get_mut(id) {
             Some(s) => {
                 s.last_ms = s.last_ms.max(last_ms);
@@ -54,15 +57,15 @@ impl LedgerStore for MemoryLedger {
         })
     }
 
-    fn delete_session(&mut self, id: &SessionId) -> Result<Option<Session>, Infallible> {
+    fn delete_session(&mut self, id: &SessionId) -> R<Option<Session>> {
         Ok(self.sessions.remove(id))
     }
 
-    fn session_count(&mut self) -> Result<u64, Infallible> {
+    fn session_count(&mut self) -> R<u64> {
         Ok(self.sessions.len() as u64)
     }
 
-    fn longest_idle(&mut self, n: u64, keep: &SessionId) -> Result<Vec<SessionId>, Infallible> {
+    fn longest_idle(&mut self, n: u64, keep: &SessionId) -> R<Vec<SessionId>> {
         let mut all: Vec<(u64, u64, SessionId)> = self
             .sessions
             .values()
@@ -74,7 +77,7 @@ impl LedgerStore for MemoryLedger {
         Ok(all.into_iter().take(n).map(|(_, _, id)| id).collect())
     }
 
-    fn sessions_seen_since(&mut self, since: u64) -> Result<Vec<Session>, Infallible> {
+    fn sessions_seen_since(&mut self, since: u64) -> R<Vec<Session>> {
         Ok(self
             .sessions
             .values()
@@ -83,11 +86,7 @@ impl LedgerStore for MemoryLedger {
             .collect())
     }
 
-    fn expiry_candidates(
-        &mut self,
-        idle_before: u64,
-        login_before: u64,
-    ) -> Result<Vec<Session>, Infallible> {
+    fn expiry_candidates(&mut self, idle_before: u64, login_before: u64) -> R<Vec<Session>> {
         Ok(self
             .sessions
             .values()
@@ -96,28 +95,23 @@ impl LedgerStore for MemoryLedger {
             .collect())
     }
 
-    fn cookie(&mut self, hash: &CookieHash) -> Result<Option<CookieRow>, Infallible> {
+    fn cookie(&mut self, hash: &CookieHash) -> R<Option<CookieRow>> {
         Ok(self.cookies.get(hash).copied())
     }
 
-    fn index(&mut self, hash: &CookieHash, id: &SessionId, until: u64) -> Result<(), Infallible> {
+    fn index(&mut self, hash: &CookieHash, id: &SessionId, until: u64) -> R<()> {
         self.cookies
             .insert(*hash, CookieRow::Session { id: *id, until });
         Ok(())
     }
 
-    fn put_orphan(
-        &mut self,
-        hash: &CookieHash,
-        next: Option<CookieHash>,
-        until: u64,
-    ) -> Result<(), Infallible> {
+    fn put_orphan(&mut self, hash: &CookieHash, next: Option<CookieHash>, until: u64) -> R<()> {
         self.cookies
             .insert(*hash, CookieRow::Orphan { next, until });
         Ok(())
     }
 
-    fn shorten(&mut self, hash: &CookieHash, id: &SessionId, until: u64) -> Result<(), Infallible> {
+    fn shorten(&mut self, hash: &CookieHash, id: &SessionId, until: u64) -> R<()> {
         if let Some(CookieRow::Session { id: s, until: u }) = self.cookies.get_mut(hash) {
             if s == id {
                 *u = (*u).min(until);
@@ -126,29 +120,25 @@ impl LedgerStore for MemoryLedger {
         Ok(())
     }
 
-    fn unindex(&mut self, hash: &CookieHash, id: &SessionId) -> Result<(), Infallible> {
+    fn unindex(&mut self, hash: &CookieHash, id: &SessionId) -> R<()> {
         if matches!(self.cookies.get(hash), Some(CookieRow::Session { id: s, .. }) if s == id) {
             self.cookies.remove(hash);
         }
         Ok(())
     }
 
-    fn delete_cookie(&mut self, hash: &CookieHash) -> Result<(), Infallible> {
+    fn delete_cookie(&mut self, hash: &CookieHash) -> R<()> {
         self.cookies.remove(hash);
         Ok(())
     }
 
-    fn delete_cookies_before(&mut self, now: u64) -> Result<u64, Infallible> {
+    fn delete_cookies_before(&mut self, now: u64) -> R<u64> {
         let before = self.cookies.len();
         self.cookies.retain(|_, r| until_of(r) >= now);
         Ok((before - self.cookies.len()) as u64)
     }
 
-    fn cookies_of_session(
-        &mut self,
-        id: &SessionId,
-        now: u64,
-    ) -> Result<Vec<CookieHash>, Infallible> {
+    fn cookies_of_session(&mut self, id: &SessionId, now: u64) -> R<Vec<CookieHash>> {
         Ok(self
             .cookies
             .iter()
@@ -157,19 +147,14 @@ impl LedgerStore for MemoryLedger {
             .collect())
     }
 
-    fn user_add(
-        &mut self,
-        user: &UserKey,
-        id: &SessionId,
-        login_ms: u64,
-    ) -> Result<Vec<SessionId>, Infallible> {
+    fn user_add(&mut self, user: &UserKey, id: &SessionId, login_ms: u64) -> R<Vec<SessionId>> {
         let list = self.users.entry(*user).or_default();
         list.retain(|(_, s)| s != id);
         list.insert((login_ms, *id));
         Ok(list.iter().map(|(_, s)| *s).collect())
     }
 
-    fn user_remove(&mut self, user: &UserKey, id: &SessionId) -> Result<(), Infallible> {
+    fn user_remove(&mut self, user: &UserKey, id: &SessionId) -> R<()> {
         if let Some(list) = self.users.get_mut(user) {
             list.retain(|(_, s)| s != id);
             if list.is_empty() {
@@ -179,7 +164,7 @@ impl LedgerStore for MemoryLedger {
         Ok(())
     }
 
-    fn users_prune(&mut self, login_before: u64) -> Result<(), Infallible> {
+    fn users_prune(&mut self, login_before: u64) -> R<()> {
         for list in self.users.values_mut() {
             list.retain(|(login, _)| *login >= login_before);
         }
@@ -187,7 +172,7 @@ impl LedgerStore for MemoryLedger {
         Ok(())
     }
 
-    fn revoke(&mut self, hashes: &[CookieHash], until: u64) -> Result<(), Infallible> {
+    fn revoke(&mut self, hashes: &[CookieHash], until: u64) -> R<()> {
         for h in hashes {
             let t = self.revoked.entry(*h).or_insert(until);
             *t = (*t).max(until);
@@ -196,22 +181,22 @@ impl LedgerStore for MemoryLedger {
         Ok(())
     }
 
-    fn is_revoked(&mut self, hash: &CookieHash, now: u64) -> Result<bool, Infallible> {
+    fn is_revoked(&mut self, hash: &CookieHash, now: u64) -> R<bool> {
         Ok(self.revoked.get(hash).is_some_and(|t| *t >= now))
     }
 
-    fn revoked_rev(&mut self) -> Result<u64, Infallible> {
+    fn revoked_rev(&mut self) -> R<u64> {
         Ok(self.revoked_rev)
     }
 
-    fn revoked(&mut self, limit: usize) -> Result<Vec<(CookieHash, u64)>, Infallible> {
+    fn revoked(&mut self, limit: usize) -> R<Vec<(CookieHash, u64)>> {
         let mut all: Vec<(CookieHash, u64)> = self.revoked.iter().map(|(h, t)| (*h, *t)).collect();
         all.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
         all.truncate(limit);
         Ok(all)
     }
 
-    fn delete_revoked_before(&mut self, now: u64) -> Result<u64, Infallible> {
+    fn delete_revoked_before(&mut self, now: u64) -> R<u64> {
         let before = self.revoked.len();
         self.revoked.retain(|_, t| *t >= now);
         let gone = (before - self.revoked.len()) as u64;
@@ -221,58 +206,58 @@ impl LedgerStore for MemoryLedger {
         Ok(gone)
     }
 
-    fn events(&mut self) -> Result<Events, Infallible> {
+    fn events(&mut self) -> R<Events> {
         Ok(self.events.clone())
     }
 
-    fn put_events(&mut self, e: &Events) -> Result<(), Infallible> {
+    fn put_events(&mut self, e: &Events) -> R<()> {
         self.events = e.clone();
         Ok(())
     }
 
-    fn history(&mut self) -> Result<History, Infallible> {
+    fn history(&mut self) -> R<History> {
         Ok(self.history.clone())
     }
 
-    fn put_history(&mut self, h: &History) -> Result<(), Infallible> {
+    fn put_history(&mut self, h: &History) -> R<()> {
         self.history = h.clone();
         Ok(())
     }
 
-    fn traffic(&mut self) -> Result<Traffic, Infallible> {
+    fn traffic(&mut self) -> R<Traffic> {
         Ok(self.traffic.clone())
     }
 
-    fn put_traffic(&mut self, t: &Traffic) -> Result<(), Infallible> {
+    fn put_traffic(&mut self, t: &Traffic) -> R<()> {
         self.traffic = t.clone();
         Ok(())
     }
 
-    fn meta(&mut self, key: &str) -> Result<Option<String>, Infallible> {
+    fn meta(&mut self, key: &str) -> R<Option<String>> {
         Ok(self.meta.get(key).cloned())
     }
 
-    fn put_meta(&mut self, key: &str, value: &str) -> Result<(), Infallible> {
+    fn put_meta(&mut self, key: &str, value: &str) -> R<()> {
         self.meta.insert(key.to_string(), value.to_string());
         Ok(())
     }
 
-    fn applied(&mut self, origin: &NodeId) -> Result<Option<Applied>, Infallible> {
+    fn applied(&mut self, origin: &NodeId) -> R<Option<Applied>> {
         Ok(self.applied.get(origin).cloned())
     }
 
-    fn put_applied(&mut self, origin: &NodeId, applied: &Applied) -> Result<(), Infallible> {
+    fn put_applied(&mut self, origin: &NodeId, applied: &Applied) -> R<()> {
         self.applied.insert(*origin, applied.clone());
         Ok(())
     }
 
-    fn forget_applied_before(&mut self, before: u64) -> Result<u64, Infallible> {
+    fn forget_applied_before(&mut self, before: u64) -> R<u64> {
         let n = self.applied.len();
         self.applied.retain(|_, a| a.at >= before);
         Ok((n - self.applied.len()) as u64)
     }
 
-    fn minima(&mut self) -> Result<Minima, Infallible> {
+    fn minima(&mut self) -> R<Minima> {
         Ok(Minima {
             last_ms: self.sessions.values().map(|s| s.last_ms).min(),
             login_ms: self.sessions.values().map(|s| s.login_ms).min(),
@@ -282,7 +267,7 @@ impl LedgerStore for MemoryLedger {
         })
     }
 
-    fn rows(&mut self) -> Result<Rows, Infallible> {
+    fn rows(&mut self) -> R<Rows> {
         Ok(Rows {
             sessions: self.sessions.len() as u64,
             cookies: self.cookies.len() as u64,
