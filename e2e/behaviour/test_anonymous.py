@@ -126,8 +126,10 @@ def test_forged_cookie_next_to_a_real_session_is_not_counted(gateway):
     assert real.get(base + "/api/v1/me", timeout=TIMEOUT).status_code == 200
     _forged_requests(base, [("/api/v1/courses", 401)])
     # Forged cookies may be retried once (they might be a rotation not written yet), then anonymous.
+    # Envoy settles each buffered request at its worker's flush: wait for both kinds.
     snap = wait_stats(base, lambda s: s["active_sessions"] == 1
-                      and s["traffic"]["anonymous_requests_today"] >= len(FORGED))
+                      and s["traffic"]["anonymous_requests_today"] >= len(FORGED)
+                      and s["traffic"]["authenticated_requests_today"] >= 2)
     assert snap["traffic"]["anonymous_requests_today"] == len(FORGED), summary(snap)
     assert snap["active_users"] == 1 and snap["active_sessions"] == 1, summary(snap)
     assert [x["username"] for x in snap["sessions"]] == ["student3"], summary(snap)

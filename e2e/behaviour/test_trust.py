@@ -33,10 +33,10 @@ def test_revocation_blocks_every_value_of_the_session_at_the_edge(start_gateway)
     assert r.status_code == 404 and "x-demo-app" not in r.headers
     assert revoke(base, "0b7c5d3e-1f2a-4b5c-8d9e-0f1a2b3c4d5e", headers=bearer()).status_code == 404
 
-    # The six proxied requests so far (three logins, three browses) are all counted before the
-    # baseline is read: Envoy counts a request when its worker thread flushes.
-    before = wait_stats(base, lambda x: x["traffic"]["requests_today"] >= 6)["traffic"]
-    assert before["requests_today"] == 6, before
+    # The six proxied requests so far (three logins, three browses) are all counted, and settled
+    # as authenticated, before the baseline is read: Envoy does both at its worker's flushes.
+    before = wait_stats(base, lambda x: x["traffic"]["authenticated_requests_today"] >= 6)["traffic"]
+    assert (before["requests_today"], before["authenticated_requests_today"]) == (6, 6), before
     r = revoke(base, sid, headers=bearer())
     assert r.status_code == 200 and r.json() == {"revoked": True, "session_id": sid}, r.text
     assert r.headers.get("cache-control") == "no-store"
@@ -58,7 +58,8 @@ def test_revocation_blocks_every_value_of_the_session_at_the_edge(start_gateway)
     r = other.get(base + "/api/v1/me", timeout=TIMEOUT)
     assert r.status_code == 200 and r.headers.get("x-demo-app") == "1"
     # Refused requests are neither traffic nor activity: only the bystander's counted.
-    snap = wait_stats(base, lambda x: x["traffic"]["requests_today"] >= before["requests_today"] + 1)
+    snap = wait_stats(base, lambda x: x["traffic"]["requests_today"] >= before["requests_today"] + 1
+                      and x["traffic"]["authenticated_requests_today"] >= before["authenticated_requests_today"] + 1)
     assert snap["traffic"]["requests_today"] == before["requests_today"] + 1, summary(snap)
     assert snap["traffic"]["authenticated_requests_today"] == before["authenticated_requests_today"] + 1
     assert sorted(s["username"] for s in snap["sessions"]) == ["student2", "student3"], summary(snap)
@@ -190,7 +191,8 @@ def test_ten_thousand_sessions_over_the_cap_keep_the_numbers_exact(start_gateway
         list(pool.map(run, [tokens[i::clients] for i in range(clients)]))
     print(f"{cap + over} sessions started in {time.monotonic() - t0:.1f}s")
     snap = wait_stats(base, lambda x: x["active_sessions"] == cap
-                        and x["traffic"]["requests_today"] == cap + over, timeout=15)
+                        and x["traffic"]["requests_today"] == cap + over
+                        and x["traffic"]["authenticated_requests_today"] == cap + over, timeout=15)
     assert snap["active_sessions"] == cap and snap["active_users"] == cap, summary(snap)
     assert snap["by_role"]["student"] == cap
     assert snap["traffic"]["authenticated_requests_today"] == cap + over, snap["traffic"]
