@@ -5,7 +5,7 @@
 
 use crate::bearer::Bearer;
 use crate::config::Config;
-use crate::gateway::{self, LoginFacts, Route, Transition};
+use crate::gateway::{self, LoginFacts, Route};
 use crate::identity::{self, CookieChange, Identity};
 use crate::jwt::JwtError;
 use crate::session::{CookieHash, Session};
@@ -75,17 +75,8 @@ impl LoginAttempt {
     }
 }
 
-/// What the upstream's answer does to the request's session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// A login succeeded and set this cookie (hashed).
-    Login(CookieHash),
-    /// The session behind the request's cookie is over.
-    Logout,
-    /// The app re-issued the session cookie (the new value, hashed).
-    Rotate(CookieHash),
-    None,
-}
+/// What the upstream's answer does to the request's session (the gateway's rule).
+pub use crate::gateway::Transition as Change;
 
 /// The upstream's answer: its status, `Location` and `Set-Cookie` values (in
 /// header order; the last one for the session cookie wins, as in a browser).
@@ -110,17 +101,11 @@ pub fn response_change<'a, I: DoubleEndedIterator<Item = &'a [u8]>>(
         .rev()
         .find_map(|v| identity::set_cookie(v, &cfg.session_cookie, now))
         .map(|c| match c {
-            CookieChange::Set(v) => CookieChange::Set(hash(&v).0.to_vec()),
+            CookieChange::Set(v) => CookieChange::Set(hash(&v)),
             CookieChange::Cleared => CookieChange::Cleared,
         });
     let success = gateway::succeeded(cfg, route, answer.status, answer.location);
-    let key = |v: Vec<u8>| <[u8; 16]>::try_from(v.as_slice()).ok().map(CookieHash);
-    match gateway::transition(route, success, old.as_ref().map(|o| &o.0[..]), change) {
-        Transition::Login { cookie } => key(cookie).map_or(Change::None, Change::Login),
-        Transition::Rotate { to } => key(to).map_or(Change::None, Change::Rotate),
-        Transition::Logout => Change::Logout,
-        Transition::None => Change::None,
-    }
+    gateway::transition(route, success, old, change)
 }
 
 #[cfg(test)]

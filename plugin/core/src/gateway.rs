@@ -111,37 +111,32 @@ pub fn succeeded(cfg: &Config, route: Route, status: u16, location: Option<&[u8]
 }
 
 /// What an upstream answer does to the session behind the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    /// A login succeeded and set this cookie value.
-    Login {
-        cookie: Vec<u8>,
-    },
+    /// A login succeeded and set this cookie (hashed).
+    Login(CookieHash),
     /// The session behind the request cookie is over.
     Logout,
-    /// The app re-issued the session cookie with a new value.
-    Rotate {
-        to: Vec<u8>,
-    },
+    /// The app re-issued the session cookie (the new value, hashed).
+    Rotate(CookieHash),
     None,
 }
 
-/// Decides the transition from the route, the status and the session cookie change
-/// in the response (the last `Set-Cookie` for our cookie wins, as in a browser).
+/// Decides the transition from the route, the status, the request's session key
+/// and the session cookie change in the response, its value hashed (the last
+/// `Set-Cookie` for our cookie wins, as in a browser).
 pub fn transition(
     route: Route,
     success: bool,
-    request_cookie: Option<&[u8]>,
-    change: Option<CookieChange>,
+    request_cookie: Option<CookieHash>,
+    change: Option<CookieChange<CookieHash>>,
 ) -> Transition {
     match (route, change) {
-        (Route::Login(_), Some(CookieChange::Set(v))) if success => Transition::Login { cookie: v },
+        (Route::Login(_), Some(CookieChange::Set(v))) if success => Transition::Login(v),
         (_, Some(CookieChange::Cleared)) if request_cookie.is_some() => Transition::Logout,
         (Route::Logout, _) if success && request_cookie.is_some() => Transition::Logout,
-        (_, Some(CookieChange::Set(v)))
-            if request_cookie.is_some_and(|old| old != v.as_slice()) =>
-        {
-            Transition::Rotate { to: v }
+        (_, Some(CookieChange::Set(v))) if request_cookie.is_some_and(|old| old != v) => {
+            Transition::Rotate(v)
         }
         _ => Transition::None,
     }
@@ -303,39 +298,35 @@ mod tests {
 
     #[test]
     fn transitions() {
-        let set = |v: &str| Some(CookieChange::Set(v.as_bytes().to_vec()));
+        let (a, b) = (CookieHash([1; 16]), CookieHash([2; 16]));
+        let set = |v: CookieHash| Some(CookieChange::Set(v));
         assert_eq!(
-            transition(Route::Login(0), true, None, set("a")),
-            Transition::Login {
-                cookie: b"a".to_vec()
-            }
+            transition(Route::Login(0), true, None, set(a)),
+            Transition::Login(a)
         );
         assert_eq!(
-            transition(Route::Login(0), false, None, set("a")),
+            transition(Route::Login(0), false, None, set(a)),
             Transition::None
         );
         assert_eq!(
-            transition(Route::App, true, Some(b"a"), set("b")),
-            Transition::Rotate { to: b"b".to_vec() }
+            transition(Route::App, true, Some(a), set(b)),
+            Transition::Rotate(b)
         );
         assert_eq!(
-            transition(Route::App, true, Some(b"a"), set("a")),
+            transition(Route::App, true, Some(a), set(a)),
             Transition::None
         );
+        assert_eq!(transition(Route::App, true, None, set(a)), Transition::None);
         assert_eq!(
-            transition(Route::App, true, None, set("a")),
-            Transition::None
-        );
-        assert_eq!(
-            transition(Route::App, true, Some(b"a"), Some(CookieChange::Cleared)),
+            transition(Route::App, true, Some(a), Some(CookieChange::Cleared)),
             Transition::Logout
         );
         assert_eq!(
-            transition(Route::Logout, true, Some(b"a"), None),
+            transition(Route::Logout, true, Some(a), None),
             Transition::Logout
         );
         assert_eq!(
-            transition(Route::Logout, false, Some(b"a"), None),
+            transition(Route::Logout, false, Some(a), None),
             Transition::None
         );
     }

@@ -67,10 +67,11 @@ pub fn request_cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
 }
 
 /// What a `Set-Cookie` header says about the session cookie.
+/// `V`: the raw value as parsed, or its keyed hash once a host has hashed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CookieChange {
+pub enum CookieChange<V = Vec<u8>> {
     /// A new value is set.
-    Set(Vec<u8>),
+    Set(V),
     /// The cookie is deleted (empty value, `Max-Age<=0`, or `Expires` in the past).
     Cleared,
 }
