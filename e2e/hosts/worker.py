@@ -11,7 +11,7 @@ The build: ``built()`` runs workers/build.sh once per session (installs missing 
 uses workers/build/ as it is. A missing build is a failure, never a skip.
 
 Knobs of ``start``: ``state_dir``, ``shards`` (1), ``debug`` (True: the stats response carries
-x-headcount-debug), ``origin`` (default: the demo app's URL).
+x-headcount-debug), ``origin`` (default: the demo app's URL) or ``app`` (a started app, real_apps.py).
 """
 
 from __future__ import annotations
@@ -91,8 +91,10 @@ class WorkerGateway(Gateway):
 
 
 def start(ctx: StartContext, plugin_config: dict[str, Any] | str, state_dir: Path | None = None,
-          shards: int = 1, debug: bool = True, origin: str | None = None) -> WorkerGateway:
-    """``plugin_config`` is a dict (JSON-encoded) or a raw string; returns once the Worker answers."""
+          shards: int = 1, debug: bool = True, origin: str | None = None, app: Any = None) -> WorkerGateway:
+    """``plugin_config`` is a dict (JSON-encoded) or a raw string; returns once the Worker answers.
+    ``app``: a started app (see real_apps.py) to proxy to instead of the demo app."""
+    origin = app.url if app else origin
     built(ctx.artifacts.parent)
     run_dir = ctx.run_dir("worker")
     state = state_dir or ctx.tmp_path / f"state-{run_dir.name}"

@@ -14,7 +14,7 @@ use crate::setup::{self, Setup};
 use futures::StreamExt;
 use headcount_core::answer::Answer;
 use headcount_core::bearer::Bearer;
-use headcount_core::flow::{self, Change, LoginAttempt, Upstream};
+use headcount_core::flow::{self, Carried, Change, LoginAttempt, Upstream};
 use headcount_core::gateway::{self, Route};
 use headcount_core::identity::{self, BodyCopy, Identity, MAX_BODY};
 use headcount_core::ids::CookieHash;
@@ -48,6 +48,8 @@ struct Identified {
     hasher: Option<Rc<CookieHasher>>,
     verdict: Option<Bearer>,
     key: Option<CookieHash>,
+    /// The hash of the session cookie sent, token or not.
+    cookie: Option<CookieHash>,
 }
 
 /// An accepted login waiting for its response body.
@@ -61,6 +63,8 @@ struct AcceptedLogin {
 /// A proxied request, for the traffic figures and the buffer.
 struct Done {
     key: Option<CookieHash>,
+    /// The hash of the session cookie the request sent (not a bot's).
+    cookie: Option<CookieHash>,
     start_ms: u64,
     response_us: Option<u64>,
 }
@@ -124,6 +128,7 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
     let fetched = Fetch::Request(origin_req).send().await;
     let mut done = Done {
         key,
+        cookie: who.cookie.filter(|_| !incoming.ignored),
         start_ms: incoming.start_ms,
         response_us: None,
     };
@@ -222,6 +227,7 @@ async fn identify(env: &Env, setup: &Setup, incoming: &Incoming) -> Identified {
         hasher,
         verdict,
         key,
+        cookie,
     }
 }
 
@@ -330,8 +336,11 @@ fn settle(
         location: location.as_deref(),
         set_cookies: set_cookies.iter().map(Vec::as_slice),
     };
-    let old = done.key;
-    let change = flow::response_change(cfg, route, upstream, old, now, |v| hasher.hash(v));
+    let carried = Carried {
+        key: done.key,
+        cookie: done.cookie,
+    };
+    let change = flow::response_change(cfg, route, upstream, carried, now, |v| hasher.hash(v));
     let record = |b: &mut Buffer| b.record(done.key, done.start_ms, done.response_us);
     match change {
         Change::Login(new) => {
@@ -479,7 +488,9 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
     let (old, new) = (done.key, login.cookie);
     with_buffer(|b| match session {
         Some(session) => {
-            // A login over an existing session replaces it.
+            // A login over an existing session replaces it. One the app kept
+            // the cookie of through the login is replaced by the ledger's
+            // `index` (a logout here would leave a tombstone for the value).
             if let Some(old) = old.filter(|o| *o != new) {
                 push_logout(b, old, now);
             }

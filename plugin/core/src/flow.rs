@@ -78,6 +78,8 @@ impl LoginAttempt {
 /// What the upstream's answer does to the request's session (the gateway's rule).
 pub use crate::gateway::Transition as Change;
 
+pub use crate::gateway::Carried;
+
 /// The upstream's answer: its status, `Location` and `Set-Cookie` values (in
 /// header order; the last one for the session cookie wins, as in a browser).
 pub struct Upstream<'a, I: DoubleEndedIterator<Item = &'a [u8]>> {
@@ -86,13 +88,13 @@ pub struct Upstream<'a, I: DoubleEndedIterator<Item = &'a [u8]>> {
     pub set_cookies: I,
 }
 
-/// Decides the change for a request on `route` whose session key is `old`;
-/// `hash` keys a new cookie value (the raw value is never kept).
+/// Decides the change for a request on `route` that carried `old` (its session
+/// key and cookie); `hash` keys a new cookie value (the raw value is never kept).
 pub fn response_change<'a, I: DoubleEndedIterator<Item = &'a [u8]>>(
     cfg: &Config,
     route: Route,
     answer: Upstream<'a, I>,
-    old: Option<CookieHash>,
+    old: Carried,
     now: u64,
     hash: impl FnOnce(&[u8]) -> CookieHash,
 ) -> Change {
@@ -122,7 +124,7 @@ mod tests {
             location: None,
             set_cookies: cookies.iter().map(|c| c.as_bytes()),
         };
-        response_change(&cfg(), route, answer, old, 0, |v| {
+        response_change(&cfg(), route, answer, Carried::cookie(old), 0, |v| {
             CookieHash([v.len() as u8; 16])
         })
     }

@@ -122,20 +122,49 @@ pub enum Transition {
     None,
 }
 
-/// Decides the transition from the route, the status, the request's session key
+/// What a request carried into its transition: its session key (a verified
+/// token's, or the session cookie's hash) and the hash of the session cookie
+/// itself, when it sent one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Carried {
+    pub key: Option<CookieHash>,
+    pub cookie: Option<CookieHash>,
+}
+
+impl Carried {
+    /// A request identified by its session cookie alone (no token).
+    pub fn cookie(hash: Option<CookieHash>) -> Self {
+        Carried {
+            key: hash,
+            cookie: hash,
+        }
+    }
+}
+
+/// Decides the transition from the route, the status, what the request carried
 /// and the session cookie change in the response, its value hashed (the last
 /// `Set-Cookie` for our cookie wins, as in a browser).
+///
+/// A successful login that sets no new value keeps the session the request's
+/// cookie names (express-session's defaults, PHP without
+/// `session_regenerate_id()`): the app has just accepted that session as logged
+/// in, since a value it did not know would have been replaced by a new one. So
+/// the login starts under the request's cookie value.
 pub fn transition(
     route: Route,
     success: bool,
-    request_cookie: Option<CookieHash>,
+    carried: Carried,
     change: Option<CookieChange<CookieHash>>,
 ) -> Transition {
+    let request_key = carried.key;
     match (route, change) {
         (Route::Login(_), Some(CookieChange::Set(v))) if success => Transition::Login(v),
-        (_, Some(CookieChange::Cleared)) if request_cookie.is_some() => Transition::Logout,
-        (Route::Logout, _) if success && request_cookie.is_some() => Transition::Logout,
-        (_, Some(CookieChange::Set(v))) if request_cookie.is_some_and(|old| old != v) => {
+        (Route::Login(_), None) if success => {
+            carried.cookie.map_or(Transition::None, Transition::Login)
+        }
+        (_, Some(CookieChange::Cleared)) if request_key.is_some() => Transition::Logout,
+        (Route::Logout, _) if success && request_key.is_some() => Transition::Logout,
+        (_, Some(CookieChange::Set(v))) if request_key.is_some_and(|old| old != v) => {
             Transition::Rotate(v)
         }
         _ => Transition::None,
@@ -300,33 +329,57 @@ mod tests {
     fn transitions() {
         let (a, b) = (CookieHash([1; 16]), CookieHash([2; 16]));
         let set = |v: CookieHash| Some(CookieChange::Set(v));
+        let none = Carried::default();
+        let with = |h| Carried::cookie(Some(h));
         assert_eq!(
-            transition(Route::Login(0), true, None, set(a)),
+            transition(Route::Login(0), true, none, set(a)),
             Transition::Login(a)
         );
         assert_eq!(
-            transition(Route::Login(0), false, None, set(a)),
+            transition(Route::Login(0), false, none, set(a)),
             Transition::None
         );
         assert_eq!(
-            transition(Route::App, true, Some(a), set(b)),
+            transition(Route::App, true, with(a), set(b)),
             Transition::Rotate(b)
         );
         assert_eq!(
-            transition(Route::App, true, Some(a), set(a)),
+            transition(Route::App, true, with(a), set(a)),
             Transition::None
         );
-        assert_eq!(transition(Route::App, true, None, set(a)), Transition::None);
+        assert_eq!(transition(Route::App, true, none, set(a)), Transition::None);
         assert_eq!(
-            transition(Route::App, true, Some(a), Some(CookieChange::Cleared)),
+            transition(Route::App, true, with(a), Some(CookieChange::Cleared)),
             Transition::Logout
         );
         assert_eq!(
-            transition(Route::Logout, true, Some(a), None),
+            transition(Route::Logout, true, with(a), None),
             Transition::Logout
         );
         assert_eq!(
-            transition(Route::Logout, false, Some(a), None),
+            transition(Route::Logout, false, with(a), None),
+            Transition::None
+        );
+    }
+
+    #[test]
+    fn a_login_that_keeps_its_cookie_starts_the_session_under_it() {
+        let (a, t) = (CookieHash([1; 16]), CookieHash([7; 16]));
+        let kept = transition(Route::Login(0), true, Carried::cookie(Some(a)), None);
+        assert_eq!(kept, Transition::Login(a));
+        // Refused: nothing, whatever the request carried.
+        let refused = transition(Route::Login(0), false, Carried::cookie(Some(a)), None);
+        assert_eq!(refused, Transition::None);
+        // No cookie sent, none set: nobody to follow.
+        let bare = transition(Route::Login(0), true, Carried::default(), None);
+        assert_eq!(bare, Transition::None);
+        // A token's key is not a cookie the app kept.
+        let token = Carried {
+            key: Some(t),
+            cookie: None,
+        };
+        assert_eq!(
+            transition(Route::Login(0), true, token, None),
             Transition::None
         );
     }

@@ -8,7 +8,7 @@ use crate::vm::Vm;
 use headcount_core::answer::Answer;
 use headcount_core::bearer::{self, Bearer, Start};
 use headcount_core::events::Kind;
-use headcount_core::flow::{self, Change, LoginAttempt, Upstream};
+use headcount_core::flow::{self, Carried, Change, LoginAttempt, Upstream};
 use headcount_core::gateway::{self, AdminRoute, Route};
 use headcount_core::identity::{self, BodyCopy, Identity};
 use headcount_core::ids::TokenKey;
@@ -22,8 +22,12 @@ pub struct Stream {
     route: Route,
     start_us: u64,
     response_us: Option<u64>,
-    /// Hash of the request's session cookie; the cookie itself is never kept.
+    /// The request's session key: a verified token's, else the hash of its
+    /// session cookie (the cookie itself is never kept).
     cookie: Option<CookieHash>,
+    /// The hash of the session cookie the request sent, token or not: a login
+    /// that keeps its session starts under it.
+    sent_cookie: Option<CookieHash>,
     /// Bots and crawlers: proxied, counted as anonymous traffic, never as people.
     ignored: bool,
     /// Login only: who the client said they are, and where from.
@@ -58,6 +62,7 @@ impl Stream {
             start_us: 0,
             response_us: None,
             cookie: None,
+            sent_cookie: None,
             ignored: false,
             login: None,
             ended: false,
@@ -218,13 +223,15 @@ impl Stream {
             host::warn("login succeeded but names no user; not counted");
             return;
         };
-        // A login over an existing session replaces it.
-        if self.cookie.is_some_and(|old| old != cookie) {
+        // A login over an existing session replaces it, also when the app kept
+        // the session's cookie through the login.
+        if self.cookie.is_some() {
             self.apply(Change::Logout, now);
         }
         if self.record_login(session, now) {
             // The login request itself is the new session's first activity.
             self.cookie = Some(cookie);
+            self.ended = false;
         }
     }
 }
@@ -275,6 +282,7 @@ impl Stream {
         if let Some(why) = flow::refusal(bearer.as_ref()) {
             host::debug(&format!("bearer token refused: {why}"));
         }
+        self.sent_cookie = cookie.filter(|_| !self.ignored);
         (flow::request_key(bearer.as_ref(), cookie), bearer)
     }
 
@@ -433,7 +441,11 @@ impl HttpContext for Stream {
         // Through the cache: the client's next requests send this value.
         let vm = &self.vm;
         let hash = |v: &[u8]| vm.cookie_cache.borrow_mut().hash(&vm.hasher, v);
-        match flow::response_change(cfg, self.route, upstream, self.cookie, now, hash) {
+        let carried = Carried {
+            key: self.cookie,
+            cookie: self.sent_cookie,
+        };
+        match flow::response_change(cfg, self.route, upstream, carried, now, hash) {
             Change::Login(cookie) => {
                 let from_headers = identity::from_response_headers(cfg, |name| {
                     headers.get(name).map(<[u8]>::to_vec)

@@ -517,8 +517,20 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
                 }])
             }
             None => {
+                // A cookie leads to one session: a login under a value that
+                // already leads to a live session (one the app kept through
+                // the login) replaces that session.
+                let replaced = match self.store.cookie(&hash)? {
+                    Some(CookieRow::Session { id: old, until: t }) if old != id && t >= now => {
+                        Some(old)
+                    }
+                    _ => None,
+                };
                 self.store.index(&hash, &id, until)?;
-                Ok(Vec::new())
+                Ok(replaced
+                    .map(|old| Op::EndSession { id: old, hash })
+                    .into_iter()
+                    .collect())
             }
         }
     }

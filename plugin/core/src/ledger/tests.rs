@@ -414,3 +414,29 @@ fn a_batch_sent_again_after_a_lost_reply_counts_nothing_twice() {
     c.ledger(0).sweep().unwrap();
     assert_eq!(c.shards[0].applied(&NodeId([99; 16])).unwrap(), None);
 }
+
+#[test]
+fn a_login_under_a_cookie_that_leads_to_a_live_session_replaces_it() {
+    for shards in [1, 3, 8] {
+        let mut c = Cluster::new(shards, "{}");
+        c.send(vec![login(1, 11, "1", T0)]);
+        // The app kept the cookie through a second login (another user, say).
+        c.now += 1_000;
+        c.send(vec![login(2, 11, "2", T0 + 1_000)]);
+        let s = c.session_of(h(11)).expect("the new session");
+        assert_eq!(s.id, SessionId([2; 16]), "{shards} shards");
+        let g = c.gather();
+        assert_eq!(g.sessions.len(), 1, "{shards} shards: the old one ended");
+        let mut events = c.events();
+        events.sort_by_key(|(k, id)| (id.0, k.name()));
+        assert_eq!(
+            events,
+            vec![
+                (Kind::Login, SessionId([1; 16])),
+                (Kind::Logout, SessionId([1; 16])),
+                (Kind::Login, SessionId([2; 16])),
+            ],
+            "{shards} shards"
+        );
+    }
+}
