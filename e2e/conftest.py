@@ -96,6 +96,13 @@ def express_app() -> Iterator[real_apps.RealApp]:
         yield app
 
 
+@pytest.fixture(scope="session")
+def django_app() -> Iterator[real_apps.RealApp]:
+    """Django with its own auth views (real_apps.py), on a free port."""
+    with real_apps.running_django(ARTIFACTS) as app:
+        yield app
+
+
 @pytest.fixture(params=[pytest.param(kind, id=kind) for kind in hosts.KINDS])
 def gateway_kind(request: pytest.FixtureRequest) -> str:
     return request.param

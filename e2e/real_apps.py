@@ -3,6 +3,8 @@ port and stopped by PID: the apps whose login styles Headcount must follow as th
 
 * ``express``: e2e/apps/express (Express 5 + express-session with its defaults: the session cookie
   ``connect.sid`` is set on the first visit and kept through the login).
+* ``django``: e2e/apps/django (Django's own LoginView/LogoutView: CSRF-protected form, the typed
+  name stripped and NFKC-normalized, the last of a repeated field wins; ``sessionid`` rotated at login).
 
 Each app has ``.url`` and ``.port``; pass it to ``start_gateway(config, app=...)``. Their packages
 are installed by ``./dev test`` (``npm ci`` in the app's folder); a missing install is a failure,
@@ -12,6 +14,7 @@ never a skip.
 from __future__ import annotations
 
 import shutil
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,4 +65,15 @@ def running_express(artifacts: Path) -> Iterator[RealApp]:
     if not node:
         pytest.fail("node not found: the Express app needs Node.js", pytrace=False)
     with _running("express", [node, "app.js", "--port", "{port}"], artifacts, folder) as app:
+        yield app
+
+
+@contextmanager
+def running_django(artifacts: Path) -> Iterator[RealApp]:
+    folder = APPS / "django"
+    db = artifacts / "app-django" / "db.sqlite3"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    db.unlink(missing_ok=True)
+    cmd = [sys.executable, "app.py", "--port", "{port}", "--db", str(db)]
+    with _running("django", cmd, artifacts, folder) as app:
         yield app

@@ -1,12 +1,16 @@
 """Logins as real apps do them, against the real frameworks (real_apps.py): a login that keeps the
 session cookie the app set on the first visit (Express + express-session's defaults), a logout that
-destroys the server-side session without clearing the cookie."""
+destroys the server-side session without clearing the cookie; typed names that the app reads one way
+and a naive parser another (Django: the last of a repeated field, NFKC)."""
 
 from __future__ import annotations
 
+import re
+
 import requests
 
-from helpers import PLUGIN_CONFIG, TIMEOUT, summary, ua, wait_stats
+from helpers import (PLUGIN_CONFIG, TIMEOUT, events_of, metric, metrics_of, summary, ua, wait_for_metric,
+                     wait_stats)
 
 # express-session's cookie; a form login that redirects to /app on success, to /login?failed=1 not.
 EXPRESS_CONFIG = dict(
@@ -83,3 +87,69 @@ def test_a_second_login_that_keeps_the_cookie_replaces_the_session(start_gateway
     assert s.get(base + "/app", timeout=TIMEOUT).status_code == 200  # still carol
     snap = wait_stats(base, lambda x: x["traffic"]["authenticated_requests_today"] == 4)
     assert [y["username"] for y in snap["sessions"]] == ["carol"], summary(snap)
+
+
+# Django's LoginView: 302 to /app/ on success, the form again (200) on failure; `sessionid` is
+# rotated at login.
+DJANGO_CONFIG = dict(
+    PLUGIN_CONFIG,
+    session_cookie="sessionid",
+    login_routes=[{"method": "POST", "path": "/login/", "success_statuses": [302],
+                   "success_location_prefix": "/app/", "identity": ["request_body"]}],
+    logout_path="/logout/",
+)
+
+
+def django_login(base: str, fields: list[tuple[str, str]], tag: str) -> requests.Session:
+    """Posts Django's login form (with its CSRF token) as ``fields``, repeated names allowed;
+    asserts that Django logged someone in; returns the browser."""
+    s = requests.Session()
+    s.headers["User-Agent"] = ua(f"django-{tag}")
+    page = s.get(base + "/login/", timeout=TIMEOUT)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    assert page.status_code == 200 and token, page.text[:300]
+    r = s.post(base + "/login/", data=[("csrfmiddlewaretoken", token.group(1)), *fields],
+               allow_redirects=False, timeout=TIMEOUT)
+    assert r.status_code == 302 and r.headers["location"] == "/app/", (r.status_code, r.text[:300])
+    return s
+
+
+def whoami(s: requests.Session, base: str) -> str:
+    r = s.get(base + "/me", timeout=TIMEOUT)
+    assert r.status_code == 200, r.text[:200]
+    return r.json()["user"]["username"]
+
+
+def test_django_repeated_username_names_nobody(start_gateway, django_app):
+    """``username=alice&username=bob&password=<bob's>``: Django logs in bob (the last value). The
+    typed name is ambiguous, so Headcount names nobody: the session is followed unnamed, counted
+    as one user, and the case shows in the metric and the event feed."""
+    gw = start_gateway(DJANGO_CONFIG, app=django_app)
+    base = gw.url
+    s = django_login(base, [("username", "alice"), ("username", "bob"), ("password", "pw-bob")], "repeat")
+    assert whoami(s, base) == "bob"
+    snap = wait_stats(base, lambda x: x["active_sessions"] == 1
+                      and x["traffic"]["authenticated_requests_today"] == 2)
+    (session,) = snap["sessions"]
+    assert session["username"] == "" and session["user_id"] == f"unnamed:{session['session_id']}", session
+    assert snap["active_users"] == 1, summary(snap)
+    text = wait_for_metric(base, 'headcount_unnamed_logins_total{reason="repeated_field"}', 1)
+    assert metric(text, 'headcount_unnamed_logins_total{reason="repeated_field"}') == 1, text
+    assert metric(text, "headcount_logins_total") == 1, text
+    kinds = [(e["kind"], e.get("reason")) for e in events_of(base)["events"]]
+    assert ("unnamed", "repeated_field") in kinds and ("login", None) in kinds, kinds
+
+
+def test_django_normalizes_typed_names_and_so_does_headcount(start_gateway, django_app):
+    """Full-width "ａlice" and " carol " log in alice and carol (Django strips and applies NFKC):
+    Headcount records the same two names, not a third user."""
+    gw = start_gateway(DJANGO_CONFIG, app=django_app)
+    base = gw.url
+    wide = django_login(base, [("username", "\uff41lice"), ("password", "pw-alice")], "wide")
+    spaced = django_login(base, [("username", " carol "), ("password", "pw-carol")], "spaced")
+    assert (whoami(wide, base), whoami(spaced, base)) == ("alice", "carol")
+    snap = wait_stats(base, lambda x: x["active_sessions"] == 2)
+    assert sorted(x["username"] for x in snap["sessions"]) == ["alice", "carol"], summary(snap)
+    assert snap["active_users"] == 2, summary(snap)
+    text = metrics_of(base)
+    assert metric(text, 'headcount_unnamed_logins_total{reason="repeated_field"}') == 0, text

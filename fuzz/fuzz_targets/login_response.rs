@@ -1,8 +1,9 @@
-//! Login bodies: identity from the response JSON (JSON pointers) and from the
-//! request body (JSON or form). The input is `content-type \n body`.
+//! Login bodies: identity from the response JSON (JSON pointers), combined with
+//! what the request body typed (the `login_request` target fuzzes that reader).
+//! The input is `content-type \n body`.
 #![no_main]
 
-use headcount_core::{identity, Config};
+use headcount_core::{identity, typed, Config};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
@@ -32,7 +33,11 @@ fuzz_target!(|data: &[u8]| {
             b"application/json",
             b"application/x-www-form-urlencoded; charset=utf-8",
         ] {
-            let request = identity::from_request_body(cfg, ct, body);
+            let typed = typed::read(cfg, ct, body, None);
+            let request = identity::Identity {
+                username: typed.username,
+                ..identity::Identity::default()
+            };
             let _ = response.clone().or(request).resolve(cfg);
         }
     }

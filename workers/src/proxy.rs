@@ -14,12 +14,14 @@ use crate::setup::{self, Setup};
 use futures::StreamExt;
 use headcount_core::answer::Answer;
 use headcount_core::bearer::Bearer;
-use headcount_core::flow::{self, Carried, Change, LoginAttempt, Upstream};
+use headcount_core::events::Kind;
+use headcount_core::flow::{self, Accepted, Carried, Change, LoginAttempt, Upstream};
 use headcount_core::gateway::{self, Route};
 use headcount_core::identity::{self, BodyCopy, Identity, MAX_BODY};
 use headcount_core::ids::CookieHash;
 use headcount_core::ledger::buffer::Buffer;
 use headcount_core::ledger::Op;
+use headcount_core::typed::{self, Typed};
 use headcount_core::{Config, CookieHasher};
 use std::rc::Rc;
 use worker::{
@@ -262,7 +264,7 @@ fn begin_login(cfg: &Config, req: &Request, incoming: &Incoming) -> LoginAttempt
         route: incoming.route,
         ip: client_ip(cfg, req),
         user_agent: identity::clean_user_agent(&incoming.user_agent),
-        claimed: Identity::default(),
+        typed: Typed::default(),
     }
 }
 
@@ -422,7 +424,8 @@ async fn origin_request(
             Some(attempt) if declared.is_some_and(|n| n <= MAX_BODY) => {
                 let content_type = header(req.headers(), "content-type").unwrap_or_default();
                 let body = req.bytes().await?;
-                attempt.claimed = identity::from_request_body(cfg, &content_type, &body);
+                let query = incoming.url.query().map(str::as_bytes);
+                attempt.typed = typed::read(cfg, &content_type, &body, query);
                 init.set_body(&js_sys::Uint8Array::from(body.as_slice()).into());
             }
             _ => {
@@ -473,12 +476,11 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
     };
     let now = now_ms();
     let mut random = [0u8; 16];
-    let session = match getrandom::getrandom(&mut random) {
+    let accepted = match getrandom::getrandom(&mut random) {
         Ok(()) => {
             let (new, who) = (login.cookie, login.from_headers);
-            login
-                .attempt
-                .finish(cfg, new, who, body.as_deref(), now, random)
+            let body = body.as_deref();
+            Some(login.attempt.finish(cfg, new, who, body, now, random))
         }
         Err(e) => {
             console_error!("headcount: no randomness for a session id ({e}); login not recorded");
@@ -486,26 +488,30 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
         }
     };
     let (old, new) = (done.key, login.cookie);
-    with_buffer(|b| match session {
-        Some(session) => {
+    with_buffer(|b| match accepted {
+        Some(Accepted { session, unnamed }) => {
             // A login over an existing session replaces it. One the app kept
             // the cookie of through the login is replaced by the ledger's
             // `index` (a logout here would leave a tombstone for the value).
             if let Some(old) = old.filter(|o| *o != new) {
                 push_logout(b, old, now);
             }
+            let unnamed = unnamed.map(|why| {
+                console_warn!("headcount: {}", flow::unnamed_line(why, &session));
+                Op::event(Kind::Unnamed(why), &session, now)
+            });
             if b.push(Op::Login { session }) {
                 // The login request itself is the new session's first activity.
                 b.record(Some(new), done.start_ms, done.response_us);
+                if unnamed.is_some_and(|event| !b.push(event)) {
+                    flush::log_lost("an unnamed-login event");
+                }
             } else {
                 flush::log_lost("a login");
                 b.record(old, done.start_ms, done.response_us);
             }
         }
-        None => {
-            console_warn!("headcount: login succeeded but names no user; not counted");
-            b.record(old, done.start_ms, done.response_us);
-        }
+        None => b.record(old, done.start_ms, done.response_us),
     });
     if let Some(task) = flush::kick(&env, &setup) {
         task.await;

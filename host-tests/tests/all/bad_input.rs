@@ -135,7 +135,7 @@ fn a_broken_login_response_falls_back_to_the_typed_username() {
 }
 
 #[test]
-fn a_login_naming_nobody_is_not_counted_and_says_so() {
+fn a_login_naming_nobody_is_followed_unnamed_and_says_so() {
     let (_host, vm) = start(json!({}));
     let ex = vm
         .post(LOGIN)
@@ -148,9 +148,14 @@ fn a_login_naming_nobody_is_not_counted_and_says_so() {
         )
         .unwrap();
     assert!(ex.proxied());
-    assert_eq!(stats(&vm)["active_sessions"], 0);
+    let s = stats(&vm);
+    assert_eq!(s["active_sessions"], 1);
+    let session = only_session(&s);
+    assert_eq!(session["username"], "");
+    let id = session["session_id"].as_str().unwrap_or_default();
+    assert_eq!(session["user_id"], format!("unnamed:{id}"));
     assert!(
-        vm.logged(LogLevel::Warn, "names no user"),
+        vm.logged(LogLevel::Warn, "login names nobody; followed unnamed"),
         "{}",
         vm.logs_text()
     );
@@ -228,8 +233,9 @@ fn a_login_body_that_arrives_small_then_large_is_never_held_back() {
     assert!(ex.proxied(), "{:?}", ex.outcome);
     assert_eq!(ex.upstream.as_ref().unwrap().body, body.as_bytes());
     assert_eq!(ex.body, response.as_bytes());
-    // Both bodies were too large to read, so the login is named by nobody; it is
-    // still proxied whole, and a later login is counted as usual.
+    // Both bodies were too large to read, so the login names nobody (an unnamed
+    // session); it is still proxied whole, and a later login is counted as usual.
+    let unnamed = only_session(&stats(&vm))["session_id"].clone();
     let ex = vm
         .post(LOGIN)
         .header("content-type", "application/json")
@@ -247,9 +253,14 @@ fn a_login_body_that_arrives_small_then_large_is_never_held_back() {
         .unwrap();
     assert!(ex.proxied(), "{:?}", ex.outcome);
     let s = stats(&vm);
+    let sessions = s["sessions"].as_array().cloned().unwrap_or_default();
+    let typed: Vec<_> = sessions
+        .iter()
+        .filter(|x| x["session_id"] != unnamed)
+        .collect();
+    assert_eq!(sessions.len(), 2, "{s}");
     assert_eq!(
-        only_session(&s)["username"],
-        "typed",
+        typed[0]["username"], "typed",
         "the typed username is read across chunks: {s}"
     );
     assert_alive(&vm);

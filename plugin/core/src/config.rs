@@ -43,6 +43,7 @@ struct RawConfig {
     username_pointer: Option<String>,
     role_pointer: Option<String>,
     username_form_field: Option<String>,
+    username_normalization: Option<Vec<String>>,
     user_id_header: Option<String>,
     username_header: Option<String>,
     role_header: Option<String>,
@@ -68,6 +69,7 @@ struct RawConfig {
     anonymize_ip: Option<bool>,
     reduce_user_agent: Option<bool>,
     jwt: Option<crate::bearer::RawJwt>,
+    whoami: Option<crate::whoami::RawWhoami>,
 }
 
 #[derive(Deserialize)]
@@ -88,8 +90,10 @@ pub enum IdentitySource {
     Headers,
     /// JSON pointers into the login response body.
     ResponseBody,
-    /// The username field of the login request (form or JSON).
+    /// The username field of the login request (form, JSON or multipart).
     RequestBody,
+    /// The app's answer on the `whoami` route, asked after the login.
+    Whoami,
 }
 
 /// One login route and what counts as success there.
@@ -134,6 +138,57 @@ fn location_path(l: &[u8]) -> &[u8] {
     }
 }
 
+/// How a typed username is normalized (`username_normalization`, a list of
+/// steps applied in this order): `trim` surrounding whitespace, Unicode `nfkc`,
+/// `lowercase`. The default, `["trim", "nfkc"]`, is what Django does (its form
+/// strips, `normalize_username` applies NFKC) and agrees with Rails and Laravel
+/// for plain names; list `lowercase` for apps whose usernames are
+/// case-insensitive (e-mail logins, Devise's `case_insensitive_keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Normalize {
+    pub trim: bool,
+    pub nfkc: bool,
+    pub lowercase: bool,
+}
+
+impl Default for Normalize {
+    fn default() -> Self {
+        Normalize {
+            trim: true,
+            nfkc: true,
+            lowercase: false,
+        }
+    }
+}
+
+impl Normalize {
+    fn from_raw(raw: Option<Vec<String>>) -> Result<Normalize, ConfigError> {
+        let Some(steps) = raw else {
+            return Ok(Normalize::default());
+        };
+        let mut n = Normalize {
+            trim: false,
+            nfkc: false,
+            lowercase: false,
+        };
+        for step in steps {
+            let flag = match step.as_str() {
+                "trim" => &mut n.trim,
+                "nfkc" => &mut n.nfkc,
+                "lowercase" => &mut n.lowercase,
+                _ => {
+                    return Err(err(
+                        "username_normalization",
+                        "steps are \"trim\", \"nfkc\" and \"lowercase\"",
+                    ))
+                }
+            };
+            *flag = true;
+        }
+        Ok(n)
+    }
+}
+
 /// Validated configuration. Durations are kept in milliseconds, the unit of `now`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -146,6 +201,8 @@ pub struct Config {
     pub username_pointer: String,
     pub role_pointer: String,
     pub username_form_field: String,
+    /// How a typed username is normalized before it names anyone.
+    pub username_normalization: Normalize,
     /// Trusted upstream response headers (lower-case).
     pub user_id_header: Option<String>,
     pub username_header: Option<String>,
@@ -180,6 +237,8 @@ pub struct Config {
     pub reduce_user_agent: bool,
     /// Identify users by a verified JWT (header or cookie) as well as by login.
     pub jwt: Option<crate::bearer::BearerConfig>,
+    /// Ask the app who a session is (`whoami.rs`).
+    pub whoami: Option<crate::whoami::Whoami>,
 }
 
 impl Default for Config {
@@ -194,6 +253,7 @@ impl Default for Config {
             username_pointer: "/user/username".into(),
             role_pointer: "/user/role".into(),
             username_form_field: "username".into(),
+            username_normalization: Normalize::default(),
             user_id_header: None,
             username_header: None,
             role_header: None,
@@ -230,6 +290,7 @@ impl Default for Config {
             anonymize_ip: false,
             reduce_user_agent: false,
             jwt: None,
+            whoami: None,
         }
     }
 }
@@ -426,15 +487,19 @@ impl Config {
         text("username_form_field", &username_form_field)?;
         let login_method = method("login_method", raw.login_method, d.login_method)?;
         let login_path = path("login_path", raw.login_path, d.login_path)?;
+        let whoami = raw
+            .whoami
+            .map(crate::whoami::Whoami::from_raw)
+            .transpose()?;
         let login_routes = match raw.login_routes {
             None => vec![LoginRoute {
                 method: login_method.clone(),
                 path: login_path.clone(),
                 success_statuses: Vec::new(),
                 success_location_prefix: None,
-                identity: DEFAULT_IDENTITY.to_vec(),
+                identity: default_identity(whoami.is_some()),
             }],
-            Some(routes) => login_routes(routes)?,
+            Some(routes) => login_routes(routes, whoami.is_some())?,
         };
         let max_sessions = raw.max_sessions.unwrap_or(d.max_sessions);
         if !(1..=10_000_000).contains(&max_sessions) {
@@ -455,6 +520,7 @@ impl Config {
             enforce_revocation: raw.enforce_revocation.unwrap_or(d.enforce_revocation),
             anonymize_ip: raw.anonymize_ip.unwrap_or(d.anonymize_ip),
             reduce_user_agent: raw.reduce_user_agent.unwrap_or(d.reduce_user_agent),
+            whoami,
             jwt: raw
                 .jwt
                 .map(crate::bearer::BearerConfig::from_raw)
@@ -470,6 +536,7 @@ impl Config {
             )?,
             role_pointer: pointer("role_pointer", raw.role_pointer, d.role_pointer)?,
             username_form_field,
+            username_normalization: Normalize::from_raw(raw.username_normalization)?,
             user_id_header: header("user_id_header", raw.user_id_header)?,
             username_header: header("username_header", raw.username_header)?,
             role_header: header("role_header", raw.role_header)?,
@@ -513,7 +580,14 @@ impl Config {
     }
 }
 
-fn login_routes(raw: Vec<RawLoginRoute>) -> Result<Vec<LoginRoute>, ConfigError> {
+/// Every source, in the default order; with `whoami` configured, the app's
+/// answer there comes first (what the app vouches for wins over anything typed).
+fn default_identity(whoami: bool) -> Vec<IdentitySource> {
+    let asked = whoami.then_some(IdentitySource::Whoami);
+    asked.into_iter().chain(DEFAULT_IDENTITY).collect()
+}
+
+fn login_routes(raw: Vec<RawLoginRoute>, whoami: bool) -> Result<Vec<LoginRoute>, ConfigError> {
     if raw.is_empty() || raw.len() > 16 {
         return Err(err("login_routes", "must list 1 to 16 routes"));
     }
@@ -526,11 +600,17 @@ fn login_routes(raw: Vec<RawLoginRoute>) -> Result<Vec<LoginRoute>, ConfigError>
                     "must be 2xx or 3xx codes",
                 ));
             }
-            let identity = r.identity.unwrap_or_else(|| DEFAULT_IDENTITY.to_vec());
+            let identity = r.identity.unwrap_or_else(|| default_identity(whoami));
             if identity.is_empty() {
                 return Err(err(
                     "login_routes.identity",
                     "must name at least one source",
+                ));
+            }
+            if !whoami && identity.contains(&IdentitySource::Whoami) {
+                return Err(err(
+                    "login_routes.identity",
+                    "\"whoami\" needs the `whoami` key configured",
                 ));
             }
             Ok(LoginRoute {

@@ -3,6 +3,7 @@
 
 use crate::session::{Session, SessionId};
 use crate::stats::rfc3339;
+use crate::typed::Unnamed;
 use serde::{Deserialize, Serialize};
 
 pub const EVENTS_KEY: &str = "headcount.v1.events";
@@ -16,6 +17,9 @@ pub enum Kind {
     Expiry,
     Eviction,
     Revocation,
+    /// A login the app accepted that names nobody, or whose typed name was
+    /// ambiguous (then another source may have named the user).
+    Unnamed(Unnamed),
 }
 
 impl Kind {
@@ -26,6 +30,7 @@ impl Kind {
             Kind::Expiry => "expiry",
             Kind::Eviction => "eviction",
             Kind::Revocation => "revocation",
+            Kind::Unnamed(_) => "unnamed",
         }
     }
 }
@@ -48,6 +53,9 @@ pub struct Events {
     pub expiries_total: u64,
     pub evictions_total: u64,
     pub revocations_total: u64,
+    /// Unnamed logins, per `Unnamed::ALL` reason.
+    #[serde(default)]
+    pub unnamed_totals: [u64; 5],
     /// Oldest first.
     pub recent: Vec<Event>,
 }
@@ -59,14 +67,9 @@ impl Events {
 
     /// `push` with only what an event keeps of its session.
     pub fn push_for(&mut self, kind: Kind, id: SessionId, username: &str, role: &str, at_ms: u64) {
-        let counter = match kind {
-            Kind::Login => &mut self.logins_total,
-            Kind::Logout => &mut self.logouts_total,
-            Kind::Expiry => &mut self.expiries_total,
-            Kind::Eviction => &mut self.evictions_total,
-            Kind::Revocation => &mut self.revocations_total,
-        };
-        *counter += 1;
+        if let Some(counter) = self.counter(kind) {
+            *counter += 1;
+        }
         self.recent.push(Event {
             seq: self.next_seq,
             kind,
@@ -82,6 +85,18 @@ impl Events {
         }
     }
 
+    fn counter(&mut self, kind: Kind) -> Option<&mut u64> {
+        match kind {
+            Kind::Login => Some(&mut self.logins_total),
+            Kind::Logout => Some(&mut self.logouts_total),
+            Kind::Expiry => Some(&mut self.expiries_total),
+            Kind::Eviction => Some(&mut self.evictions_total),
+            Kind::Revocation => Some(&mut self.revocations_total),
+            // `Unnamed::ALL` is in declaration order.
+            Kind::Unnamed(why) => self.unnamed_totals.get_mut(why as usize),
+        }
+    }
+
     /// Events with `seq >= after`, newest first.
     pub fn view(&self, after: u64) -> EventsView {
         EventsView {
@@ -93,6 +108,10 @@ impl Events {
                 .map(|e| EventView {
                     seq: e.seq,
                     kind: e.kind.name(),
+                    reason: match e.kind {
+                        Kind::Unnamed(why) => Some(why.name()),
+                        _ => None,
+                    },
                     at: rfc3339(e.at_ms),
                     username: e.username.clone(),
                     role: e.role.clone(),
@@ -110,6 +129,9 @@ impl Events {
 pub struct EventView {
     pub seq: u64,
     pub kind: &'static str,
+    /// Why an `unnamed` event names nobody.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     pub at: String,
     pub username: String,
     pub role: String,

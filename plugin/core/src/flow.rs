@@ -5,10 +5,12 @@
 
 use crate::bearer::Bearer;
 use crate::config::Config;
+use crate::config::IdentitySource;
 use crate::gateway::{self, LoginFacts, Route};
 use crate::identity::{self, CookieChange, Identity};
 use crate::jwt::JwtError;
 use crate::session::{CookieHash, Session};
+use crate::typed::{Typed, Unnamed};
 
 /// The key a request's activity goes under: a verified token's session key
 /// before the session cookie's hash. A refused token leaves the cookie's.
@@ -34,14 +36,25 @@ pub struct LoginAttempt {
     pub route: Route,
     pub ip: String,
     pub user_agent: String,
-    /// Who the client's request body says it is.
-    pub claimed: Identity,
+    /// Who the client's request body says it is (`typed::read`).
+    pub typed: Typed,
+}
+
+/// A login the app accepted: the session it starts, and why it names nobody or
+/// why its typed name was set aside (`Kind::Unnamed`: counted and logged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub session: Session,
+    pub unnamed: Option<Unnamed>,
 }
 
 impl LoginAttempt {
     /// The session an accepted login starts under `cookie`: identity from the
     /// sources its route trusts, in their order (response headers, response
-    /// body, what the client typed). `None`: the login names nobody.
+    /// body, what the client typed). A login that names nobody is still a
+    /// session (the app accepted it): an unnamed one, whose `user_id` is
+    /// `unnamed:<session id>` and whose `username` is empty, so each counts as
+    /// one user, under `default_role`.
     pub fn finish(
         self,
         cfg: &Config,
@@ -50,7 +63,7 @@ impl LoginAttempt {
         body: Option<&[u8]>,
         now: u64,
         random: [u8; 16],
-    ) -> Option<Session> {
+    ) -> Accepted {
         let from_body = body
             .map(|b| identity::from_response_body(cfg, b))
             .unwrap_or_default();
@@ -58,12 +71,23 @@ impl LoginAttempt {
             Route::Login(i) => cfg.login_routes.get(i).map(|r| r.identity.as_slice()),
             _ => None,
         };
-        let who = identity::combine(
-            order.unwrap_or_default(),
-            from_headers,
-            from_body,
-            self.claimed,
-        );
+        let order = order.unwrap_or_default();
+        let typed_counts = order.contains(&IdentitySource::RequestBody);
+        let ambiguity = self.typed.ambiguity.filter(|_| typed_counts);
+        let claimed = Identity {
+            username: self.typed.username,
+            ..Identity::default()
+        };
+        let who = identity::combine(order, from_headers, from_body, claimed);
+        let role = who.role.clone();
+        let resolved = who.resolve(cfg);
+        let named = resolved.is_some();
+        let who = resolved.unwrap_or_else(|| {
+            let id = crate::session::session_id_from_random(random);
+            let unnamed = uuid::Uuid::from_bytes(id.0).hyphenated();
+            let role = role.unwrap_or_else(|| cfg.default_role.clone());
+            (format!("unnamed:{unnamed}"), String::new(), role)
+        });
         let facts = LoginFacts {
             cookie,
             ip: self.ip,
@@ -71,7 +95,27 @@ impl LoginAttempt {
             now,
             random,
         };
-        gateway::new_session(cfg, who, facts)
+        let unnamed = ambiguity.or((!named).then_some(Unnamed::NoIdentity));
+        let session = gateway::build_session(cfg, who, facts);
+        Accepted { session, unnamed }
+    }
+}
+
+/// The log line of a login whose typed name was set aside, or that names nobody.
+pub fn unnamed_line(why: Unnamed, s: &Session) -> String {
+    match why {
+        Unnamed::NoIdentity => format!("login names nobody; followed unnamed ({})", s.uuid()),
+        _ if s.username.is_empty() => format!(
+            "login names nobody: the typed username is ambiguous ({}); followed unnamed ({})",
+            why.name(),
+            s.uuid()
+        ),
+        _ => format!(
+            "typed username set aside as ambiguous ({}); login {} named by the app ({})",
+            why.name(),
+            s.username,
+            s.uuid()
+        ),
     }
 }
 
@@ -186,9 +230,9 @@ mod tests {
             route: Route::Login(0),
             ip: "10.0.0.1".into(),
             user_agent: "ua".into(),
-            claimed: Identity {
+            typed: Typed {
                 username: Some("typed".into()),
-                ..Identity::default()
+                ambiguity: None,
             },
         };
         let body = br#"{"user": {"id": "4", "username": "ann", "role": "admin"}}"#;
@@ -202,7 +246,7 @@ mod tests {
                 7,
                 [1; 16],
             )
-            .unwrap();
+            .session;
         assert_eq!(
             (s.username.as_str(), s.role.as_str(), s.cookie),
             ("ann", "admin", CookieHash([5; 16]))
@@ -215,6 +259,39 @@ mod tests {
             7,
             [1; 16],
         );
-        assert_eq!(typed.map(|s| s.username), Some("typed".into()));
+        assert_eq!(typed.session.username, "typed");
+        assert_eq!(typed.unnamed, None);
+    }
+
+    #[test]
+    fn a_login_that_names_nobody_is_an_unnamed_session_and_says_why() {
+        let cfg = Config::from_json(
+            br#"{"login_routes": [{"path": "/login", "identity": ["request_body"]}]}"#,
+        )
+        .unwrap();
+        let attempt = |typed: Typed| LoginAttempt {
+            route: Route::Login(0),
+            ip: String::new(),
+            user_agent: String::new(),
+            typed,
+        };
+        let cookie = CookieHash([5; 16]);
+        let ambiguous = Typed {
+            username: None,
+            ambiguity: Some(Unnamed::RepeatedField),
+        };
+        let got = attempt(ambiguous).finish(&cfg, cookie, Identity::default(), None, 7, [1; 16]);
+        assert_eq!(got.unnamed, Some(Unnamed::RepeatedField));
+        let s = got.session;
+        assert_eq!(s.username, "");
+        assert_eq!(s.user_id, format!("unnamed:{}", s.uuid()));
+        assert_eq!((s.role.as_str(), s.cookie), ("unknown", cookie));
+        let silent =
+            attempt(Typed::default()).finish(&cfg, cookie, Identity::default(), None, 7, [2; 16]);
+        assert_eq!(silent.unnamed, Some(Unnamed::NoIdentity));
+        assert_ne!(
+            silent.session.user_id, s.user_id,
+            "each unnamed login is its own user"
+        );
     }
 }

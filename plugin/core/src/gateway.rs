@@ -183,6 +183,13 @@ pub struct LoginFacts {
 
 /// Builds the session for a successful login; `None` when nobody is named.
 pub fn new_session(cfg: &Config, identity: Identity, login: LoginFacts) -> Option<Session> {
+    let (user_id, username, role) = identity.resolve(cfg)?;
+    Some(build_session(cfg, (user_id, username, role), login))
+}
+
+/// The session for `(user_id, username, role)`, with the login's facts (the
+/// IP and agent as configured: anonymized, reduced).
+pub fn build_session(cfg: &Config, who: (String, String, String), login: LoginFacts) -> Session {
     let LoginFacts {
         cookie,
         ip,
@@ -200,8 +207,8 @@ pub fn new_session(cfg: &Config, identity: Identity, login: LoginFacts) -> Optio
     } else {
         user_agent
     };
-    let (user_id, username, role) = identity.resolve(cfg)?;
-    Some(Session {
+    let (user_id, username, role) = who;
+    Session {
         id: session_id_from_random(random),
         user_id,
         username,
@@ -212,7 +219,7 @@ pub fn new_session(cfg: &Config, identity: Identity, login: LoginFacts) -> Optio
         last_ms: now,
         cookie,
         aliases: Vec::new(),
-    })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

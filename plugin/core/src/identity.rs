@@ -149,6 +149,8 @@ pub fn combine(
             IdentitySource::Headers => headers.clone(),
             IdentitySource::ResponseBody => body.clone(),
             IdentitySource::RequestBody => request.clone(),
+            // Asked after the login (whoami.rs); nothing yet at the login itself.
+            IdentitySource::Whoami => Identity::default(),
         })
     })
 }
@@ -240,7 +242,7 @@ fn clean(value: String, max: usize) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn json_text(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn json_text(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),
@@ -249,7 +251,7 @@ fn json_text(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-fn pointer_text(doc: &serde_json::Value, pointer: &str, max: usize) -> Option<String> {
+pub(crate) fn pointer_text(doc: &serde_json::Value, pointer: &str, max: usize) -> Option<String> {
     if pointer.is_empty() {
         return None;
     }
@@ -285,30 +287,6 @@ pub fn from_response_headers(cfg: &Config, get: impl Fn(&str) -> Option<Vec<u8>>
         user_id: read(&cfg.user_id_header, MAX_NAME),
         username: read(&cfg.username_header, MAX_NAME),
         role: read(&cfg.role_header, MAX_ROLE),
-    }
-}
-
-/// The username the client typed, from a JSON or form-encoded login request body.
-pub fn from_request_body(cfg: &Config, content_type: &[u8], body: &[u8]) -> Identity {
-    if body.len() > MAX_BODY {
-        return Identity::default();
-    }
-    let field = cfg.username_form_field.as_str();
-    let ct = String::from_utf8_lossy(content_type).to_ascii_lowercase();
-    let username = if ct.contains("json") {
-        serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|doc| doc.get(field).and_then(json_text))
-    } else if ct.contains("x-www-form-urlencoded") {
-        form_urlencoded::parse(body)
-            .find(|(k, _)| k == field)
-            .map(|(_, v)| v.into_owned())
-    } else {
-        None
-    };
-    Identity {
-        username: username.and_then(|s| clean(s, MAX_NAME)),
-        ..Identity::default()
     }
 }
 
@@ -407,11 +385,16 @@ mod tests {
             id.clone().resolve(&cfg),
             Some(("7".into(), "ann".into(), "teacher".into()))
         );
-        let form = from_request_body(
+        let typed = crate::typed::read(
             &cfg,
             b"application/x-www-form-urlencoded",
             b"username=b%C3%B6b&password=x",
+            None,
         );
+        let form = Identity {
+            username: typed.username,
+            ..Identity::default()
+        };
         assert_eq!(form.username.as_deref(), Some("böb"));
         let only_form = from_response_body(&cfg, b"not json").or(form);
         assert_eq!(

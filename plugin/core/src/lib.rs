@@ -32,6 +32,8 @@ pub mod snapshot;
 pub mod stats;
 pub mod table;
 pub mod traffic;
+pub mod typed;
+pub mod whoami;
 
 pub use config::{Config, ConfigError};
 pub use cookie_cache::CookieCache;

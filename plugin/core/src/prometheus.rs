@@ -83,6 +83,17 @@ pub fn render(counts: &Counts, events: &Events) -> String {
         "Sessions revoked by an admin.",
         events.revocations_total,
     );
+    let _ = write!(
+        out,
+        "# HELP headcount_unnamed_logins_total Logins the app accepted whose typed name was ambiguous, or that named nobody.\n# TYPE headcount_unnamed_logins_total counter\n"
+    );
+    for (why, n) in crate::typed::Unnamed::ALL.iter().zip(events.unnamed_totals) {
+        let _ = writeln!(
+            out,
+            "headcount_unnamed_logins_total{{reason=\"{}\"}} {n}",
+            why.name()
+        );
+    }
     out
 }
 
@@ -113,5 +124,6 @@ mod tests {
         assert!(text.contains("headcount_logins_total 9\n"));
         assert!(text.contains("headcount_evictions_total 0\n"));
         assert!(text.contains("# TYPE headcount_logouts_total counter\n"));
+        assert!(text.contains("headcount_unnamed_logins_total{reason=\"repeated_field\"} 0\n"));
     }
 }

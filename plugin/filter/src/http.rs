@@ -8,10 +8,11 @@ use crate::vm::Vm;
 use headcount_core::answer::Answer;
 use headcount_core::bearer::{self, Bearer, Start};
 use headcount_core::events::Kind;
-use headcount_core::flow::{self, Carried, Change, LoginAttempt, Upstream};
+use headcount_core::flow::{self, Accepted, Carried, Change, LoginAttempt, Upstream};
 use headcount_core::gateway::{self, AdminRoute, Route};
 use headcount_core::identity::{self, BodyCopy, Identity};
 use headcount_core::ids::TokenKey;
+use headcount_core::typed::{self, Typed};
 use headcount_core::{CookieHash, Session};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -45,6 +46,8 @@ pub struct Stream {
 struct PendingLogin {
     attempt: LoginAttempt,
     content_type: Vec<u8>,
+    /// The request's query string: a typed field there too is ambiguous.
+    query: Option<Vec<u8>>,
     /// The request body as it passes, for the username the client typed.
     request_body: BodyCopy,
     /// Set once the upstream accepted the login: the new cookie and header identity,
@@ -219,19 +222,23 @@ impl Stream {
             return;
         };
         let cfg = &self.vm.cfg;
-        let Some(session) = attempt.finish(cfg, cookie, from_headers, body, now, random) else {
-            host::warn("login succeeded but names no user; not counted");
-            return;
-        };
+        let Accepted { session, unnamed } =
+            attempt.finish(cfg, cookie, from_headers, body, now, random);
         // A login over an existing session replaces it, also when the app kept
         // the session's cookie through the login.
         if self.cookie.is_some() {
             self.apply(Change::Logout, now);
         }
-        if self.record_login(session, now) {
+        if self.record_login(session.clone(), now) {
             // The login request itself is the new session's first activity.
             self.cookie = Some(cookie);
             self.ended = false;
+            if let Some(why) = unnamed {
+                host::warn(&flow::unnamed_line(why, &session));
+                host::add_counter(self.vm.metrics.unnamed, 1);
+                self.vm
+                    .events(Kind::Unnamed(why), std::slice::from_ref(&session), now);
+            }
         }
     }
 }
@@ -322,16 +329,21 @@ impl Stream {
     }
 
     /// A login request: who the client is and where from, until the answer comes.
-    fn begin_login(&mut self, headers: &host::Headers) {
+    fn begin_login(&mut self, headers: &host::Headers, path: &[u8]) {
         let user_agent = headers.user_agent().unwrap_or_default();
         self.login = Some(PendingLogin {
             attempt: LoginAttempt {
                 route: self.route,
                 ip: self.client_ip(headers),
                 user_agent: identity::clean_user_agent(user_agent),
-                claimed: Identity::default(),
+                typed: Typed::default(),
             },
             content_type: headers.get("content-type").unwrap_or_default().to_vec(),
+            query: path
+                .iter()
+                .position(|b| *b == b'?')
+                .and_then(|i| path.get(i + 1..))
+                .map(<[u8]>::to_vec),
             request_body: BodyCopy::default(),
             accepted: None,
             response_body: BodyCopy::default(),
@@ -380,7 +392,7 @@ impl HttpContext for Stream {
                 Action::Pause
             }
             Route::Login(_) if !self.ignored => {
-                self.begin_login(&headers);
+                self.begin_login(&headers, path);
                 Action::Continue
             }
             _ => Action::Continue,
@@ -399,8 +411,8 @@ impl HttpContext for Stream {
         });
         if end_of_stream {
             if let Some(body) = std::mem::take(&mut attempt.request_body).finish() {
-                attempt.attempt.claimed =
-                    identity::from_request_body(&self.vm.cfg, &attempt.content_type, &body);
+                let (ct, query) = (&attempt.content_type, attempt.query.as_deref());
+                attempt.attempt.typed = typed::read(&self.vm.cfg, ct, &body, query);
             }
         }
         Action::Continue

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub logouts: Option<u32>,
     pub expiries: Option<u32>,
     pub evictions: Option<u32>,
+    pub unnamed: Option<u32>,
 }
 
 pub struct Vm {
@@ -87,6 +88,7 @@ impl Vm {
             logouts: counter("headcount_logouts_total"),
             expiries: counter("headcount_expiries_total"),
             evictions: counter("headcount_evictions_total"),
+            unnamed: counter("headcount_unnamed_logins_total"),
         };
         host::info(&format!(
             "configured (login {} {}, cookie `{}`, window {} s)",
