@@ -153,3 +153,62 @@ def test_django_normalizes_typed_names_and_so_does_headcount(start_gateway, djan
     assert snap["active_users"] == 2, summary(snap)
     text = metrics_of(base)
     assert metric(text, 'headcount_unnamed_logins_total{reason="repeated_field"}') == 0, text
+
+
+# whoami: the app's own answer names the session (on Envoy, a call to the app's cluster).
+WHOAMI = {"path": "/me", "cluster": "demo_app", "timeout_ms": 1000}
+
+
+def roles_of(snap: dict) -> dict[str, str]:
+    return {x["username"]: x["role"] for x in snap["sessions"]}
+
+
+def test_whoami_gives_django_users_their_roles_and_wins_over_typed_names(start_gateway, django_app):
+    """A form login names nobody but what was typed; whoami asks Django who the session is: alice
+    is an admin, bob a student. The ambiguous repeated-field login is bob's, as Django says."""
+    config = dict(DJANGO_CONFIG, whoami=WHOAMI,
+                  login_routes=[dict(DJANGO_CONFIG["login_routes"][0], identity=["whoami", "request_body"])])
+    gw = start_gateway(config, app=django_app)
+    base = gw.url
+    django_login(base, [("username", "alice"), ("password", "pw-alice")], "alice")
+    django_login(base, [("username", "alice"), ("username", "bob"), ("password", "pw-bob")], "bob")
+    snap = wait_stats(base, lambda x: roles_of(x) == {"alice": "admin", "bob": "student"})
+    assert roles_of(snap) == {"alice": "admin", "bob": "student"}, summary(snap)
+    assert snap["by_role"] == {"admin": 1, "teacher": 0, "student": 1}, summary(snap)
+    assert snap["active_users"] == 2, summary(snap)
+    ids = {x["username"]: x["user_id"] for x in snap["sessions"]}
+    assert ids == {"alice": "1", "bob": "2"}, summary(snap)
+    text = metrics_of(base)
+    assert metric(text, 'headcount_unnamed_logins_total{reason="repeated_field"}') == 1, text
+    assert metric(text, 'headcount_unnamed_logins_total{reason="no_identity"}') == 0, text
+
+
+def test_whoami_gives_express_users_their_roles(start_gateway, express_app):
+    """express-session keeps its cookie through the login; whoami is asked with that cookie."""
+    gw = start_gateway(dict(EXPRESS_CONFIG, whoami=WHOAMI,
+                            login_routes=[dict(EXPRESS_CONFIG["login_routes"][0],
+                                               identity=["whoami", "request_body"])]),
+                       app=express_app)
+    base = gw.url
+    express_login(base, "carol", visit_first=True)
+    express_login(base, "bob", visit_first=False)
+    snap = wait_stats(base, lambda x: roles_of(x) == {"carol": "teacher", "bob": "student"})
+    assert roles_of(snap) == {"carol": "teacher", "bob": "student"}, summary(snap)
+    assert snap["by_role"] == {"admin": 0, "teacher": 1, "student": 1}, summary(snap)
+    assert {x["user_id"] for x in snap["sessions"]} == {"u-3", "u-2"}, summary(snap)
+
+
+def test_a_whoami_that_fails_or_times_out_falls_back_to_the_typed_name(start_gateway, express_app):
+    """A whoami route that answers 404, and one slower than timeout_ms: the login is named by the
+    route's next source (what was typed), with the default role, and nobody else is named."""
+    for path in ("/nope", "/slow-me"):
+        gw = start_gateway(dict(EXPRESS_CONFIG, whoami=dict(WHOAMI, path=path, timeout_ms=300),
+                                login_routes=[dict(EXPRESS_CONFIG["login_routes"][0],
+                                                   identity=["whoami", "request_body"])]),
+                           app=express_app)
+        base = gw.url
+        express_login(base, "alice", visit_first=True)
+        snap = wait_stats(base, lambda x: roles_of(x) == {"alice": "unknown"}, timeout=8)
+        assert roles_of(snap) == {"alice": "unknown"}, (path, summary(snap))
+        assert snap["by_role"] == {"admin": 0, "teacher": 0, "student": 0, "unknown": 1}, summary(snap)
+        gw.stop()

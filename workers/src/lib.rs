@@ -17,6 +17,7 @@ mod revoked;
 mod setup;
 mod shards;
 mod store;
+mod whoami;
 
 pub use object::Sessions;
 use worker::{event, Context, Env, Request, Response, Result};

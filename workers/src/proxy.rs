@@ -58,6 +58,8 @@ struct Identified {
 struct AcceptedLogin {
     attempt: LoginAttempt,
     cookie: CookieHash,
+    /// `name=value` of the session cookie as the app set or kept it (for whoami).
+    pair: Vec<u8>,
     from_headers: Identity,
     body: Option<Response>,
 }
@@ -150,7 +152,8 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
     done.response_us = Some(now_ms().saturating_sub(done.start_ms) * 1000);
     match who.hasher {
         Some(h) if key.is_some() || login.is_some() || incoming.route == Route::Logout => {
-            let accepted = settle(&setup, &mut resp, incoming.route, login, &h, &done);
+            let sent = incoming.cookie_value.as_deref();
+            let accepted = settle(&setup, &mut resp, incoming.route, login, &h, &done, sent);
             if let Some(login) = accepted {
                 ctx.wait_until(finish_login(env.clone(), setup.clone(), login, done));
                 return Ok(resp);
@@ -317,6 +320,7 @@ fn settle(
     login: Option<LoginAttempt>,
     hasher: &CookieHasher,
     done: &Done,
+    sent_cookie: Option<&[u8]>,
 ) -> Option<AcceptedLogin> {
     let cfg = &setup.cfg;
     let now = now_ms();
@@ -347,9 +351,20 @@ fn settle(
     match change {
         Change::Login(new) => {
             if let Some(attempt) = login {
+                let name = &cfg.session_cookie;
+                let value = set_cookies
+                    .iter()
+                    .rev()
+                    .find_map(|v| match identity::set_cookie(v, name, now) {
+                        Some(identity::CookieChange::Set(v)) => Some(v),
+                        _ => None,
+                    })
+                    .or_else(|| sent_cookie.map(<[u8]>::to_vec))
+                    .unwrap_or_default();
                 return Some(AcceptedLogin {
                     attempt,
                     cookie: new,
+                    pair: [name.as_bytes(), b"=", &value].concat(),
                     from_headers: identity::from_response_headers(cfg, |name| {
                         header(resp.headers(), name)
                     }),
@@ -488,8 +503,14 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
         }
     };
     let (old, new) = (done.key, login.cookie);
+    let mut ask = None;
     with_buffer(|b| match accepted {
-        Some(Accepted { session, unnamed }) => {
+        Some(Accepted {
+            session,
+            unnamed,
+            whoami,
+        }) => {
+            ask = whoami.map(|fallback| (session.id, fallback));
             // A login over an existing session replaces it. One the app kept
             // the cookie of through the login is replaced by the ledger's
             // `index` (a logout here would leave a tombstone for the value).
@@ -515,6 +536,62 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
     });
     if let Some(task) = flush::kick(&env, &setup) {
         task.await;
+    }
+    if let Some((id, fallback)) = ask {
+        let answer = crate::whoami::ask(&setup, &login.pair, now_ms()).await;
+        let hasher = setup::hasher(&env, &setup).await.ok();
+        with_buffer(|b| settle_whoami(b, &setup, (id, new), answer, fallback, hasher));
+        if let Some(task) = flush::kick(&env, &setup) {
+            task.await;
+        }
+    }
+}
+
+/// Names the session asked about (`flow::settle`): an `Op::Identify`, or an
+/// unnamed-login event; follows a cookie the answer rotated.
+fn settle_whoami(
+    b: &mut Buffer,
+    setup: &Setup,
+    (id, hash): (headcount_core::ids::SessionId, CookieHash),
+    answer: crate::whoami::Answer,
+    fallback: Identity,
+    hasher: Option<Rc<CookieHasher>>,
+) {
+    let now = now_ms();
+    if let (Some(value), Some(h)) = (answer.rotated, hasher) {
+        let to = h.hash(&value);
+        let rotate = Op::Rotate {
+            from: hash,
+            via: Vec::new(),
+            to,
+            at: now,
+        };
+        if to != hash && !b.push(rotate) {
+            flush::log_lost("whoami's cookie rotation");
+        }
+    }
+    let op = match flow::settle(&setup.cfg, answer.who, fallback) {
+        Some((user_id, username, role)) => Op::Identify {
+            id,
+            user_id,
+            username,
+            role,
+        },
+        None => {
+            console_warn!(
+                "headcount: login names nobody (whoami and the other sources); followed unnamed"
+            );
+            Op::Event {
+                kind: Kind::Unnamed(headcount_core::typed::Unnamed::NoIdentity),
+                at: now,
+                id,
+                username: String::new(),
+                role: setup.cfg.default_role.clone(),
+            }
+        }
+    };
+    if !b.push(op) {
+        flush::log_lost("whoami's answer");
     }
 }
 

@@ -9,7 +9,7 @@
 // /login (form fields `username`, `password`; 302 to /app, or to
 // /login?failed=1), POST /logout (destroys the session, keeps no cookie
 // header), GET /app (logged-in page), GET /me (who the session is, as JSON;
-// 401 when nobody), GET /healthz.
+// 401 when nobody), GET /slow-me (the same, after 2 s), GET /healthz.
 "use strict";
 
 const express = require("express");
@@ -78,6 +78,11 @@ app.get("/me", (req, res) => {
   if (!name) return res.status(401).json({ error: "not logged in" });
   const user = USERS[name];
   res.json({ user: { id: user.id, username: name, role: user.role } });
+});
+
+// /me, answered after 2 s: a whoami that times out.
+app.get("/slow-me", (req, res) => {
+  setTimeout(() => res.redirect(307, "/me"), 2000);
 });
 
 const port = portArg();

@@ -11,6 +11,7 @@ use crate::identity::{self, CookieChange, Identity};
 use crate::jwt::JwtError;
 use crate::session::{CookieHash, Session};
 use crate::typed::{Typed, Unnamed};
+use crate::whoami;
 
 /// The key a request's activity goes under: a verified token's session key
 /// before the session cookie's hash. A refused token leaves the cookie's.
@@ -46,6 +47,9 @@ pub struct LoginAttempt {
 pub struct Accepted {
     pub session: Session,
     pub unnamed: Option<Unnamed>,
+    /// Ask the app who the session is (`whoami`); if it cannot say, these
+    /// sources name it (`settle`).
+    pub whoami: Option<Identity>,
 }
 
 impl LoginAttempt {
@@ -55,6 +59,10 @@ impl LoginAttempt {
     /// session (the app accepted it): an unnamed one, whose `user_id` is
     /// `unnamed:<session id>` and whose `username` is empty, so each counts as
     /// one user, under `default_role`.
+    ///
+    /// With `whoami` in the order and no source before it naming anyone, the
+    /// session starts unnamed and `Accepted::whoami` holds what the sources
+    /// after it name: the host asks the app, then settles (`settle`).
     pub fn finish(
         self,
         cfg: &Config,
@@ -78,16 +86,24 @@ impl LoginAttempt {
             username: self.typed.username,
             ..Identity::default()
         };
-        let who = identity::combine(order, from_headers, from_body, claimed);
-        let role = who.role.clone();
+        let sources = (from_headers, from_body, claimed);
+        let named_by = |order: &[IdentitySource]| {
+            let (h, b, c) = sources.clone();
+            identity::combine(order, h, b, c)
+        };
+        let (who, whoami) = match whoami::plan(order) {
+            Some((before, after)) if cfg.whoami.is_some() => {
+                let first = named_by(before);
+                match first.clone().resolve(cfg) {
+                    Some(_) => (first, None),
+                    None => (Identity::default(), Some(named_by(after))),
+                }
+            }
+            _ => (named_by(order), None),
+        };
         let resolved = who.resolve(cfg);
         let named = resolved.is_some();
-        let who = resolved.unwrap_or_else(|| {
-            let id = crate::session::session_id_from_random(random);
-            let unnamed = uuid::Uuid::from_bytes(id.0).hyphenated();
-            let role = role.unwrap_or_else(|| cfg.default_role.clone());
-            (format!("unnamed:{unnamed}"), String::new(), role)
-        });
+        let who = resolved.unwrap_or_else(|| unnamed_identity(cfg, random));
         let facts = LoginFacts {
             cookie,
             ip: self.ip,
@@ -95,10 +111,41 @@ impl LoginAttempt {
             now,
             random,
         };
-        let unnamed = ambiguity.or((!named).then_some(Unnamed::NoIdentity));
+        // Whether a login asking whoami names anyone is known once it answers.
+        let nobody = !named && whoami.is_none();
+        let unnamed = ambiguity.or(nobody.then_some(Unnamed::NoIdentity));
         let session = gateway::build_session(cfg, who, facts);
-        Accepted { session, unnamed }
+        Accepted {
+            session,
+            unnamed,
+            whoami,
+        }
     }
+}
+
+/// The identity of a session whose login names nobody (yet).
+fn unnamed_identity(cfg: &Config, random: [u8; 16]) -> (String, String, String) {
+    let id = crate::session::session_id_from_random(random);
+    let unnamed = uuid::Uuid::from_bytes(id.0).hyphenated();
+    (
+        format!("unnamed:{unnamed}"),
+        String::new(),
+        cfg.default_role.clone(),
+    )
+}
+
+/// Who a session asked about with whoami is, once the app answered (`answer`:
+/// its identity, `None` for a failed, slow or garbage answer): the app's answer,
+/// else what the route's later sources named (`fallback`). `None`: nobody, the
+/// session stays unnamed (counted as `Unnamed::NoIdentity`).
+pub fn settle(
+    cfg: &Config,
+    answer: Option<Identity>,
+    fallback: Identity,
+) -> Option<(String, String, String)> {
+    answer
+        .and_then(|a| a.resolve(cfg))
+        .or_else(|| fallback.resolve(cfg))
 }
 
 /// The log line of a login whose typed name was set aside, or that names nobody.

@@ -72,7 +72,10 @@ impl Whoami {
             if (v.is_empty() || v.starts_with('/')) && v.len() <= 256 {
                 Ok(v)
             } else {
-                Err(field_err(field, "must be a JSON pointer such as \"/user/id\""))
+                Err(field_err(
+                    field,
+                    "must be a JSON pointer such as \"/user/id\"",
+                ))
             }
         };
         Ok(Whoami {
@@ -166,7 +169,10 @@ mod tests {
         assert_eq!(w.answer(200, b"<html>login</html>"), None);
         assert_eq!(w.answer(200, br#"{"user": null}"#), None);
         assert_eq!(w.answer(200, br#"{"user": {"role": "admin"}}"#), None);
-        let big = format!(r#"{{"user": {{"id": 1}}, "pad": "{}"}}"#, "x".repeat(MAX_ANSWER));
+        let big = format!(
+            r#"{{"user": {{"id": 1}}, "pad": "{}"}}"#,
+            "x".repeat(MAX_ANSWER)
+        );
         assert_eq!(w.answer(200, big.as_bytes()), None);
     }
 

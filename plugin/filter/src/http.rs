@@ -10,7 +10,7 @@ use headcount_core::bearer::{self, Bearer, Start};
 use headcount_core::events::Kind;
 use headcount_core::flow::{self, Accepted, Carried, Change, LoginAttempt, Upstream};
 use headcount_core::gateway::{self, AdminRoute, Route};
-use headcount_core::identity::{self, BodyCopy, Identity};
+use headcount_core::identity::{self, BodyCopy, CookieChange, Identity};
 use headcount_core::ids::TokenKey;
 use headcount_core::typed::{self, Typed};
 use headcount_core::{CookieHash, Session};
@@ -53,6 +53,9 @@ struct PendingLogin {
     /// Set once the upstream accepted the login: the new cookie and header identity,
     /// waiting for the response body.
     accepted: Option<(CookieHash, Identity)>,
+    /// With `whoami`: the session cookie as the app set or kept it
+    /// (`name=value`), and the request's `:authority`, for the call.
+    whoami: Option<(Vec<u8>, Vec<u8>)>,
     /// The accepted login's response body as it passes.
     response_body: BodyCopy,
 }
@@ -212,6 +215,7 @@ impl Stream {
         let Some(PendingLogin {
             attempt,
             accepted: Some((cookie, from_headers)),
+            whoami: call,
             ..
         }) = self.login.take()
         else {
@@ -222,8 +226,11 @@ impl Stream {
             return;
         };
         let cfg = &self.vm.cfg;
-        let Accepted { session, unnamed } =
-            attempt.finish(cfg, cookie, from_headers, body, now, random);
+        let Accepted {
+            session,
+            unnamed,
+            whoami,
+        } = attempt.finish(cfg, cookie, from_headers, body, now, random);
         // A login over an existing session replaces it, also when the app kept
         // the session's cookie through the login.
         if self.cookie.is_some() {
@@ -233,6 +240,18 @@ impl Stream {
             // The login request itself is the new session's first activity.
             self.cookie = Some(cookie);
             self.ended = false;
+            if let (Some(fallback), Some((cookie_pair, authority))) = (whoami, call) {
+                let lookup = crate::whoami::Lookup {
+                    id: session.id,
+                    hash: cookie,
+                    cookie: cookie_pair,
+                    authority,
+                    fallback,
+                };
+                if self.vm.whoami.borrow_mut().queue(lookup).is_err() {
+                    host::warn("whoami queue full; the login's other sources name it");
+                }
+            }
             if let Some(why) = unnamed {
                 host::warn(&flow::unnamed_line(why, &session));
                 host::add_counter(self.vm.metrics.unnamed, 1);
@@ -346,6 +365,18 @@ impl Stream {
                 .map(<[u8]>::to_vec),
             request_body: BodyCopy::default(),
             accepted: None,
+            whoami: self.vm.cfg.whoami.as_ref().map(|_| {
+                // The cookie the request carried (a login that keeps it); a
+                // value the answer sets replaces it.
+                let name = &self.vm.cfg.session_cookie;
+                let sent = headers
+                    .cookie()
+                    .and_then(|c| identity::request_cookie(&c, name).map(<[u8]>::to_vec))
+                    .map(|v| [name.as_bytes(), b"=", &v].concat())
+                    .unwrap_or_default();
+                let authority = headers.get(":authority").unwrap_or_default().to_vec();
+                (sent, authority)
+            }),
             response_body: BodyCopy::default(),
         });
     }
@@ -462,8 +493,17 @@ impl HttpContext for Stream {
                 let from_headers = identity::from_response_headers(cfg, |name| {
                     headers.get(name).map(<[u8]>::to_vec)
                 });
+                let set = headers
+                    .all("set-cookie")
+                    .rev()
+                    .find_map(|v| identity::set_cookie(v, &cfg.session_cookie, now));
                 if let Some(login) = self.login.as_mut() {
                     login.accepted = Some((cookie, from_headers));
+                    if let Some((pair, _)) = login.whoami.as_mut() {
+                        if let Some(CookieChange::Set(value)) = set {
+                            *pair = [cfg.session_cookie.as_bytes(), b"=", &value].concat();
+                        }
+                    }
                 }
                 if end_of_stream {
                     self.finish_login(None, now);

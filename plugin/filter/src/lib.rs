@@ -6,6 +6,7 @@ mod admin;
 mod host;
 mod http;
 mod vm;
+mod whoami;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
@@ -22,7 +23,21 @@ struct Root {
     vm: Option<Rc<vm::Vm>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// Runs when the app answers a `whoami` call this root context sent (or the
+    /// call failed or timed out): names the session (`whoami::answered`).
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(vm) = &self.vm {
+            whoami::answered(vm, token_id, body_size, host::now_ms());
+        }
+    }
+}
 
 impl RootContext for Root {
     /// Runs when Envoy (re)loads the plugin config. Returns false, with a log line

@@ -57,6 +57,8 @@ pub struct Vm {
     sweep_cursor: Cell<usize>,
     /// Ticks so far: which flush slice is next.
     ticks: Cell<u64>,
+    /// `whoami` lookups, queued by streams and sent by the root context.
+    pub whoami: RefCell<crate::whoami::Calls>,
 }
 
 impl Vm {
@@ -110,6 +112,7 @@ impl Vm {
             snapshot: RefCell::new(Snapshot::new()),
             sweep_cursor: Cell::new(0),
             ticks: Cell::new(0),
+            whoami: RefCell::new(crate::whoami::Calls::default()),
         })
     }
 
@@ -139,6 +142,7 @@ impl Vm {
     pub fn tick(&self, now: u64) {
         let tick = self.ticks.get();
         self.ticks.set(tick.wrapping_add(1));
+        crate::whoami::send(self, now);
         self.flush_slice(now, Some(tick % FLUSH_SLICES));
         if self.claim_sweep(now) {
             self.sweep(now);

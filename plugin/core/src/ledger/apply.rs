@@ -273,6 +273,12 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
             Op::Cap { keep } => self.cap(keep, out)?,
             Op::Evict { id } => self.end(id, None, Kind::Eviction, out)?.1,
             Op::UserAdd { user, id, login_ms } => self.user_add(user, id, login_ms)?,
+            Op::Identify {
+                id,
+                user_id,
+                username,
+                role,
+            } => self.identify(id, (user_id, username, role), out)?,
             Op::UserRemove { user, id } => {
                 self.store.user_remove(&user, &id)?;
                 Vec::new()
@@ -296,6 +302,43 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
             Some(CookieRow::Session { id, until }) if until >= self.here.now => Some(id),
             _ => None,
         })
+    }
+
+    /// Names session `id` as the app vouched for it (`whoami`); with
+    /// `max_sessions_per_user`, moves it to its new user's list (which may
+    /// evict that user's oldest sessions).
+    fn identify(
+        &mut self,
+        id: SessionId,
+        who: (String, String, String),
+        out: &mut Outcome,
+    ) -> Res<Vec<Op>, S> {
+        let Some(mut s) = self.store.session(&id)? else {
+            return Ok(Vec::new());
+        };
+        let old_user = std::mem::replace(&mut s.user_id, who.0);
+        (s.username, s.role) = (who.1, who.2);
+        self.store.put_session(&s)?;
+        out.log.push(format!(
+            "whoami: {} as {} ({})",
+            s.username,
+            s.role,
+            s.uuid()
+        ));
+        if self.cfg.max_sessions_per_user.is_none() || old_user == s.user_id {
+            return Ok(Vec::new());
+        }
+        Ok(vec![
+            Op::UserRemove {
+                user: session::user_key(&old_user),
+                id,
+            },
+            Op::UserAdd {
+                user: session::user_key(&s.user_id),
+                id,
+                login_ms: s.login_ms,
+            },
+        ])
     }
 
     /// Records a new login: the session, then its cookie entry; the user's limit

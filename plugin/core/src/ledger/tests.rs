@@ -440,3 +440,30 @@ fn a_login_under_a_cookie_that_leads_to_a_live_session_replaces_it() {
         );
     }
 }
+
+#[test]
+fn identify_names_a_session_on_every_shard_count() {
+    for shards in [1, 3, 8] {
+        let mut c = Cluster::new(shards, r#"{"max_sessions_per_user": 1}"#);
+        c.send(vec![
+            login(1, 11, "7", T0),
+            login(2, 12, "unnamed:x", T0 + 1),
+        ]);
+        c.now += 1_000;
+        c.send(vec![Op::Identify {
+            id: SessionId([2; 16]),
+            user_id: "7".into(),
+            username: "ann".into(),
+            role: "teacher".into(),
+        }]);
+        let s = c.session_of(h(12)).expect("named session");
+        assert_eq!(
+            (s.user_id.as_str(), s.username.as_str(), s.role.as_str()),
+            ("7", "ann", "teacher"),
+            "{shards} shards"
+        );
+        // User 7 may keep one session: the older one was evicted.
+        assert!(c.session_of(h(11)).is_none(), "{shards} shards");
+        assert_eq!(c.gather().sessions.len(), 1, "{shards} shards");
+    }
+}

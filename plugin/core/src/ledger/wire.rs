@@ -112,6 +112,13 @@ pub enum Op {
     },
     /// Session `id` of `user` is over.
     UserRemove { user: UserKey, id: SessionId },
+    /// Session `id` as the app named it (`whoami`), on the session's shard.
+    Identify {
+        id: SessionId,
+        user_id: String,
+        username: String,
+        role: String,
+    },
     /// A session event for the feed and the lifetime counters (kept on shard 0).
     Event {
         kind: Kind,
@@ -141,7 +148,8 @@ impl Op {
             Op::TouchSession { id, .. }
             | Op::RotateSession { id, .. }
             | Op::EndSession { id, .. }
-            | Op::Evict { id, .. } => id.bytes(),
+            | Op::Evict { id, .. }
+            | Op::Identify { id, .. } => id.bytes(),
             Op::Cap { keep, .. } => keep.bytes(),
             Op::UserAdd { user, .. } | Op::UserRemove { user, .. } => user.bytes(),
             Op::Event { .. } => &FEED_KEY,

@@ -555,6 +555,51 @@ impl<'a, S: SharedStore> SessionTable<'a, S> {
         Ok(hit)
     }
 
+    /// Names session `id` as the app vouched for it (`whoami`): its user id,
+    /// name and role. With `max_sessions_per_user`, the session moves to its new
+    /// user's list, which may evict that user's oldest sessions (returned).
+    /// `Ok(None)`: the session is gone (ended while the app was asked).
+    pub fn identify(
+        &self,
+        id: &SessionId,
+        who: &(String, String, String),
+        cfg: &Config,
+    ) -> Result<Option<(Session, Vec<Session>)>, TableError> {
+        let Some(activity) = self.activity(id)? else {
+            return Ok(None);
+        };
+        let (user_id, username, role) = who;
+        let before = self.update_details(shard_of(id), |shard| {
+            let Some(r) = shard.iter_mut().find(|r| r.id == *id) else {
+                return (false, None);
+            };
+            let before = r.clone();
+            r.user_id.clone_from(user_id);
+            r.username.clone_from(username);
+            r.role.clone_from(role);
+            (*r != before, Some(before))
+        })?;
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        let old = before.into_session(activity.last_ms);
+        let mut now = old.clone();
+        now.user_id.clone_from(user_id);
+        now.username.clone_from(username);
+        now.role.clone_from(role);
+        let mut evicted = Vec::new();
+        if let Some(limit) = cfg
+            .max_sessions_per_user
+            .filter(|_| old.user_id != *user_id)
+        {
+            self.user_index_remove(&old)?;
+            for gone in self.user_index_add(&now, limit)? {
+                evicted.extend(self.remove_by_id(&gone, cfg)?);
+            }
+        }
+        Ok(Some((now, evicted)))
+    }
+
     /// Follows a cookie rotation `from` -> `to`. Returns the session if `from` was known.
     pub fn rotate(
         &self,

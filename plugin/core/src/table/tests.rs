@@ -325,3 +325,36 @@ fn revocation_covers_every_known_value_of_the_session() {
         vec![]
     );
 }
+
+#[test]
+fn identify_names_a_session_and_moves_it_between_users() {
+    let store = MemoryStore::default();
+    let cfg = Config::from_json(br#"{"max_sessions_per_user": 1}"#).unwrap();
+    let t = SessionTable::new(&store);
+    t.insert(session(1, 1, "ann", 1_000), &cfg).unwrap();
+    t.insert(session(2, 2, "unnamed:x", 1_000), &cfg).unwrap();
+    let who = ("7".to_string(), "ann".to_string(), "teacher".to_string());
+    let (named, evicted) = t
+        .identify(&crate::ids::SessionId([2; 16]), &who, &cfg)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (named.username.as_str(), named.role.as_str()),
+        ("ann", "teacher")
+    );
+    assert!(evicted.is_empty(), "user 7 had no session: {evicted:?}");
+    let s = t.resolve(&h(2), 1_000).unwrap().unwrap();
+    assert_eq!((s.user_id, s.role), ("7".into(), "teacher".into()));
+    // Naming session 1 user 7 too: the limit of one pushes the older out.
+    let (_, evicted) = t
+        .identify(&crate::ids::SessionId([1; 16]), &who, &cfg)
+        .unwrap()
+        .unwrap();
+    assert_eq!(evicted.len(), 1);
+    assert_eq!(t.live_count().unwrap(), 1);
+    assert_eq!(
+        t.identify(&crate::ids::SessionId([9; 16]), &who, &cfg)
+            .unwrap(),
+        None
+    );
+}
