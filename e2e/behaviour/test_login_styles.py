@@ -212,3 +212,42 @@ def test_a_whoami_that_fails_or_times_out_falls_back_to_the_typed_name(start_gat
         assert roles_of(snap) == {"alice": "unknown"}, (path, summary(snap))
         assert snap["by_role"] == {"admin": 0, "teacher": 0, "student": 0, "unknown": 1}, summary(snap)
         gw.stop()
+
+
+# Django REST framework's TokenAuthentication: the login answers {"token": ...}; requests send
+# `Authorization: Token <token>`; whoami is asked with the token.
+DRF_CONFIG = dict(
+    PLUGIN_CONFIG,
+    token_scheme="Token",
+    login_routes=[{"method": "POST", "path": "/api/token/", "token_pointer": "/token",
+                   "identity": ["whoami", "request_body"]}],
+    logout_path="/api/logout/",
+    whoami=dict(WHOAMI, path="/api/me"),
+)
+
+
+def test_an_opaque_token_api_client_is_counted_with_its_role(start_gateway, django_app):
+    """An API client logs in to DRF's obtain_auth_token (no cookie at all), then sends `Authorization:
+    Token <token>`: one session keyed by the token, named and given its role by whoami (asked with
+    the token), its requests authenticated; logging out with the token ends it."""
+    gw = start_gateway(DRF_CONFIG, app=django_app)
+    base = gw.url
+    api = requests.Session()
+    api.headers["User-Agent"] = ua("drf-client")
+    r = api.post(base + "/api/token/", data={"username": "carol", "password": "pw-carol"}, timeout=TIMEOUT)
+    assert r.status_code == 200 and not r.cookies, (r.status_code, r.text[:200], r.headers)
+    api.headers["Authorization"] = f"Token {r.json()['token']}"
+    for _ in range(3):
+        assert api.get(base + "/api/me", timeout=TIMEOUT).json()["user"]["username"] == "carol"
+    snap = wait_stats(base, lambda x: roles_of(x) == {"carol": "teacher"}
+                      and x["traffic"]["authenticated_requests_today"] == 4)
+    assert snap["by_role"] == {"admin": 0, "teacher": 1, "student": 0}, summary(snap)
+    # Another token, one the app never gave out, is nobody's.
+    forged = {"Authorization": "Token " + "0f" * 20, "User-Agent": ua("drf-forger")}
+    assert requests.get(base + "/api/me", headers=forged, timeout=TIMEOUT).status_code == 401
+    snap = wait_stats(base, lambda x: x["traffic"]["anonymous_requests_today"] == 1)
+    assert [x["username"] for x in snap["sessions"]] == ["carol"], summary(snap)
+    assert snap["traffic"]["authenticated_requests_today"] == 4, summary(snap)
+    assert api.post(base + "/api/logout/", timeout=TIMEOUT).status_code == 204
+    snap = wait_stats(base, lambda x: x["active_sessions"] == 0)
+    assert snap["active_users"] == 0, summary(snap)

@@ -22,6 +22,7 @@ use headcount_core::ids::CookieHash;
 use headcount_core::ledger::buffer::Buffer;
 use headcount_core::ledger::Op;
 use headcount_core::typed::{self, Typed};
+use headcount_core::whoami::Credential;
 use headcount_core::{Config, CookieHasher};
 use std::rc::Rc;
 use worker::{
@@ -42,6 +43,8 @@ struct Incoming {
     cookie_value: Option<Vec<u8>>,
     /// A bearer token (`jwt`), never looked at for bots.
     token: Option<Vec<u8>>,
+    /// An opaque token (`Authorization: <token_scheme> ...`), not for bots.
+    opaque: Option<Vec<u8>>,
 }
 
 /// Whose request it is: the session key (a verified token's, else the cookie's
@@ -57,9 +60,12 @@ struct Identified {
 /// An accepted login waiting for its response body.
 struct AcceptedLogin {
     attempt: LoginAttempt,
-    cookie: CookieHash,
-    /// `name=value` of the session cookie as the app set or kept it (for whoami).
-    pair: Vec<u8>,
+    /// The cookie the login set or kept (`None`: only a token may key it).
+    cookie: Option<CookieHash>,
+    /// The response body carries an opaque token that keys the session.
+    token: bool,
+    /// The session cookie as the app set or kept it (for whoami).
+    credential: Option<Credential>,
     from_headers: Identity,
     body: Option<Response>,
 }
@@ -191,7 +197,12 @@ fn read_request(req: &Request, setup: &Setup) -> Result<Incoming> {
         }
         _ => None,
     };
+    let authorization = header(req.headers(), "authorization");
+    let opaque = flow::opaque_token(cfg, authorization.as_deref())
+        .filter(|_| !ignored)
+        .map(<[u8]>::to_vec);
     Ok(Incoming {
+        opaque,
         start_ms,
         url,
         method,
@@ -207,7 +218,10 @@ fn read_request(req: &Request, setup: &Setup) -> Result<Incoming> {
 async fn identify(env: &Env, setup: &Setup, incoming: &Incoming) -> Identified {
     let cfg = &setup.cfg;
     let wants_login = matches!(incoming.route, Route::Login(_)) && !incoming.ignored;
-    let needed = incoming.cookie_value.is_some() || wants_login || incoming.token.is_some();
+    let needed = incoming.cookie_value.is_some()
+        || wants_login
+        || incoming.token.is_some()
+        || incoming.opaque.is_some();
     let hasher = match needed {
         true => setup::hasher(env, setup)
             .await
@@ -227,7 +241,12 @@ async fn identify(env: &Env, setup: &Setup, incoming: &Incoming) -> Identified {
         .as_deref()
         .zip(hasher.as_ref())
         .map(|(v, h)| h.hash(v));
-    let key = flow::request_key(verdict.as_ref(), cookie);
+    let opaque = incoming
+        .opaque
+        .as_deref()
+        .zip(hasher.as_ref())
+        .map(|(v, h)| h.hash(v));
+    let key = flow::request_key(verdict.as_ref(), opaque, cookie);
     Identified {
         hasher,
         verdict,
@@ -349,7 +368,12 @@ fn settle(
     let change = flow::response_change(cfg, route, upstream, carried, now, |v| hasher.hash(v));
     let record = |b: &mut Buffer| b.record(done.key, done.start_ms, done.response_us);
     match change {
-        Change::Login(new) => {
+        Change::Login(_) | Change::TokenLogin(_) => {
+            let (cookie, token) = match change {
+                Change::Login(c) => (Some(c), false),
+                Change::TokenLogin(c) => (c, true),
+                _ => (None, false),
+            };
             if let Some(attempt) = login {
                 let name = &cfg.session_cookie;
                 let value = set_cookies
@@ -359,12 +383,12 @@ fn settle(
                         Some(identity::CookieChange::Set(v)) => Some(v),
                         _ => None,
                     })
-                    .or_else(|| sent_cookie.map(<[u8]>::to_vec))
-                    .unwrap_or_default();
+                    .or_else(|| sent_cookie.map(<[u8]>::to_vec));
                 return Some(AcceptedLogin {
                     attempt,
-                    cookie: new,
-                    pair: [name.as_bytes(), b"=", &value].concat(),
+                    cookie,
+                    token,
+                    credential: value.map(|v| Credential::cookie(name, &v)),
                     from_headers: identity::from_response_headers(cfg, |name| {
                         header(resp.headers(), name)
                     }),
@@ -490,10 +514,27 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
         None => None,
     };
     let now = now_ms();
+    let mut credential = login.credential;
+    let token = login
+        .token
+        .then(|| flow::token_in(cfg, login.attempt.route, body.as_deref()))
+        .flatten();
+    let key = match (&token, setup::hasher(&env, &setup).await) {
+        (Some(t), Ok(h)) => {
+            credential = Some(Credential::token(&cfg.token_scheme, t));
+            Some(h.hash(t))
+        }
+        _ => login.cookie,
+    };
+    let Some(new) = key else {
+        console_warn!("headcount: token login without a token in its answer; not counted");
+        with_buffer(|b| b.record(done.key, done.start_ms, done.response_us));
+        return;
+    };
     let mut random = [0u8; 16];
     let accepted = match getrandom::getrandom(&mut random) {
         Ok(()) => {
-            let (new, who) = (login.cookie, login.from_headers);
+            let who = login.from_headers;
             let body = body.as_deref();
             Some(login.attempt.finish(cfg, new, who, body, now, random))
         }
@@ -502,7 +543,7 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
             None
         }
     };
-    let (old, new) = (done.key, login.cookie);
+    let old = done.key;
     let mut ask = None;
     with_buffer(|b| match accepted {
         Some(Accepted {
@@ -538,7 +579,10 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
         task.await;
     }
     if let Some((id, fallback)) = ask {
-        let answer = crate::whoami::ask(&setup, &login.pair, now_ms()).await;
+        let answer = match &credential {
+            Some(c) => crate::whoami::ask(&setup, c, now_ms()).await,
+            None => crate::whoami::Answer::default(),
+        };
         let hasher = setup::hasher(&env, &setup).await.ok();
         with_buffer(|b| settle_whoami(b, &setup, (id, new), answer, fallback, hasher));
         if let Some(task) = flush::kick(&env, &setup) {

@@ -8,19 +8,20 @@ use crate::setup::Setup;
 use futures::future::{select, Either};
 use futures::StreamExt;
 use headcount_core::identity::{self, CookieChange, Identity};
-use headcount_core::whoami::MAX_ANSWER;
+use headcount_core::whoami::{Credential, MAX_ANSWER};
 use std::time::Duration;
 use worker::{console_warn, Delay, Fetch, Headers, Method, Request, RequestInit, Response};
 
 /// What the app answered: who it names (`None`: nobody, a failure or a timeout)
 /// and the session cookie's new value if the answer rotated it.
+#[derive(Default)]
 pub struct Answer {
     pub who: Option<Identity>,
     pub rotated: Option<Vec<u8>>,
 }
 
-/// Asks the app about the session whose cookie is `pair` (`name=value`).
-pub async fn ask(setup: &Setup, pair: &[u8], now: u64) -> Answer {
+/// Asks the app about the session whose cookie or token is `credential`.
+pub async fn ask(setup: &Setup, credential: &Credential, now: u64) -> Answer {
     let nobody = Answer {
         who: None,
         rotated: None,
@@ -28,7 +29,7 @@ pub async fn ask(setup: &Setup, pair: &[u8], now: u64) -> Answer {
     let Some(w) = setup.cfg.whoami.as_ref() else {
         return nobody;
     };
-    let Some(request) = request(setup, &w.path, pair) else {
+    let Some(request) = request(setup, &w.path, credential) else {
         return nobody;
     };
     let fetch = Fetch::Request(request);
@@ -64,7 +65,7 @@ pub async fn ask(setup: &Setup, pair: &[u8], now: u64) -> Answer {
     }
 }
 
-fn request(setup: &Setup, path: &str, pair: &[u8]) -> Option<Request> {
+fn request(setup: &Setup, path: &str, credential: &Credential) -> Option<Request> {
     let mut url = setup.origin.clone();
     let (p, q) = path
         .split_once('?')
@@ -73,7 +74,10 @@ fn request(setup: &Setup, path: &str, pair: &[u8]) -> Option<Request> {
     url.set_query(q);
     let headers = Headers::new();
     headers
-        .set("cookie", std::str::from_utf8(pair).ok()?)
+        .set(
+            credential.header(),
+            std::str::from_utf8(&credential.value).ok()?,
+        )
         .ok()?;
     headers.set("user-agent", "headcount-whoami").ok()?;
     let mut init = RequestInit::new();

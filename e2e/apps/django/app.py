@@ -6,6 +6,10 @@ Django's `LoginView` (CSRF-protected form; `UsernameField` strips and NFKC-norma
 name; a repeated field: the last value wins) redirects to /app/ on success and re-renders the form
 (200) on failure; `LogoutView` (POST). GET /me answers who the session is, as JSON (401: nobody);
 GET /healthz. Users alice (admin), bob (student), carol (teacher), password "pw-<name>".
+
+An API with Django REST framework's `TokenAuthentication`: POST /api/token/ (`obtain_auth_token`,
+answers {"token": "..."}), then `Authorization: Token <token>`: GET /api/me (as /me), POST
+/api/logout/ (deletes the token, 204).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ def configure(db: Path) -> None:
         SECRET_KEY="headcount-e2e-django",
         ALLOWED_HOSTS=["127.0.0.1", "localhost"],
         ROOT_URLCONF=__name__,
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django.contrib.sessions"],
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django.contrib.sessions",
+                        "rest_framework", "rest_framework.authtoken"],
+        REST_FRAMEWORK={"DEFAULT_AUTHENTICATION_CLASSES": [
+            "rest_framework.authentication.TokenAuthentication"]},
         MIDDLEWARE=[
             "django.contrib.sessions.middleware.SessionMiddleware",
             "django.middleware.csrf.CsrfViewMiddleware",
@@ -73,7 +80,28 @@ def views():
         return JsonResponse({"user": {"id": str(user.pk), "username": user.username,
                                       "role": group.name if group else None}})
 
+    from rest_framework.authtoken.models import Token
+    from rest_framework.authtoken.views import obtain_auth_token
+    from rest_framework.decorators import api_view
+    from rest_framework.response import Response
+
+    @api_view(["GET"])
+    def api_me(request):
+        if not request.user.is_authenticated:
+            return Response({"error": "not logged in"}, status=401)
+        return me(request)
+
+    @api_view(["POST"])
+    def api_logout(request):
+        if not request.user.is_authenticated:
+            return Response(status=401)
+        Token.objects.filter(user=request.user).delete()
+        return Response(status=204)
+
     return [
+        path("api/token/", obtain_auth_token),
+        path("api/me", api_me),
+        path("api/logout/", api_logout),
         path("healthz", healthz),
         path("login/", auth_views.LoginView.as_view()),
         path("logout/", auth_views.LogoutView.as_view()),

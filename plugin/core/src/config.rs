@@ -63,6 +63,7 @@ struct RawConfig {
     flush_interval_ms: Option<u64>,
     sweep_interval_seconds: Option<u64>,
     login_routes: Option<Vec<RawLoginRoute>>,
+    token_scheme: Option<String>,
     max_sessions: Option<u64>,
     max_sessions_per_user: Option<u32>,
     enforce_revocation: Option<bool>,
@@ -80,6 +81,7 @@ struct RawLoginRoute {
     success_statuses: Option<Vec<u16>>,
     success_location_prefix: Option<String>,
     identity: Option<Vec<IdentitySource>>,
+    token_pointer: Option<String>,
 }
 
 /// Where a login route's identity may come from, in the order listed.
@@ -107,6 +109,10 @@ pub struct LoginRoute {
     /// back to the login page on failure).
     pub success_location_prefix: Option<String>,
     pub identity: Vec<IdentitySource>,
+    /// Where the login response's JSON carries an opaque session token (DRF's
+    /// `TokenAuthentication`, Sanctum): the token then keys the session, and
+    /// requests send it as `Authorization: <token_scheme> <token>`.
+    pub token_pointer: Option<String>,
 }
 
 impl LoginRoute {
@@ -226,6 +232,8 @@ pub struct Config {
     pub sweep_interval_ms: u64,
     /// The login routes; from `login_routes`, or one built from `login_method`/`login_path`.
     pub login_routes: Vec<LoginRoute>,
+    /// The `Authorization` scheme of opaque tokens (`Bearer`, DRF's `Token`).
+    pub token_scheme: String,
     /// Hard cap on live sessions: past it the longest-idle session is evicted.
     pub max_sessions: u64,
     pub max_sessions_per_user: Option<u32>,
@@ -283,7 +291,9 @@ impl Default for Config {
                 success_statuses: Vec::new(),
                 success_location_prefix: None,
                 identity: DEFAULT_IDENTITY.to_vec(),
+                token_pointer: None,
             }],
+            token_scheme: "Bearer".into(),
             max_sessions: 100_000,
             max_sessions_per_user: None,
             enforce_revocation: false,
@@ -498,6 +508,7 @@ impl Config {
                 success_statuses: Vec::new(),
                 success_location_prefix: None,
                 identity: default_identity(whoami.is_some()),
+                token_pointer: None,
             }],
             Some(routes) => login_routes(routes, whoami.is_some())?,
         };
@@ -511,7 +522,10 @@ impl Config {
         {
             return Err(err("max_sessions_per_user", "must be between 1 and 1000"));
         }
+        let token_scheme = raw.token_scheme.unwrap_or(d.token_scheme);
+        token("token_scheme", &token_scheme)?;
         Ok(Config {
+            token_scheme,
             login_method,
             login_path,
             login_routes,
@@ -575,6 +589,12 @@ impl Config {
         .map(String::as_str)
     }
 
+    /// Whether any login route hands out opaque tokens (requests then have
+    /// their `Authorization` read for one).
+    pub fn opaque_tokens(&self) -> bool {
+        self.login_routes.iter().any(|r| r.token_pointer.is_some())
+    }
+
     pub fn is_admin_role(&self, role: &str) -> bool {
         self.admin_roles.iter().any(|r| r == role)
     }
@@ -626,6 +646,16 @@ fn login_routes(raw: Vec<RawLoginRoute>, whoami: bool) -> Result<Vec<LoginRoute>
                     None => None,
                 },
                 identity,
+                token_pointer: match r.token_pointer {
+                    Some(p) if p.starts_with('/') && p.len() <= MAX_TEXT => Some(p),
+                    Some(_) => {
+                        return Err(err(
+                            "login_routes.token_pointer",
+                            "must be a JSON pointer such as \"/token\"",
+                        ))
+                    }
+                    None => None,
+                },
             })
         })
         .collect()

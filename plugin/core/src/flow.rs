@@ -13,13 +13,37 @@ use crate::session::{CookieHash, Session};
 use crate::typed::{Typed, Unnamed};
 use crate::whoami;
 
-/// The key a request's activity goes under: a verified token's session key
-/// before the session cookie's hash. A refused token leaves the cookie's.
-pub fn request_key(verdict: Option<&Bearer>, cookie: Option<CookieHash>) -> Option<CookieHash> {
+/// The key a request's activity goes under: a verified token's session key,
+/// then an opaque token's hash (`Authorization: <token_scheme> <token>`), then
+/// the session cookie's hash. A refused JWT leaves the others.
+pub fn request_key(
+    verdict: Option<&Bearer>,
+    opaque: Option<CookieHash>,
+    cookie: Option<CookieHash>,
+) -> Option<CookieHash> {
     match verdict {
         Some(Bearer::Known(key) | Bearer::Unconfirmed { key, .. }) => Some(*key),
-        _ => cookie,
+        _ => opaque.or(cookie),
     }
+}
+
+/// The opaque token of an `Authorization` header, when some login route hands
+/// tokens out (`token_pointer`) and the header uses `token_scheme`.
+pub fn opaque_token<'a>(cfg: &Config, authorization: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    let a = authorization.filter(|_| cfg.opaque_tokens())?;
+    gateway::credentials(a, &cfg.token_scheme)
+}
+
+/// The opaque token an accepted login's response body carries at its route's
+/// `token_pointer`: a string of printable ASCII, at most 4 KiB.
+pub fn token_in(cfg: &Config, route: Route, body: Option<&[u8]>) -> Option<Vec<u8>> {
+    let Route::Login(i) = route else { return None };
+    let pointer = cfg.login_routes.get(i)?.token_pointer.as_deref()?;
+    let doc = serde_json::from_slice::<serde_json::Value>(body?).ok()?;
+    let token = doc.pointer(pointer)?.as_str()?;
+    let ok =
+        !token.is_empty() && token.len() <= 4096 && token.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| token.as_bytes().to_vec())
 }
 
 /// Why a token was refused (first refusal only), for a debug log line.
@@ -198,7 +222,19 @@ pub fn response_change<'a, I: DoubleEndedIterator<Item = &'a [u8]>>(
             CookieChange::Cleared => CookieChange::Cleared,
         });
     let success = gateway::succeeded(cfg, route, answer.status, answer.location);
-    gateway::transition(route, success, old, change)
+    let change = gateway::transition(route, success, old, change);
+    let token_route = match route {
+        Route::Login(i) => cfg
+            .login_routes
+            .get(i)
+            .is_some_and(|r| r.token_pointer.is_some()),
+        _ => false,
+    };
+    match change {
+        Change::Login(cookie) if token_route => Change::TokenLogin(Some(cookie)),
+        Change::None if token_route && success => Change::TokenLogin(None),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -254,17 +290,65 @@ mod tests {
         assert_eq!(
             request_key(
                 Some(&Bearer::Known(CookieHash([1; 16]))),
+                None,
                 Some(CookieHash([2; 16]))
             ),
             Some(CookieHash([1; 16]))
         );
         let refused = Bearer::Refused(Some(JwtError::AlgNone));
         assert_eq!(
-            request_key(Some(&refused), Some(CookieHash([2; 16]))),
+            request_key(Some(&refused), None, Some(CookieHash([2; 16]))),
             Some(CookieHash([2; 16]))
         );
         assert_eq!(refusal(Some(&refused)), Some(&JwtError::AlgNone));
-        assert_eq!(request_key(None, None), None);
+        assert_eq!(request_key(None, None, None), None);
+        let opaque = Some(CookieHash([3; 16]));
+        assert_eq!(
+            request_key(Some(&refused), opaque, Some(CookieHash([2; 16]))),
+            opaque
+        );
+    }
+
+    #[test]
+    fn an_opaque_token_login_is_keyed_by_the_token_in_its_body() {
+        let cfg = Config::from_json(
+            br#"{"token_scheme": "Token", "login_routes": [{"path": "/api/token", "token_pointer": "/token"}]}"#,
+        )
+        .unwrap();
+        let route = Route::Login(0);
+        let answer = |cookies: &'static [&'static str]| Upstream {
+            status: 200,
+            location: None,
+            set_cookies: cookies.iter().map(|c| c.as_bytes()),
+        };
+        let hash = |v: &[u8]| CookieHash([v.len() as u8; 16]);
+        let none = Carried::default();
+        assert_eq!(
+            response_change(&cfg, route, answer(&[]), none, 0, hash),
+            Change::TokenLogin(None)
+        );
+        assert_eq!(
+            response_change(&cfg, route, answer(&["session=abc"]), none, 0, hash),
+            Change::TokenLogin(Some(CookieHash([3; 16])))
+        );
+        let body = br#"{"token": "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"}"#;
+        assert_eq!(
+            token_in(&cfg, route, Some(body)).as_deref(),
+            Some(&b"9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"[..])
+        );
+        assert_eq!(token_in(&cfg, route, Some(br#"{"token": 5}"#)), None);
+        assert_eq!(token_in(&cfg, route, Some(br#"{"token": "a b"}"#)), None);
+        assert_eq!(token_in(&cfg, Route::App, Some(body)), None);
+        let header = Some(&b"Token 9944b"[..]);
+        assert_eq!(opaque_token(&cfg, header), Some(&b"9944b"[..]));
+        assert_eq!(opaque_token(&cfg, Some(b"Bearer 9944b")), None);
+        assert_eq!(opaque_token(&Config::default(), header), None);
+        assert_eq!(
+            crate::config::tests::field_of(
+                r#"{"login_routes": [{"path": "/t", "token_pointer": "token"}]}"#
+            ),
+            "login_routes.token_pointer"
+        );
     }
 
     #[test]

@@ -119,6 +119,10 @@ pub enum Transition {
     Logout,
     /// The app re-issued the session cookie (the new value, hashed).
     Rotate(CookieHash),
+    /// A login succeeded on a route whose response body carries the session's
+    /// opaque token (`token_pointer`): the token keys the session once the body
+    /// is read; the cookie the login set or kept, if the body has none.
+    TokenLogin(Option<CookieHash>),
     None,
 }
 
@@ -233,9 +237,16 @@ pub enum Access {
 
 /// The bearer token of an `Authorization` header, if it is one.
 pub fn bearer(authorization: &[u8]) -> Option<&[u8]> {
-    let (scheme, rest) = authorization.split_at(authorization.len().min(7));
-    scheme
-        .eq_ignore_ascii_case(b"bearer ")
+    credentials(authorization, "Bearer")
+}
+
+/// The credentials of an `Authorization` header in `scheme` (`Bearer`, DRF's
+/// `Token`; the scheme's case is ignored), if it is one.
+pub fn credentials<'a>(authorization: &'a [u8], scheme: &str) -> Option<&'a [u8]> {
+    let n = scheme.len();
+    let (given, rest) = authorization.split_at(authorization.len().min(n + 1));
+    let (name, space) = given.split_at(given.len().min(n));
+    (name.eq_ignore_ascii_case(scheme.as_bytes()) && space == b" ")
         .then(|| rest.trim_ascii())
         .filter(|t| !t.is_empty())
 }
@@ -367,6 +378,17 @@ mod tests {
             transition(Route::Logout, false, with(a), None),
             Transition::None
         );
+    }
+
+    #[test]
+    fn credentials_of_a_scheme() {
+        assert_eq!(credentials(b"Token abc", "Token"), Some(&b"abc"[..]));
+        assert_eq!(credentials(b"token  abc ", "Token"), Some(&b"abc"[..]));
+        assert_eq!(credentials(b"Tokenabc", "Token"), None);
+        assert_eq!(credentials(b"Token ", "Token"), None);
+        assert_eq!(credentials(b"Bearer abc", "Token"), None);
+        assert_eq!(credentials(b"Tok", "Token"), None);
+        assert_eq!(bearer(b"bearer x.y.z"), Some(&b"x.y.z"[..]));
     }
 
     #[test]

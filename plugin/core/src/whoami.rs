@@ -109,16 +109,50 @@ impl Whoami {
         (who.user_id.is_some() || who.username.is_some()).then_some(who)
     }
 
-    /// The call's headers besides `:authority`: `GET` of the path, the session
-    /// cookie alone, and a marker the app may log.
-    pub fn headers<'a>(&'a self, cookie: &'a [u8]) -> [(&'a str, &'a [u8]); 5] {
+    /// The call's headers besides `:authority`: `GET` of the path, the
+    /// session's credential alone (`cookie: name=value`, or `authorization`
+    /// with an opaque token), and a marker the app may log.
+    pub fn headers<'a>(&'a self, credential: &'a Credential) -> [(&'a str, &'a [u8]); 5] {
         [
             (":method", b"GET"),
             (":path", self.path.as_bytes()),
             (":scheme", b"http"),
-            ("cookie", cookie),
+            (credential.header(), &credential.value),
             ("user-agent", b"headcount-whoami"),
         ]
+    }
+}
+
+/// What a whoami call sends of the session: its cookie or its opaque token,
+/// held only until the call is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub token: bool,
+    /// `name=value` of the cookie, or `<scheme> <token>`.
+    pub value: Vec<u8>,
+}
+
+impl Credential {
+    pub fn cookie(name: &str, value: &[u8]) -> Credential {
+        Credential {
+            token: false,
+            value: [name.as_bytes(), b"=", value].concat(),
+        }
+    }
+
+    pub fn token(scheme: &str, token: &[u8]) -> Credential {
+        Credential {
+            token: true,
+            value: [scheme.as_bytes(), b" ", token].concat(),
+        }
+    }
+
+    pub fn header(&self) -> &'static str {
+        if self.token {
+            "authorization"
+        } else {
+            "cookie"
+        }
     }
 }
 

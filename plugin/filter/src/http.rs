@@ -13,6 +13,7 @@ use headcount_core::gateway::{self, AdminRoute, Route};
 use headcount_core::identity::{self, BodyCopy, CookieChange, Identity};
 use headcount_core::ids::TokenKey;
 use headcount_core::typed::{self, Typed};
+use headcount_core::whoami::Credential;
 use headcount_core::{CookieHash, Session};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -42,6 +43,14 @@ pub struct Stream {
     bearer: bool,
 }
 
+/// An accepted login, before its response body: the cookie it set or kept, and
+/// whether its body carries an opaque token that keys the session instead.
+struct Accept {
+    cookie: Option<CookieHash>,
+    token: bool,
+    from_headers: Identity,
+}
+
 /// A login on its way: the attempt (the core's), and the bodies as they pass.
 struct PendingLogin {
     attempt: LoginAttempt,
@@ -52,10 +61,10 @@ struct PendingLogin {
     request_body: BodyCopy,
     /// Set once the upstream accepted the login: the new cookie and header identity,
     /// waiting for the response body.
-    accepted: Option<(CookieHash, Identity)>,
-    /// With `whoami`: the session cookie as the app set or kept it
-    /// (`name=value`), and the request's `:authority`, for the call.
-    whoami: Option<(Vec<u8>, Vec<u8>)>,
+    accepted: Option<Accept>,
+    /// With `whoami`: the session cookie as the app set or kept it, and the
+    /// request's `:authority`, for the call.
+    whoami: Option<(Option<Credential>, Vec<u8>)>,
     /// The accepted login's response body as it passes.
     response_body: BodyCopy,
 }
@@ -179,7 +188,7 @@ impl Stream {
     fn apply(&mut self, change: Change, now: u64) {
         let table = self.vm.table();
         match change {
-            Change::Login(_) | Change::None => {}
+            Change::Login(_) | Change::TokenLogin(_) | Change::None => {}
             Change::Logout => {
                 let Some(old) = self.cookie else { return };
                 match table.end(&old, now, &self.vm.cfg) {
@@ -214,18 +223,36 @@ impl Stream {
     fn finish_login(&mut self, body: Option<&[u8]>, now: u64) {
         let Some(PendingLogin {
             attempt,
-            accepted: Some((cookie, from_headers)),
-            whoami: call,
+            accepted: Some(accept),
+            whoami: mut call,
             ..
         }) = self.login.take()
         else {
             return;
         };
+        let cfg = &self.vm.cfg;
+        let token = accept
+            .token
+            .then(|| flow::token_in(cfg, attempt.route, body))
+            .flatten();
+        let cookie = match &token {
+            Some(t) => {
+                if let Some((credential, _)) = call.as_mut() {
+                    *credential = Some(Credential::token(&cfg.token_scheme, t));
+                }
+                Some(self.vm.hasher.hash(t))
+            }
+            None => accept.cookie,
+        };
+        let Some(cookie) = cookie else {
+            host::warn("token login without a token in its answer; not counted");
+            return;
+        };
+        let from_headers = accept.from_headers;
         let Some(random) = host::random16() else {
             host::error("no randomness for a session id; login not recorded");
             return;
         };
-        let cfg = &self.vm.cfg;
         let Accepted {
             session,
             unnamed,
@@ -240,11 +267,11 @@ impl Stream {
             // The login request itself is the new session's first activity.
             self.cookie = Some(cookie);
             self.ended = false;
-            if let (Some(fallback), Some((cookie_pair, authority))) = (whoami, call) {
+            if let (Some(fallback), Some((credential, authority))) = (whoami, call) {
                 let lookup = crate::whoami::Lookup {
                     id: session.id,
                     hash: cookie,
-                    cookie: cookie_pair,
+                    credential,
                     authority,
                     fallback,
                 };
@@ -284,6 +311,7 @@ impl Stream {
             .and_then(|h| headers.get(h));
         let could_identify = cookie_header.is_some()
             || jwt_header.is_some()
+            || (cfg.opaque_tokens() && headers.get("authorization").is_some())
             || matches!(self.route, Route::Login(_));
         let user_agent = headers.user_agent().unwrap_or_default();
         self.ignored = could_identify && identity::is_ignored_agent(cfg, user_agent);
@@ -293,6 +321,7 @@ impl Stream {
         let cookie = cookie_header
             .as_deref()
             .and_then(|c| identity::request_cookie(c, &cfg.session_cookie).map(hash));
+        let opaque = flow::opaque_token(cfg, headers.get("authorization")).map(hash);
         let bearer = match &cfg.jwt {
             Some(jwt) if !self.ignored => {
                 jwt.token(jwt_header, cookie_header.as_deref()).map(|t| {
@@ -309,7 +338,7 @@ impl Stream {
             host::debug(&format!("bearer token refused: {why}"));
         }
         self.sent_cookie = cookie.filter(|_| !self.ignored);
-        (flow::request_key(bearer.as_ref(), cookie), bearer)
+        (flow::request_key(bearer.as_ref(), opaque, cookie), bearer)
     }
 
     /// With `enforce_revocation`: answers 401 for a revoked session's key before
@@ -372,8 +401,7 @@ impl Stream {
                 let sent = headers
                     .cookie()
                     .and_then(|c| identity::request_cookie(&c, name).map(<[u8]>::to_vec))
-                    .map(|v| [name.as_bytes(), b"=", &v].concat())
-                    .unwrap_or_default();
+                    .map(|v| Credential::cookie(name, &v));
                 let authority = headers.get(":authority").unwrap_or_default().to_vec();
                 (sent, authority)
             }),
@@ -489,7 +517,12 @@ impl HttpContext for Stream {
             cookie: self.sent_cookie,
         };
         match flow::response_change(cfg, self.route, upstream, carried, now, hash) {
-            Change::Login(cookie) => {
+            change @ (Change::Login(_) | Change::TokenLogin(_)) => {
+                let (cookie, token) = match change {
+                    Change::Login(c) => (Some(c), false),
+                    Change::TokenLogin(c) => (c, true),
+                    _ => (None, false),
+                };
                 let from_headers = identity::from_response_headers(cfg, |name| {
                     headers.get(name).map(<[u8]>::to_vec)
                 });
@@ -498,10 +531,14 @@ impl HttpContext for Stream {
                     .rev()
                     .find_map(|v| identity::set_cookie(v, &cfg.session_cookie, now));
                 if let Some(login) = self.login.as_mut() {
-                    login.accepted = Some((cookie, from_headers));
-                    if let Some((pair, _)) = login.whoami.as_mut() {
+                    login.accepted = Some(Accept {
+                        cookie,
+                        token,
+                        from_headers,
+                    });
+                    if let Some((credential, _)) = login.whoami.as_mut() {
                         if let Some(CookieChange::Set(value)) = set {
-                            *pair = [cfg.session_cookie.as_bytes(), b"=", &value].concat();
+                            *credential = Some(Credential::cookie(&cfg.session_cookie, &value));
                         }
                     }
                 }

@@ -12,6 +12,7 @@ use headcount_core::flow;
 use headcount_core::identity::{self, CookieChange, Identity};
 use headcount_core::ids::{CookieHash, SessionId};
 use headcount_core::typed::Unnamed;
+use headcount_core::whoami::Credential;
 use proxy_wasm::types::{BufferType, MapType};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,8 +26,8 @@ pub struct Lookup {
     pub id: SessionId,
     /// The session cookie's hash, to follow a rotation on the answer.
     pub hash: CookieHash,
-    /// `name=value` of the session cookie: held only until the call is sent.
-    pub cookie: Vec<u8>,
+    /// The session's cookie or token: held only until the call is sent.
+    pub credential: Option<Credential>,
     /// The login request's `:authority`, unless configured.
     pub authority: Vec<u8>,
     /// What names the session if the app cannot say.
@@ -65,7 +66,11 @@ pub fn send(vm: &Vm, now: u64) {
             .map(str::as_bytes)
             .unwrap_or(&lookup.authority)
             .to_vec();
-        let headers = w.headers(&lookup.cookie);
+        let Some(credential) = lookup.credential.take() else {
+            settle(vm, lookup, None, now);
+            continue;
+        };
+        let headers = w.headers(&credential);
         let text: Option<Vec<(&str, &str)>> = headers
             .iter()
             .map(|(k, v)| std::str::from_utf8(v).ok().map(|v| (*k, v)))
@@ -81,7 +86,6 @@ pub fn send(vm: &Vm, now: u64) {
         });
         match sent {
             Some(Ok(token)) => {
-                lookup.cookie = Vec::new(); // the raw value is not kept past the call
                 vm.whoami.borrow_mut().in_flight.insert(token, lookup);
             }
             Some(Err(status)) => {
