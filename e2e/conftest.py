@@ -97,6 +97,13 @@ def express_app() -> Iterator[real_apps.RealApp]:
 
 
 @pytest.fixture(scope="session")
+def flask_app() -> Iterator[real_apps.RealApp]:
+    """Flask + Flask-Login with "remember me" (real_apps.py), on a free port."""
+    with real_apps.running_flask(ARTIFACTS) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
 def django_app() -> Iterator[real_apps.RealApp]:
     """Django with its own auth views (real_apps.py), on a free port."""
     with real_apps.running_django(ARTIFACTS) as app:

@@ -3,6 +3,8 @@ port and stopped by PID: the apps whose login styles Headcount must follow as th
 
 * ``express``: e2e/apps/express (Express 5 + express-session with its defaults: the session cookie
   ``connect.sid`` is set on the first visit and kept through the login).
+* ``flask``: e2e/apps/flask (Flask-Login with its "remember me" cookie: a browser that comes back
+  with ``remember_token`` alone is logged in again on any page, which sets a new ``session``).
 * ``django``: e2e/apps/django (Django's own LoginView/LogoutView: CSRF-protected form, the typed
   name stripped and NFKC-normalized, the last of a repeated field wins; ``sessionid`` rotated at login).
 
@@ -76,4 +78,11 @@ def running_django(artifacts: Path) -> Iterator[RealApp]:
     db.unlink(missing_ok=True)
     cmd = [sys.executable, "app.py", "--port", "{port}", "--db", str(db)]
     with _running("django", cmd, artifacts, folder) as app:
+        yield app
+
+
+@contextmanager
+def running_flask(artifacts: Path) -> Iterator[RealApp]:
+    cmd = [sys.executable, "app.py", "--port", "{port}"]
+    with _running("flask", cmd, artifacts, APPS / "flask") as app:
         yield app

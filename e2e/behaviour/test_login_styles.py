@@ -5,41 +5,11 @@ and a naive parser another (Django: the last of a repeated field, NFKC)."""
 
 from __future__ import annotations
 
-import re
-
 import requests
 
-from helpers import (PLUGIN_CONFIG, TIMEOUT, events_of, metric, metrics_of, summary, ua, wait_for_metric,
-                     wait_stats)
-
-# express-session's cookie; a form login that redirects to /app on success, to /login?failed=1 not.
-EXPRESS_CONFIG = dict(
-    PLUGIN_CONFIG,
-    session_cookie="connect.sid",
-    login_routes=[{"method": "POST", "path": "/login", "success_location_prefix": "/app",
-                   "identity": ["request_body"]}],
-    logout_path="/logout",
-)
-
-
-def express_login(base: str, name: str, visit_first: bool, password: str | None = None,
-                  s: requests.Session | None = None) -> requests.Session:
-    """Logs ``name`` in through the form; ``visit_first`` loads a page before, as a browser does
-    (the app sets its cookie there and keeps it through the login)."""
-    if s is None:
-        s = requests.Session()
-        s.headers["User-Agent"] = ua(f"express-{name}")
-    if visit_first:
-        assert s.get(base + "/login", timeout=TIMEOUT).status_code == 200
-        assert s.cookies.get("connect.sid"), "express-session sets its cookie on the first visit"
-    r = s.post(base + "/login", data={"username": name, "password": password or f"pw-{name}"},
-               allow_redirects=False, timeout=TIMEOUT)
-    assert r.status_code == 302, r.text[:200]
-    if password is None:
-        assert r.headers["location"] == "/app", r.headers
-    if visit_first:
-        assert "set-cookie" not in r.headers, f"the app kept its cookie: {r.headers}"
-    return s
+from app_logins import (DJANGO_CONFIG, DRF_CONFIG, EXPRESS_CONFIG, WHOAMI, django_login, express_login,
+                        roles_of, whoami)
+from helpers import TIMEOUT, events_of, metric, metrics_of, summary, ua, wait_for_metric, wait_stats
 
 
 def test_express_logins_that_keep_the_first_visit_cookie_are_counted(start_gateway, express_app):
@@ -89,36 +59,6 @@ def test_a_second_login_that_keeps_the_cookie_replaces_the_session(start_gateway
     assert [y["username"] for y in snap["sessions"]] == ["carol"], summary(snap)
 
 
-# Django's LoginView: 302 to /app/ on success, the form again (200) on failure; `sessionid` is
-# rotated at login.
-DJANGO_CONFIG = dict(
-    PLUGIN_CONFIG,
-    session_cookie="sessionid",
-    login_routes=[{"method": "POST", "path": "/login/", "success_statuses": [302],
-                   "success_location_prefix": "/app/", "identity": ["request_body"]}],
-    logout_path="/logout/",
-)
-
-
-def django_login(base: str, fields: list[tuple[str, str]], tag: str) -> requests.Session:
-    """Posts Django's login form (with its CSRF token) as ``fields``, repeated names allowed;
-    asserts that Django logged someone in; returns the browser."""
-    s = requests.Session()
-    s.headers["User-Agent"] = ua(f"django-{tag}")
-    page = s.get(base + "/login/", timeout=TIMEOUT)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
-    assert page.status_code == 200 and token, page.text[:300]
-    r = s.post(base + "/login/", data=[("csrfmiddlewaretoken", token.group(1)), *fields],
-               allow_redirects=False, timeout=TIMEOUT)
-    assert r.status_code == 302 and r.headers["location"] == "/app/", (r.status_code, r.text[:300])
-    return s
-
-
-def whoami(s: requests.Session, base: str) -> str:
-    r = s.get(base + "/me", timeout=TIMEOUT)
-    assert r.status_code == 200, r.text[:200]
-    return r.json()["user"]["username"]
-
 
 def test_django_repeated_username_names_nobody(start_gateway, django_app):
     """``username=alice&username=bob&password=<bob's>``: Django logs in bob (the last value). The
@@ -154,13 +94,6 @@ def test_django_normalizes_typed_names_and_so_does_headcount(start_gateway, djan
     text = metrics_of(base)
     assert metric(text, 'headcount_unnamed_logins_total{reason="repeated_field"}') == 0, text
 
-
-# whoami: the app's own answer names the session (on Envoy, a call to the app's cluster).
-WHOAMI = {"path": "/me", "cluster": "demo_app", "timeout_ms": 1000}
-
-
-def roles_of(snap: dict) -> dict[str, str]:
-    return {x["username"]: x["role"] for x in snap["sessions"]}
 
 
 def test_whoami_gives_django_users_their_roles_and_wins_over_typed_names(start_gateway, django_app):
@@ -213,17 +146,6 @@ def test_a_whoami_that_fails_or_times_out_falls_back_to_the_typed_name(start_gat
         assert snap["by_role"] == {"admin": 0, "teacher": 0, "student": 0, "unknown": 1}, summary(snap)
         gw.stop()
 
-
-# Django REST framework's TokenAuthentication: the login answers {"token": ...}; requests send
-# `Authorization: Token <token>`; whoami is asked with the token.
-DRF_CONFIG = dict(
-    PLUGIN_CONFIG,
-    token_scheme="Token",
-    login_routes=[{"method": "POST", "path": "/api/token/", "token_pointer": "/token",
-                   "identity": ["whoami", "request_body"]}],
-    logout_path="/api/logout/",
-    whoami=dict(WHOAMI, path="/api/me"),
-)
 
 
 def test_an_opaque_token_api_client_is_counted_with_its_role(start_gateway, django_app):

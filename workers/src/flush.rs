@@ -76,7 +76,9 @@ fn with_sequencer<R>(f: impl FnOnce(&mut Sequencer) -> R) -> Option<R> {
 
 /// Nothing buffered and no batch waiting to be sent again.
 fn idle() -> bool {
-    with_buffer(|b| b.is_empty()) && with_sequencer(|s| !s.has_unacked()) != Some(false)
+    with_buffer(|b| b.is_empty())
+        && with_sequencer(|s| !s.has_unacked()) != Some(false)
+        && !crate::whoami::waiting()
 }
 
 fn with_known<R>(f: impl FnOnce(&mut Known) -> R) -> R {
@@ -163,6 +165,8 @@ async fn flush_while_urgent(env: &Env, setup: &Setup, rounds: usize) {
             console_warn!("headcount: activity flush failed, will retry: {e}");
             return;
         }
+        // Sessions the flush did not know: ask the app (`begin_unknown`).
+        crate::whoami::ask_unknown(env, setup).await;
         if !with_buffer(|b| b.urgent) {
             return;
         }
@@ -270,6 +274,8 @@ async fn send(
                     revoked::with(|r| r.sync(batch.shard, list, now_ms()));
                 }
                 let missing = with_known(|k| pending.absorb(reply, k, setup.shards));
+                // Those to ask the app about wait for its answer (`begin_unknown`).
+                let missing = crate::whoami::missed(missing, now_ms());
                 with_buffer(|buf| missing.into_iter().for_each(|m| buf.retry(m)));
             }
             Err(e) => {

@@ -22,6 +22,7 @@ use headcount_core::ids::CookieHash;
 use headcount_core::ledger::buffer::Buffer;
 use headcount_core::ledger::Op;
 use headcount_core::typed::{self, Typed};
+use headcount_core::whoami::lookups::Candidate;
 use headcount_core::whoami::Credential;
 use headcount_core::{Config, CookieHasher};
 use std::rc::Rc;
@@ -131,6 +132,7 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
     if !follow_bearer(&setup, &req, &incoming, &who) {
         key = None;
     }
+    keep_candidate(&setup, &req, &incoming, &who, key);
     let wants_login = matches!(incoming.route, Route::Login(_)) && !incoming.ignored;
     let mut login =
         (wants_login && who.hasher.is_some()).then(|| begin_login(&setup.cfg, &req, &incoming));
@@ -327,6 +329,42 @@ fn follow_bearer(setup: &Setup, req: &Request, incoming: &Incoming, who: &Identi
     }
     bearer::confirm(token, now);
     true
+}
+
+/// `whoami.begin_unknown`: keeps an app request's cookie or opaque token (the
+/// one its key is, not a JWT's) until a flush shows whether its session is known.
+fn keep_candidate(
+    setup: &Setup,
+    req: &Request,
+    incoming: &Incoming,
+    who: &Identified,
+    key: Option<CookieHash>,
+) {
+    let cfg = &setup.cfg;
+    let begin = cfg.whoami.as_ref().is_some_and(|w| w.begin_unknown);
+    let jwt = matches!(
+        who.verdict,
+        Some(Bearer::Known(_) | Bearer::Unconfirmed { .. })
+    );
+    let Some(key) = key.filter(|_| begin && !jwt) else {
+        return;
+    };
+    if incoming.route != Route::App || incoming.ignored {
+        return;
+    }
+    let credential = match (&incoming.opaque, &incoming.cookie_value) {
+        (Some(t), _) => Credential::token(&cfg.token_scheme, t),
+        (None, Some(c)) if who.cookie == Some(key) => Credential::cookie(&cfg.session_cookie, c),
+        _ => return,
+    };
+    crate::whoami::keep(key, incoming.start_ms, || {
+        Some(Candidate {
+            credential,
+            ip: client_ip(cfg, req),
+            user_agent: identity::clean_user_agent(&incoming.user_agent),
+            authority: Vec::new(),
+        })
+    });
 }
 
 /// Turns the origin's answer into the session's change (the core's

@@ -9,7 +9,8 @@
 // /login (form fields `username`, `password`; 302 to /app, or to
 // /login?failed=1), POST /logout (destroys the session, keeps no cookie
 // header), GET /app (logged-in page), GET /me (who the session is, as JSON;
-// 401 when nobody), GET /slow-me (the same, after 2 s), GET /healthz.
+// 401 when nobody), GET /slow-me (the same, after 2 s), GET /whoami-calls (how
+// many /me requests came from Headcount), GET /healthz.
 "use strict";
 
 const express = require("express");
@@ -73,7 +74,12 @@ app.get("/app", (req, res) => {
   res.type("html").send(`<h1>Hello ${req.session.user}</h1>`);
 });
 
+// How often Headcount asked who a session is (its calls say `headcount-whoami`).
+let whoamiCalls = 0;
+app.get("/whoami-calls", (_req, res) => res.json({ calls: whoamiCalls }));
+
 app.get("/me", (req, res) => {
+  if (req.get("user-agent") === "headcount-whoami") whoamiCalls += 1;
   const name = req.session.user;
   if (!name) return res.status(401).json({ error: "not logged in" });
   const user = USERS[name];

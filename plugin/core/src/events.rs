@@ -56,6 +56,9 @@ pub struct Events {
     /// Unnamed logins, per `Unnamed::ALL` reason.
     #[serde(default)]
     pub unnamed_totals: [u64; 5],
+    /// Lookups of unknown credentials (`whoami.begin_unknown`).
+    #[serde(default)]
+    pub whoami: crate::whoami::lookups::Counts,
     /// Oldest first.
     pub recent: Vec<Event>,
 }

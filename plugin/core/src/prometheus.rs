@@ -94,6 +94,21 @@ pub fn render(counts: &Counts, events: &Events) -> String {
             why.name()
         );
     }
+    let _ = write!(
+        out,
+        "# HELP headcount_whoami_lookups_total Lookups of sessions Headcount did not know, by outcome.\n# TYPE headcount_whoami_lookups_total counter\n"
+    );
+    let w = events.whoami;
+    for (outcome, n) in [
+        ("begun", w.begun),
+        ("nobody", w.nobody),
+        ("throttled", w.throttled),
+    ] {
+        let _ = writeln!(
+            out,
+            "headcount_whoami_lookups_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
     out
 }
 
@@ -125,5 +140,6 @@ mod tests {
         assert!(text.contains("headcount_evictions_total 0\n"));
         assert!(text.contains("# TYPE headcount_logouts_total counter\n"));
         assert!(text.contains("headcount_unnamed_logins_total{reason=\"repeated_field\"} 0\n"));
+        assert!(text.contains("headcount_whoami_lookups_total{outcome=\"throttled\"} 0\n"));
     }
 }

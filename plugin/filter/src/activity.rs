@@ -98,17 +98,29 @@ impl Activity {
     }
 
     /// What the table said of each taken cookie (`found`, in batch order).
-    pub fn settle(&mut self, batch: Vec<(CookieHash, Pending)>, found: Vec<bool>) {
+    /// Returns the cookies not found for the first time (retried next flush),
+    /// and those found.
+    pub fn settle(
+        &mut self,
+        batch: Vec<(CookieHash, Pending)>,
+        found: Vec<bool>,
+    ) -> (Vec<CookieHash>, Vec<CookieHash>) {
+        let (mut missed, mut known) = (Vec::new(), Vec::new());
         for ((h, p), found) in batch.into_iter().zip(found) {
             match activity::settle(p, found) {
-                Settled::Authenticated(n) => self.traffic.authenticated += n,
+                Settled::Authenticated(n) => {
+                    self.traffic.authenticated += n;
+                    known.push(h);
+                }
                 // The VM is single-threaded: nothing arrived for `h` since the take.
                 Settled::Retry(p) => {
                     self.pending.insert(h, p);
+                    missed.push(h);
                 }
                 Settled::Anonymous(n) => self.traffic.anonymous += n,
             }
         }
+        (missed, known)
     }
 
     /// Puts back a batch whose flush failed (newer activity for a cookie wins).

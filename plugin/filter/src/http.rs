@@ -13,6 +13,7 @@ use headcount_core::gateway::{self, AdminRoute, Route};
 use headcount_core::identity::{self, BodyCopy, CookieChange, Identity};
 use headcount_core::ids::TokenKey;
 use headcount_core::typed::{self, Typed};
+use headcount_core::whoami::lookups::Candidate;
 use headcount_core::whoami::Credential;
 use headcount_core::{CookieHash, Session};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -269,11 +270,13 @@ impl Stream {
             self.ended = false;
             if let (Some(fallback), Some((credential, authority))) = (whoami, call) {
                 let lookup = crate::whoami::Lookup {
-                    id: session.id,
+                    kind: crate::whoami::Asking::Login {
+                        id: session.id,
+                        fallback,
+                    },
                     hash: cookie,
                     credential,
                     authority,
-                    fallback,
                 };
                 if self.vm.whoami.borrow_mut().queue(lookup).is_err() {
                     host::warn("whoami queue full; the login's other sources name it");
@@ -321,7 +324,8 @@ impl Stream {
         let cookie = cookie_header
             .as_deref()
             .and_then(|c| identity::request_cookie(c, &cfg.session_cookie).map(hash));
-        let opaque = flow::opaque_token(cfg, headers.get("authorization")).map(hash);
+        let opaque_raw = flow::opaque_token(cfg, headers.get("authorization"));
+        let opaque = opaque_raw.map(hash);
         let bearer = match &cfg.jwt {
             Some(jwt) if !self.ignored => {
                 jwt.token(jwt_header, cookie_header.as_deref()).map(|t| {
@@ -338,7 +342,30 @@ impl Stream {
             host::debug(&format!("bearer token refused: {why}"));
         }
         self.sent_cookie = cookie.filter(|_| !self.ignored);
-        (flow::request_key(bearer.as_ref(), opaque, cookie), bearer)
+        let key = flow::request_key(bearer.as_ref(), opaque, cookie);
+        let begin = cfg.whoami.as_ref().is_some_and(|w| w.begin_unknown);
+        if begin && self.route == Route::App && !self.ignored {
+            // The credential the key is (not a JWT's), kept for a lookup.
+            let credential = match (opaque.zip(opaque_raw), cookie) {
+                (Some((h, t)), _) => Some((h, Credential::token(&cfg.token_scheme, t))),
+                (None, Some(h)) => cookie_header
+                    .as_deref()
+                    .and_then(|c| identity::request_cookie(c, &cfg.session_cookie))
+                    .map(|v| (h, Credential::cookie(&cfg.session_cookie, v))),
+                (None, None) => None,
+            };
+            if let Some((h, credential)) = credential.filter(|(h, _)| Some(*h) == key) {
+                self.vm.keep_candidate(h, now, || {
+                    Some(Candidate {
+                        credential,
+                        ip: self.client_ip(headers),
+                        user_agent: identity::clean_user_agent(user_agent),
+                        authority: headers.get(":authority").unwrap_or_default().to_vec(),
+                    })
+                });
+            }
+        }
+        (key, bearer)
     }
 
     /// With `enforce_revocation`: answers 401 for a revoked session's key before

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub expiries: Option<u32>,
     pub evictions: Option<u32>,
     pub unnamed: Option<u32>,
+    pub whoami_begun: Option<u32>,
+    pub whoami_nobody: Option<u32>,
+    pub whoami_throttled: Option<u32>,
 }
 
 pub struct Vm {
@@ -91,6 +94,9 @@ impl Vm {
             expiries: counter("headcount_expiries_total"),
             evictions: counter("headcount_evictions_total"),
             unnamed: counter("headcount_unnamed_logins_total"),
+            whoami_begun: counter("headcount_whoami_begun_total"),
+            whoami_nobody: counter("headcount_whoami_nobody_total"),
+            whoami_throttled: counter("headcount_whoami_throttled_total"),
         };
         host::info(&format!(
             "configured (login {} {}, cookie `{}`, window {} s)",
@@ -142,8 +148,8 @@ impl Vm {
     pub fn tick(&self, now: u64) {
         let tick = self.ticks.get();
         self.ticks.set(tick.wrapping_add(1));
-        crate::whoami::send(self, now);
         self.flush_slice(now, Some(tick % FLUSH_SLICES));
+        crate::whoami::send(self, now);
         if self.claim_sweep(now) {
             self.sweep(now);
         }
@@ -165,7 +171,10 @@ impl Vm {
             let touches: Vec<(CookieHash, u64)> =
                 batch.iter().map(|(h, p)| (*h, p.last_ms)).collect();
             match self.table().touch(&touches, now) {
-                Ok(found) => self.activity.borrow_mut().settle(batch, found),
+                Ok(found) => {
+                    let (missed, known) = self.activity.borrow_mut().settle(batch, found);
+                    self.ask_about(&missed, &known, now);
+                }
                 Err(e) => {
                     host::warn(&format!("activity flush failed, will retry: {e}"));
                     self.activity.borrow_mut().restore(batch);
@@ -177,6 +186,46 @@ impl Vm {
             if let Err(e) = traffic::add(&EnvoyStore, &delta, now) {
                 host::warn(&format!("traffic flush failed: {e}"));
                 self.activity.borrow_mut().traffic = delta;
+            }
+        }
+    }
+
+    /// `begin_unknown`: queues a whoami lookup for each credential whose
+    /// session a flush did not find (first miss), if its request was kept as a
+    /// candidate; forgets the candidates of credentials found.
+    fn ask_about(&self, missed: &[CookieHash], known: &[CookieHash], now: u64) {
+        if !self.cfg.whoami.as_ref().is_some_and(|w| w.begin_unknown) {
+            return;
+        }
+        let mut calls = self.whoami.borrow_mut();
+        known.iter().for_each(|h| calls.candidates.forget(h));
+        for h in missed {
+            let Some(c) = calls.candidates.take(h) else {
+                continue;
+            };
+            if calls.nobody.holds(h, now) {
+                continue;
+            }
+            if calls.queue(crate::whoami::Lookup::unknown(*h, c)).is_err() {
+                drop(calls);
+                host::warn("whoami queue full; an unknown session is not asked about");
+                calls = self.whoami.borrow_mut();
+            }
+        }
+    }
+
+    /// A request's credential, kept until a flush shows whether its session
+    /// is known (`begin_unknown`); `facts` builds the candidate, only if kept.
+    pub fn keep_candidate(
+        &self,
+        hash: CookieHash,
+        now: u64,
+        facts: impl FnOnce() -> Option<headcount_core::whoami::lookups::Candidate>,
+    ) {
+        let mut calls = self.whoami.borrow_mut();
+        if calls.candidates.wants(&hash) && !calls.nobody.holds(&hash, now) {
+            if let Some(c) = facts() {
+                calls.candidates.add(hash, c);
             }
         }
     }

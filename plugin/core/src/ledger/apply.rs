@@ -283,6 +283,15 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
                 self.store.user_remove(&user, &id)?;
                 Vec::new()
             }
+            Op::Counts { whoami } => {
+                let mut events = match out.events.take() {
+                    Some(e) => e,
+                    None => self.store.events()?,
+                };
+                events.whoami.add(whoami);
+                out.events = Some(events);
+                Vec::new()
+            }
             Op::Event {
                 kind,
                 at,

@@ -88,6 +88,32 @@ impl Buffer {
         }
     }
 
+    /// A touch held back while its session began (a whoami lookup): sent again
+    /// after the session's op, with a retry of its own as a login's request has
+    /// (the cookie entry lands a round after the session). No traffic is added:
+    /// its requests were counted when made.
+    pub fn resend(&mut self, op: Op) {
+        if let Op::Touch {
+            hash,
+            last_ms,
+            requests,
+            ..
+        } = op
+        {
+            if self.ops.len() >= MAX_OPS {
+                self.traffic.anonymous += requests;
+                return;
+            }
+            self.touch_at.insert(hash, self.ops.len());
+            self.ops.push(Op::Touch {
+                hash,
+                last_ms,
+                requests,
+                retry: false,
+            });
+        }
+    }
+
     /// Queues a session event. Returns false if the buffer is full (the event is lost).
     pub fn push(&mut self, op: Op) -> bool {
         if let Op::Rotate { from, to, at, .. } = &op {

@@ -119,6 +119,10 @@ pub enum Op {
         username: String,
         role: String,
     },
+    /// Lookups of unknown credentials a node made, for the counters (shard 0).
+    Counts {
+        whoami: crate::whoami::lookups::Counts,
+    },
     /// A session event for the feed and the lifetime counters (kept on shard 0).
     Event {
         kind: Kind,
@@ -152,7 +156,7 @@ impl Op {
             | Op::Identify { id, .. } => id.bytes(),
             Op::Cap { keep, .. } => keep.bytes(),
             Op::UserAdd { user, .. } | Op::UserRemove { user, .. } => user.bytes(),
-            Op::Event { .. } => &FEED_KEY,
+            Op::Event { .. } | Op::Counts { .. } => &FEED_KEY,
         }
     }
 

@@ -10,6 +10,8 @@ use crate::identity::{self, Identity};
 use crate::session::{MAX_NAME, MAX_ROLE};
 use serde::Deserialize;
 
+pub mod lookups;
+
 /// Largest whoami answer read; a larger one names nobody.
 pub const MAX_ANSWER: usize = 16 * 1024;
 
@@ -23,6 +25,10 @@ pub struct RawWhoami {
     user_id_pointer: Option<String>,
     username_pointer: Option<String>,
     role_pointer: Option<String>,
+    begin_unknown: Option<bool>,
+    lookups_per_second: Option<u32>,
+    max_in_flight: Option<u32>,
+    unknown_ttl_seconds: Option<u64>,
 }
 
 /// The validated `whoami` object.
@@ -38,6 +44,18 @@ pub struct Whoami {
     pub user_id_pointer: String,
     pub username_pointer: String,
     pub role_pointer: String,
+    /// Ask about session cookies and tokens Headcount does not know (sessions
+    /// that began before it saw them: installed in front of a live app, after a
+    /// restart, after an idle expiry the app does not share).
+    pub begin_unknown: bool,
+    /// Lookups of unknown credentials the app gets per second, at most (per
+    /// Envoy node; per isolate on the Worker). Login lookups are not limited.
+    pub lookups_per_second: u32,
+    /// Lookups of unknown credentials waiting for an answer, at most (per VM
+    /// or isolate).
+    pub max_in_flight: u32,
+    /// How long a credential the app names nobody for is not asked about again.
+    pub unknown_ttl_ms: u64,
 }
 
 pub const DEFAULT_CLUSTER: &str = "app";
@@ -78,7 +96,32 @@ impl Whoami {
                 ))
             }
         };
+        let lookups_per_second = raw.lookups_per_second.unwrap_or(10);
+        if !(1..=1000).contains(&lookups_per_second) {
+            return Err(field_err(
+                "whoami.lookups_per_second",
+                "must be between 1 and 1000",
+            ));
+        }
+        let max_in_flight = raw.max_in_flight.unwrap_or(8);
+        if !(1..=256).contains(&max_in_flight) {
+            return Err(field_err(
+                "whoami.max_in_flight",
+                "must be between 1 and 256",
+            ));
+        }
+        let unknown_ttl = raw.unknown_ttl_seconds.unwrap_or(300);
+        if !(1..=86_400).contains(&unknown_ttl) {
+            return Err(field_err(
+                "whoami.unknown_ttl_seconds",
+                "must be between 1 and 86400",
+            ));
+        }
         Ok(Whoami {
+            begin_unknown: raw.begin_unknown.unwrap_or(true),
+            lookups_per_second,
+            max_in_flight,
+            unknown_ttl_ms: unknown_ttl * 1000,
             path,
             cluster,
             authority: raw.authority,
@@ -185,6 +228,10 @@ mod tests {
             user_id_pointer: None,
             username_pointer: None,
             role_pointer: Some("/user/groups/0".into()),
+            begin_unknown: None,
+            lookups_per_second: None,
+            max_in_flight: None,
+            unknown_ttl_seconds: None,
         })
         .unwrap()
     }
