@@ -173,3 +173,31 @@ def test_an_opaque_token_api_client_is_counted_with_its_role(start_gateway, djan
     assert api.post(base + "/api/logout/", timeout=TIMEOUT).status_code == 204
     snap = wait_stats(base, lambda x: x["active_sessions"] == 0)
     assert snap["active_users"] == 0, summary(snap)
+
+
+def shipped_demo_config() -> dict:
+    """The plugin configuration the demo ships with (envoy/envoy.yaml; the Worker's is the same)."""
+    from pathlib import Path
+    import json as _json
+
+    text = (Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml").read_text()
+    line = next(x for x in text.splitlines() if x.strip().startswith('{"admin_token": "demo-admin-token"'))
+    return _json.loads(line)
+
+
+def test_the_demos_form_login_users_show_their_roles(start_gateway):
+    """The demo as shipped: its home page's classic form login (a redirect, no identity in the
+    answer) names the user and role through whoami (`/api/v1/me`)."""
+    config = shipped_demo_config()
+    gw = start_gateway(dict(config, flush_interval_ms=200))
+    base = gw.url
+    for name in ("teacher1", "student2"):
+        s = requests.Session()
+        s.headers["User-Agent"] = ua(f"demo-{name}")
+        r = s.post(base + "/login", data={"username": name, "password": "password"}, allow_redirects=False,
+                   timeout=TIMEOUT)
+        assert r.status_code == 302 and r.headers["location"].endswith("/dashboard"), r.headers
+        assert s.get(base + "/dashboard", timeout=TIMEOUT).status_code == 200
+    snap = wait_stats(base, lambda x: roles_of(x) == {"teacher1": "teacher", "student2": "student"},
+                      token=config["admin_token"])
+    assert snap["by_role"] == {"admin": 0, "teacher": 1, "student": 1}, summary(snap)

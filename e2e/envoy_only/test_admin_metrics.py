@@ -12,7 +12,8 @@ from helpers import TIMEOUT, login, summary, ua, wait_for, wait_stats
 GAUGES = ["headcount_active_users", "headcount_active_sessions", "headcount_active_users_role_admin",
           "headcount_active_users_role_teacher", "headcount_active_users_role_student"]
 COUNTERS = ["headcount_logins_total", "headcount_logouts_total", "headcount_expiries_total",
-            "headcount_evictions_total", "headcount_unnamed_logins_total"]
+            "headcount_evictions_total", "headcount_unnamed_logins_total", "headcount_whoami_begun_total",
+            "headcount_whoami_nobody_total", "headcount_whoami_throttled_total"]
 
 
 def prometheus(admin_url: str) -> tuple[dict[str, float], dict[str, str]]:
@@ -46,7 +47,9 @@ def test_prometheus_metrics_follow_the_counts(gateway):
             "headcount_active_users_role_admin": 1, "headcount_active_users_role_teacher": 0,
             "headcount_active_users_role_student": 2, "headcount_logins_total": 4,
             "headcount_logouts_total": 0, "headcount_expiries_total": 0,
-            "headcount_evictions_total": 0, "headcount_unnamed_logins_total": 0}
+            "headcount_evictions_total": 0, "headcount_unnamed_logins_total": 0,
+            "headcount_whoami_begun_total": 0, "headcount_whoami_nobody_total": 0,
+            "headcount_whoami_throttled_total": 0}
     samples, types = wait_metrics(gateway.admin_url, want)
     headcount = {k: v for k, v in samples.items() if "headcount" in k and not k.startswith("envoy_")}
     assert headcount == want, headcount

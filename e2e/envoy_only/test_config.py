@@ -52,8 +52,11 @@ def test_shipped_demo_config_validates(tmp_path):
     # The demo's JWT secret is the demo app's, so the demo's API tokens are counted.
     sys.path.insert(0, str(REPO / "envoy" / "demo"))
     from app import DEFAULT_JWT_SECRET
-    assert json.loads(re.search(r'value: \|\n\s+(\{.*\})\n', ENVOY_TEMPLATE.read_text()).group(1)) == {
-        "admin_token": "demo-admin-token", "jwt": {"hs256_secret": DEFAULT_JWT_SECRET}}
+    shipped = json.loads(re.search(r'value: \|\n\s+(\{.*\})\n', ENVOY_TEMPLATE.read_text()).group(1))
+    assert shipped["jwt"] == {"hs256_secret": DEFAULT_JWT_SECRET}
+    # Form logins are named through whoami, asked of the demo app's cluster.
+    assert shipped["whoami"] == {"path": "/api/v1/me", "cluster": "demo_app"}
+    assert "name: demo_app" in ENVOY_TEMPLATE.read_text()
 
 
 def test_generated_config_keeps_the_demo_shape(tmp_path):

@@ -47,5 +47,8 @@ def test_shipped_demo_config_names_the_demo_apps_jwt_secret():
     sys.path.insert(0, str(WORKERS.parent / "envoy" / "demo"))
     from app import DEFAULT_JWT_SECRET
     toml = tomllib.loads((WORKERS / "wrangler.toml").read_text())
-    assert json.loads(toml["vars"]["HEADCOUNT_CONFIG"]) == {
-        "admin_token": "demo-admin-token", "jwt": {"hs256_secret": DEFAULT_JWT_SECRET}}
+    shipped = json.loads(toml["vars"]["HEADCOUNT_CONFIG"])
+    assert shipped["jwt"] == {"hs256_secret": DEFAULT_JWT_SECRET}
+    # The same plugin configuration as the Envoy demo's (whoami's cluster is Envoy's only).
+    envoy_yaml = (WORKERS.parent / "envoy" / "envoy.yaml").read_text()
+    assert json.dumps(shipped) in envoy_yaml

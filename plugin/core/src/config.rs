@@ -601,10 +601,14 @@ impl Config {
 }
 
 /// Every source, in the default order; with `whoami` configured, the app's
-/// answer there comes first (what the app vouches for wins over anything typed).
+/// answer there comes after the login's own answer (headers, body: no call when
+/// they name the user) and before anything typed (what the app vouches for wins).
 fn default_identity(whoami: bool) -> Vec<IdentitySource> {
-    let asked = whoami.then_some(IdentitySource::Whoami);
-    asked.into_iter().chain(DEFAULT_IDENTITY).collect()
+    let mut order = DEFAULT_IDENTITY.to_vec();
+    if whoami {
+        order.insert(2, IdentitySource::Whoami);
+    }
+    order
 }
 
 fn login_routes(raw: Vec<RawLoginRoute>, whoami: bool) -> Result<Vec<LoginRoute>, ConfigError> {
@@ -732,6 +736,18 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("`active_window_seconds`"), "{msg}");
+    }
+
+    #[test]
+    fn whoami_sits_between_the_logins_own_answer_and_what_was_typed() {
+        use IdentitySource::*;
+        let c = Config::from_json(br#"{"whoami": {"path": "/me"}}"#).unwrap();
+        let order = &c.login_routes[0].identity;
+        assert_eq!(order, &vec![Headers, ResponseBody, Whoami, RequestBody]);
+        assert_eq!(
+            Config::default().login_routes[0].identity,
+            vec![Headers, ResponseBody, RequestBody]
+        );
     }
 
     #[test]
