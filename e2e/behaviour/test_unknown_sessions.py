@@ -9,8 +9,9 @@ import time
 
 import requests
 
-from helpers import PLUGIN_CONFIG, TIMEOUT, metric, metrics_of, summary, ua, wait_for, wait_stats
-from app_logins import DJANGO_CONFIG, EXPRESS_CONFIG, WHOAMI, django_login, roles_of
+from helpers import (PLUGIN_CONFIG, TIMEOUT, metric, metrics_of, summary, ua, wait_for, wait_for_metric,
+                     wait_stats)
+from app_logins import DJANGO_CONFIG, EXPRESS_CONFIG, WHOAMI, django_login, express_login, roles_of
 
 
 def with_whoami(config: dict, **whoami) -> dict:
@@ -87,3 +88,21 @@ def test_a_flood_of_forged_cookies_stays_within_the_lookup_budget(start_gateway,
     assert seen["throttled"] >= 1, seen
     snap = wait_stats(base, lambda x: x["traffic"]["anonymous_requests_today"] == 40)
     assert snap["active_sessions"] == 0, summary(snap)
+
+
+def test_a_user_back_after_an_idle_expiry_the_app_still_honours_is_counted_again(start_gateway, express_app):
+    """Headcount ends carol's session after idle_timeout_seconds (6 s here); the app keeps it. When
+    she comes back, her cookie leads to no session: the app is asked, and her session begins again."""
+    config = dict(with_whoami(EXPRESS_CONFIG), active_window_seconds=3, idle_timeout_seconds=6)
+    gw = start_gateway(config, app=express_app)
+    base = gw.url
+    s = express_login(base, "carol", visit_first=True)
+    wait_stats(base, lambda x: roles_of(x) == {"carol": "teacher"})
+    # Her session expires (a sweep ends it: the expiry counter is the sentinel).
+    text = wait_for_metric(base, "headcount_expiries_total", 1, timeout=20)
+    assert metric(text, "headcount_expiries_total") == 1, text
+    assert wait_stats(base, lambda x: x["active_users"] == 0)["active_users"] == 0
+    assert s.get(base + "/app", timeout=TIMEOUT).status_code == 200  # the app still knows her
+    snap = wait_stats(base, lambda x: roles_of(x) == {"carol": "teacher"}, timeout=10)
+    assert snap["active_users"] == 1, summary(snap)
+    assert lookups(base)["begun"] == 1

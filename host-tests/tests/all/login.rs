@@ -254,3 +254,74 @@ fn a_login_over_an_existing_session_replaces_it() {
     let s = stats(&vm);
     assert_eq!(usernames(&s), ["bob"]);
 }
+
+#[test]
+fn a_login_that_keeps_the_request_cookie_starts_the_session_under_it() {
+    let (_host, vm) = start(json!({}));
+    // The app set its cookie on an earlier page and sets none at the login.
+    let ex = vm
+        .post(LOGIN)
+        .cookie("session", "kept-1")
+        .form(&[("username", "kim"), ("password", "pw")])
+        .respond(302, &[("location", "/dashboard")], "")
+        .unwrap();
+    assert!(ex.proxied());
+    assert_eq!(only_session(&stats(&vm))["username"], "kim");
+    browse(&vm, "kept-1");
+    flush(&vm);
+    let s = stats(&vm);
+    assert_eq!(s["traffic"]["authenticated_requests_today"], 2, "{s}");
+    // Logging in again on the same cookie replaces the session.
+    let first = only_session(&s)["session_id"].clone();
+    vm.post(LOGIN)
+        .cookie("session", "kept-1")
+        .form(&[("username", "lee"), ("password", "pw")])
+        .respond(302, &[("location", "/dashboard")], "")
+        .unwrap();
+    let s = stats(&vm);
+    let session = only_session(&s);
+    assert_eq!(session["username"], "lee");
+    assert_ne!(session["session_id"], first);
+}
+
+#[test]
+fn a_repeated_typed_username_names_nobody_and_is_counted() {
+    let (host, vm) = start(json!({}));
+    vm.post(LOGIN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("username=alice&username=bob&password=pw")
+        .respond(302, &[("set-cookie", &set_cookie("rep"))], "")
+        .unwrap();
+    let s = stats(&vm);
+    let session = only_session(&s);
+    assert_eq!(session["username"], "");
+    assert!(session["user_id"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("unnamed:")));
+    assert_eq!(host.metric("headcount_unnamed_logins_total"), Some(1));
+    assert!(
+        vm.logged(LogLevel::Warn, "ambiguous (repeated_field)"),
+        "{}",
+        vm.logs_text()
+    );
+}
+
+#[test]
+fn a_whoami_call_that_cannot_be_sent_falls_back_to_what_was_typed() {
+    // The harness has no upstream clusters: every dispatch_http_call is refused.
+    let (_host, vm) = start(json!({"whoami": {"path": "/me"}}));
+    vm.post(LOGIN)
+        .form(&[("username", "grace"), ("password", "pw")])
+        .respond(302, &[("set-cookie", &set_cookie("w1"))], "")
+        .unwrap();
+    // Unnamed until the root context's tick asks the app.
+    assert_eq!(only_session(&stats(&vm))["username"], "");
+    flush(&vm);
+    let s = stats(&vm);
+    assert_eq!(only_session(&s)["username"], "grace", "{s}");
+    assert!(
+        vm.logged(LogLevel::Warn, "whoami call to cluster `app` not sent"),
+        "{}",
+        vm.logs_text()
+    );
+}
