@@ -154,6 +154,16 @@ impl Session {
         self.login_ms.saturating_add(cfg.max_lifetime_ms)
     }
 
+    /// The name for a log line: the username, or the user id of an unnamed
+    /// session (`unnamed:<session id>`).
+    pub fn name(&self) -> &str {
+        if self.username.is_empty() {
+            &self.user_id
+        } else {
+            &self.username
+        }
+    }
+
     pub fn uuid(&self) -> String {
         uuid::Uuid::from_bytes(self.id.0).hyphenated().to_string()
     }

@@ -172,7 +172,7 @@ impl Stream {
                     .events(Kind::Login, std::slice::from_ref(&session), now);
                 host::info(&format!(
                     "login {} as {} ({})",
-                    session.username,
+                    session.name(),
                     session.role,
                     session.uuid()
                 ));
@@ -199,7 +199,7 @@ impl Stream {
                         self.ended = true;
                         host::add_counter(self.vm.metrics.logouts, 1);
                         self.vm.events(Kind::Logout, std::slice::from_ref(&s), now);
-                        host::info(&format!("logout {} ({})", s.username, s.uuid()));
+                        host::info(&format!("logout {} ({})", s.name(), s.uuid()));
                     }
                     Ok(None) => {}
                     Err(e) => host::warn(&format!("logout not recorded: {e}")),
@@ -231,63 +231,90 @@ impl Stream {
         else {
             return;
         };
-        let cfg = &self.vm.cfg;
-        let token = accept
-            .token
-            .then(|| flow::token_in(cfg, attempt.route, body))
-            .flatten();
-        let cookie = match &token {
-            Some(t) => {
-                if let Some((credential, _)) = call.as_mut() {
-                    *credential = Some(Credential::token(&cfg.token_scheme, t));
-                }
-                Some(self.vm.hasher.hash(t))
-            }
-            None => accept.cookie,
-        };
-        let Some(cookie) = cookie else {
+        let Some(cookie) = self.login_key(&accept, &attempt, body, &mut call) else {
             host::warn("token login without a token in its answer; not counted");
             return;
         };
-        let from_headers = accept.from_headers;
         let Some(random) = host::random16() else {
             host::error("no randomness for a session id; login not recorded");
             return;
         };
-        let Accepted {
-            session,
-            unnamed,
-            whoami,
-        } = attempt.finish(cfg, cookie, from_headers, body, now, random);
+        let cfg = &self.vm.cfg;
+        let accepted = attempt.finish(cfg, cookie, accept.from_headers, body, now, random);
         // A login over an existing session replaces it, also when the app kept
         // the session's cookie through the login.
         if self.cookie.is_some() {
             self.apply(Change::Logout, now);
         }
-        if self.record_login(session.clone(), now) {
+        if self.record_login(accepted.session.clone(), now) {
             // The login request itself is the new session's first activity.
             self.cookie = Some(cookie);
             self.ended = false;
-            if let (Some(fallback), Some((credential, authority))) = (whoami, call) {
-                let lookup = crate::whoami::Lookup {
-                    kind: crate::whoami::Asking::Login {
-                        id: session.id,
-                        fallback,
-                    },
-                    hash: cookie,
-                    credential,
-                    authority,
-                };
-                if self.vm.whoami.borrow_mut().queue(lookup).is_err() {
-                    host::warn("whoami queue full; the login's other sources name it");
+            self.after_login(accepted, cookie, call, now);
+        }
+    }
+
+    /// The key of an accepted login's session: the opaque token its body
+    /// carries (a token route; whoami is then asked with the token), else the
+    /// cookie it set or kept.
+    fn login_key(
+        &self,
+        accept: &Accept,
+        attempt: &LoginAttempt,
+        body: Option<&[u8]>,
+        call: &mut Option<(Option<Credential>, Vec<u8>)>,
+    ) -> Option<CookieHash> {
+        let cfg = &self.vm.cfg;
+        let token = accept
+            .token
+            .then(|| flow::token_in(cfg, attempt.route, body))
+            .flatten();
+        match token {
+            Some(t) => {
+                if let Some((credential, _)) = call.as_mut() {
+                    *credential = Some(Credential::token(&cfg.token_scheme, &t));
                 }
+                Some(self.vm.hasher.hash(&t))
             }
-            if let Some(why) = unnamed {
-                host::warn(&flow::unnamed_line(why, &session));
-                host::add_counter(self.vm.metrics.unnamed, 1);
-                self.vm
-                    .events(Kind::Unnamed(why), std::slice::from_ref(&session), now);
+            None => accept.cookie,
+        }
+    }
+
+    /// A recorded login: queues its whoami lookup (the root context sends it),
+    /// and reports a login that names nobody or whose typed name was ambiguous.
+    fn after_login(
+        &self,
+        accepted: Accepted,
+        hash: CookieHash,
+        call: Option<(Option<Credential>, Vec<u8>)>,
+        now: u64,
+    ) {
+        let Accepted {
+            session,
+            unnamed,
+            whoami,
+        } = accepted;
+        if let Some(fallback) = whoami {
+            let (credential, authority) = call.unwrap_or_default();
+            let lookup = crate::whoami::Lookup {
+                kind: crate::whoami::Asking::Login {
+                    id: session.id,
+                    fallback,
+                },
+                hash,
+                credential,
+                authority,
+            };
+            if let Err(lookup) = self.vm.whoami.borrow_mut().queue(lookup) {
+                host::warn("whoami queue full; the login's other sources name it");
+                crate::whoami::settle_unasked(&self.vm, lookup, now);
             }
+        }
+        if let Some(why) = unnamed {
+            host::warn(&flow::unnamed_line(why, &session));
+            host::add_counter(self.vm.metrics.unnamed, 1);
+            self.vm
+                .events(Kind::Unnamed(why), std::slice::from_ref(&session), now);
         }
     }
 }

@@ -219,6 +219,11 @@ pub fn answered(vm: &Vm, token: u32, body_size: usize, now: u64) {
     }
 }
 
+/// A lookup that could not even be queued: settled as if the app did not answer.
+pub fn settle_unasked(vm: &Vm, lookup: Lookup, now: u64) {
+    let _ = finish(vm, lookup, None, now);
+}
+
 /// Settles a lookup; returns the key of the session it named or began.
 fn finish(vm: &Vm, lookup: Lookup, answer: Option<Identity>, now: u64) -> Option<CookieHash> {
     match lookup.kind {

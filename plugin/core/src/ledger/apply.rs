@@ -356,7 +356,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         out.needs_alarm = true;
         out.log.push(format!(
             "login {} as {} ({})",
-            session.username,
+            session.name(),
             session.role,
             session.uuid()
         ));
@@ -600,7 +600,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
             return Ok((None, Vec::new()));
         };
         out.log
-            .push(format!("{} {} ({})", kind.name(), s.username, s.uuid()));
+            .push(format!("{} {} ({})", kind.name(), s.name(), s.uuid()));
         let mut ops: Vec<Op> = s
             .cookies(extra.as_ref())
             .into_iter()
