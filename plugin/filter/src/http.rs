@@ -339,9 +339,14 @@ impl Stream {
             .as_ref()
             .and_then(|jwt| jwt.header.as_deref())
             .and_then(|h| headers.get(h));
+        // The Authorization header is looked up only when some route hands out tokens.
+        let authorization = cfg
+            .opaque_tokens()
+            .then(|| headers.get("authorization"))
+            .flatten();
         let could_identify = cookie_header.is_some()
             || jwt_header.is_some()
-            || (cfg.opaque_tokens() && headers.get("authorization").is_some())
+            || authorization.is_some()
             || matches!(self.route, Route::Login(_));
         let user_agent = headers.user_agent().unwrap_or_default();
         self.ignored = could_identify && identity::is_ignored_agent(cfg, user_agent);
@@ -351,7 +356,7 @@ impl Stream {
         let cookie = cookie_header
             .as_deref()
             .and_then(|c| identity::request_cookie(c, &cfg.session_cookie).map(hash));
-        let opaque_raw = flow::opaque_token(cfg, headers.get("authorization"));
+        let opaque_raw = flow::opaque_token(cfg, authorization);
         let opaque = opaque_raw.map(hash);
         let bearer = match &cfg.jwt {
             Some(jwt) if !self.ignored => {
