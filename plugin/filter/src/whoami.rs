@@ -274,13 +274,7 @@ fn begin(vm: &Vm, hash: CookieHash, verdict: Verdict, now: u64) -> Option<Cookie
         Verdict::Begin(s) => s,
         Verdict::Nobody { until } => {
             vm.whoami.borrow_mut().nobody.remember(hash, until, now);
-            count(
-                vm,
-                Counts {
-                    nobody: 1,
-                    ..Counts::default()
-                },
-            );
+            count(vm, Counts::NOBODY);
             return None;
         }
     };
@@ -289,13 +283,7 @@ fn begin(vm: &Vm, hash: CookieHash, verdict: Verdict, now: u64) -> Option<Cookie
     match bearer::start(existing.as_ref(), revoked, now, cfg) {
         Start::Live => return Some(hash),
         Start::Revoked => {
-            count(
-                vm,
-                Counts {
-                    nobody: 1,
-                    ..Counts::default()
-                },
-            );
+            count(vm, Counts::NOBODY);
             return None;
         }
         Start::Restart | Start::New => {}
@@ -311,13 +299,7 @@ fn begin(vm: &Vm, hash: CookieHash, verdict: Verdict, now: u64) -> Option<Cookie
                 session.role,
                 session.uuid()
             ));
-            count(
-                vm,
-                Counts {
-                    begun: 1,
-                    ..Counts::default()
-                },
-            );
+            count(vm, Counts::BEGUN);
             Some(hash)
         }
         Err(e) => {

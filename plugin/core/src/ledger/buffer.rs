@@ -67,51 +67,43 @@ impl Buffer {
 
     /// A touch the session table did not know: sent once more with the next flush.
     pub fn retry(&mut self, op: Op) {
-        if let Op::Touch {
-            hash,
-            last_ms,
-            requests,
-            ..
-        } = op
-        {
-            if self.ops.len() >= MAX_OPS {
-                self.traffic.anonymous += requests;
-                return;
-            }
-            // Not coalesced with new touches: those still get their own retry.
-            self.ops.push(Op::Touch {
-                hash,
-                last_ms,
-                requests,
-                retry: true,
-            });
-        }
+        // Not coalesced with new touches: those still get their own retry.
+        self.requeue(op, true);
     }
 
     /// A touch held back while its session began (a whoami lookup): sent again
     /// after the session's op, with a retry of its own as a login's request has
-    /// (the cookie entry lands a round after the session). No traffic is added:
-    /// its requests were counted when made.
+    /// (the cookie entry lands a round after the session). Later requests with
+    /// the cookie add to it.
     pub fn resend(&mut self, op: Op) {
-        if let Op::Touch {
+        self.requeue(op, false);
+    }
+
+    /// Queues a touch again; its requests were counted as traffic when made.
+    /// With no room, they are anonymous.
+    fn requeue(&mut self, op: Op, retry: bool) {
+        let Op::Touch {
             hash,
             last_ms,
             requests,
             ..
         } = op
-        {
-            if self.ops.len() >= MAX_OPS {
-                self.traffic.anonymous += requests;
-                return;
-            }
-            self.touch_at.insert(hash, self.ops.len());
-            self.ops.push(Op::Touch {
-                hash,
-                last_ms,
-                requests,
-                retry: false,
-            });
+        else {
+            return;
+        };
+        if self.ops.len() >= MAX_OPS {
+            self.traffic.anonymous += requests;
+            return;
         }
+        if !retry {
+            self.touch_at.insert(hash, self.ops.len());
+        }
+        self.ops.push(Op::Touch {
+            hash,
+            last_ms,
+            requests,
+            retry,
+        });
     }
 
     /// Queues a session event. Returns false if the buffer is full (the event is lost).

@@ -161,6 +161,19 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// One lookup that named nobody.
+    pub const NOBODY: Counts = Counts {
+        begun: 0,
+        nobody: 1,
+        throttled: 0,
+    };
+    /// One lookup that began a session.
+    pub const BEGUN: Counts = Counts {
+        begun: 1,
+        nobody: 0,
+        throttled: 0,
+    };
+
     pub fn add(&mut self, other: Counts) {
         self.begun += other.begun;
         self.nobody += other.nobody;

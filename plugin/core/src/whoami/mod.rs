@@ -96,27 +96,19 @@ impl Whoami {
                 ))
             }
         };
-        let lookups_per_second = raw.lookups_per_second.unwrap_or(10);
-        if !(1..=1000).contains(&lookups_per_second) {
-            return Err(field_err(
-                "whoami.lookups_per_second",
-                "must be between 1 and 1000",
-            ));
-        }
-        let max_in_flight = raw.max_in_flight.unwrap_or(8);
-        if !(1..=256).contains(&max_in_flight) {
-            return Err(field_err(
-                "whoami.max_in_flight",
-                "must be between 1 and 256",
-            ));
-        }
-        let unknown_ttl = raw.unknown_ttl_seconds.unwrap_or(300);
-        if !(1..=86_400).contains(&unknown_ttl) {
-            return Err(field_err(
-                "whoami.unknown_ttl_seconds",
-                "must be between 1 and 86400",
-            ));
-        }
+        let lookups_per_second = within(
+            "whoami.lookups_per_second",
+            raw.lookups_per_second,
+            10,
+            1000,
+        )?;
+        let max_in_flight = within("whoami.max_in_flight", raw.max_in_flight, 8, 256)?;
+        let unknown_ttl = within(
+            "whoami.unknown_ttl_seconds",
+            raw.unknown_ttl_seconds,
+            300,
+            86_400,
+        )?;
         Ok(Whoami {
             begin_unknown: raw.begin_unknown.unwrap_or(true),
             lookups_per_second,
@@ -196,6 +188,21 @@ impl Credential {
         } else {
             "cookie"
         }
+    }
+}
+
+/// `v` (or `default`) if it is between 1 and `max`, else an error naming `field`.
+fn within<T: Copy + PartialOrd + From<u8> + std::fmt::Display>(
+    field: &str,
+    v: Option<T>,
+    default: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v >= T::from(1) && v <= max {
+        Ok(v)
+    } else {
+        Err(field_err(field, &format!("must be between 1 and {max}")))
     }
 }
 
