@@ -274,6 +274,8 @@ async fn send(
                     revoked::with(|r| r.sync(batch.shard, list, now_ms()));
                 }
                 let missing = with_known(|k| pending.absorb(reply, k, setup.shards));
+                // Touches the shard found: nothing to ask about them.
+                crate::whoami::settled(&batch.ops, &missing);
                 // Those to ask the app about wait for its answer (`begin_unknown`).
                 let missing = crate::whoami::missed(missing, now_ms());
                 with_buffer(|buf| missing.into_iter().for_each(|m| buf.retry(m)));

@@ -153,6 +153,27 @@ pub fn keep(hash: CookieHash, now: u64, facts: impl FnOnce() -> Option<Candidate
     });
 }
 
+/// A batch's touches the shards answered for (all but `missing`): their
+/// candidates go.
+pub fn settled(sent: &[Op], missing: &[Op]) {
+    let hash_of = |op: &Op| match op {
+        Op::Touch { hash, .. } | Op::TouchSession { hash, .. } => Some(*hash),
+        _ => None,
+    };
+    UNKNOWN.with(|u| {
+        let mut u = u.borrow_mut();
+        if u.candidates.is_empty() {
+            return;
+        }
+        let missed: Vec<CookieHash> = missing.iter().filter_map(hash_of).collect();
+        for h in sent.iter().filter_map(hash_of) {
+            if !missed.contains(&h) {
+                u.candidates.forget(&h);
+            }
+        }
+    });
+}
+
 /// A flush's unknown touches (first misses): those with a candidate are held
 /// to be asked about; the rest are returned, to be retried as usual.
 pub fn missed(missing: Vec<Op>, now: u64) -> Vec<Op> {
@@ -171,7 +192,9 @@ pub fn missed(missing: Vec<Op>, now: u64) -> Vec<Op> {
                 _ => rest.push(op),
             }
         }
-        // Candidates no flush will answer for (found known, or never sent) go.
+        // Candidates no flush will answer for (their touch went with a logout
+        // or a rotation) are dropped when the bound nears; a request brings
+        // its own back.
         if u.candidates.len() * 2 > lookups::MAX_CANDIDATES {
             u.candidates.retain(|_| false);
         }

@@ -56,6 +56,11 @@ impl Activity {
         }
     }
 
+    /// Whether activity of this cookie waits for a flush.
+    pub fn is_pending(&self, hash: &CookieHash) -> bool {
+        self.pending.contains_key(hash)
+    }
+
     /// Moves buffered activity from a rotated-away cookie value to the new one.
     pub fn rekey(&mut self, from: &CookieHash, to: &CookieHash) {
         if let Some(p) = self.pending.remove(from) {

@@ -212,6 +212,10 @@ impl Vm {
                 calls = self.whoami.borrow_mut();
             }
         }
+        // Candidates no flush will answer for (their activity went with a
+        // logout, a rotation or the buffer's bound) make room for new ones.
+        let activity = self.activity.borrow();
+        calls.candidates.retain(|h| activity.is_pending(h));
     }
 
     /// A request's credential, kept until a flush shows whether its session
