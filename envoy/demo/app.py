@@ -12,9 +12,9 @@ A plain Flask app with real, signed session cookies:
   clients that send ``Authorization: Bearer`` instead of a cookie (no cookie is set).
 * ``GET /api/v1/me``, ``GET /api/v1/courses`` (login required, JSON 401 otherwise),
   ``GET /api/v1/debug/headers`` (echoes the request headers), ``GET /healthz``,
-  ``GET /`` (home page with a classic form login: ``POST /login``, a redirect either way) and
-  ``GET /dashboard`` (login required). Headcount's demo config names form-login users by asking
-  ``GET /api/v1/me`` (its ``whoami`` route).
+  ``GET /`` (home page: a login form that posts JSON, and a classic form login, ``POST /login``,
+  a redirect either way) and ``GET /dashboard`` (login required). Headcount's demo config names
+  form-login users by asking ``GET /api/v1/me`` (its ``whoami`` route).
 
 The session is permanent and a per-request counter is stored in it for every
 logged-in request, so **every authenticated response re-issues the session cookie
@@ -298,16 +298,35 @@ code {{ background: #eee; padding: 0 .2rem; }}
 """
 
 HOME_BODY = """<p>{who}</p>
-<form id="login" method="post" action="/login">
+<form id="login" method="post" action="/api/v1/auth/login">
   <label>Username <input name="username" autocomplete="username" value="student1"></label>
   <label>Password <input name="password" type="password" autocomplete="current-password" value="password"></label>
   <button type="submit">Log in</button>
+  <div id="msg"></div>
 </form>
 <p>Demo users: <code>admin_user</code>, <code>teacher1</code>, <code>student1</code>,
-<code>student2</code>, <code>student3</code>; password <code>password</code>. The form is a
-classic form login (a redirect either way, no identity in the answer): Headcount learns who
-logged in, and their role, by asking <code>/api/v1/me</code> (its <code>whoami</code> route).</p>
+<code>student2</code>, <code>student3</code>; password <code>password</code>.</p>
+<form method="post" action="/login">
+  <button type="submit" name="username" value="teacher1">Or sign in as teacher1 with a classic form</button>
+  <input type="hidden" name="password" value="password">
+</form>
+<p>The classic form login (<code>POST /login</code>) redirects either way and names nobody in
+its answer: Headcount learns who logged in, and their role, by asking <code>/api/v1/me</code>
+(its <code>whoami</code> route).</p>
 <p><a href="/dashboard">Dashboard</a></p>
+<script>
+document.getElementById("login").addEventListener("submit", async (ev) => {{
+  ev.preventDefault();
+  const f = ev.target;
+  const r = await fetch("/api/v1/auth/login", {{
+    method: "POST",
+    headers: {{"Content-Type": "application/json"}},
+    body: JSON.stringify({{username: f.username.value, password: f.password.value}}),
+  }});
+  if (r.ok) {{ location.href = "/dashboard"; }}
+  else {{ document.getElementById("msg").textContent = "Login failed (" + r.status + ")"; }}
+}});
+</script>
 """
 
 DASHBOARD_BODY = """<p>{who}</p>
