@@ -147,7 +147,7 @@ pub fn keep(hash: CookieHash, now: u64, facts: impl FnOnce() -> Option<Candidate
         let mut u = u.borrow_mut();
         if u.candidates.wants(&hash) && !u.nobody.holds(&hash, now) {
             if let Some(c) = facts() {
-                u.candidates.add(hash, c);
+                u.candidates.add(hash, c, now);
             }
         }
     });
@@ -193,11 +193,8 @@ pub fn missed(missing: Vec<Op>, now: u64) -> Vec<Op> {
             }
         }
         // Candidates no flush will answer for (their touch went with a logout
-        // or a rotation) are dropped when the bound nears; a request brings
-        // its own back.
-        if u.candidates.len() * 2 > lookups::MAX_CANDIDATES {
-            u.candidates.retain(|_| false);
-        }
+        // or a rotation) go once they are old and the bound is half used.
+        u.candidates.prune(now, |_| false);
         rest
     })
 }

@@ -215,7 +215,7 @@ impl Vm {
         // Candidates no flush will answer for (their activity went with a
         // logout, a rotation or the buffer's bound) make room for new ones.
         let activity = self.activity.borrow();
-        calls.candidates.retain(|h| activity.is_pending(h));
+        calls.candidates.prune(now, |h| activity.is_pending(h));
     }
 
     /// A request's credential, kept until a flush shows whether its session
@@ -229,7 +229,7 @@ impl Vm {
         let mut calls = self.whoami.borrow_mut();
         if calls.candidates.wants(&hash) && !calls.nobody.holds(&hash, now) {
             if let Some(c) = facts() {
-                calls.candidates.add(hash, c);
+                calls.candidates.add(hash, c, now);
             }
         }
     }

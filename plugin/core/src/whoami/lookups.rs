@@ -13,6 +13,9 @@ use std::collections::HashMap;
 
 /// Credentials kept per VM or isolate, waiting for a flush's verdict.
 pub const MAX_CANDIDATES: usize = 512;
+/// A candidate this recent is kept by `prune` even without pending activity:
+/// its request may still be in flight (activity is buffered when it ends).
+pub const CANDIDATE_GRACE_MS: u64 = 30_000;
 /// Credentials remembered as nobody's, per VM or isolate.
 pub const MAX_NOBODY: usize = 4096;
 
@@ -53,7 +56,8 @@ pub struct Candidate {
 /// not kept (their sessions begin at a later request).
 #[derive(Debug, Default)]
 pub struct Candidates {
-    by_hash: HashMap<CookieHash, Candidate>,
+    /// Each with when it was kept.
+    by_hash: HashMap<CookieHash, (Candidate, u64)>,
 }
 
 impl Candidates {
@@ -62,15 +66,15 @@ impl Candidates {
         self.by_hash.len() < MAX_CANDIDATES && !self.by_hash.contains_key(hash)
     }
 
-    pub fn add(&mut self, hash: CookieHash, candidate: Candidate) {
+    pub fn add(&mut self, hash: CookieHash, candidate: Candidate, now: u64) {
         if self.wants(&hash) {
-            self.by_hash.insert(hash, candidate);
+            self.by_hash.insert(hash, (candidate, now));
         }
     }
 
     /// The candidate of a credential the flush found unknown.
     pub fn take(&mut self, hash: &CookieHash) -> Option<Candidate> {
-        self.by_hash.remove(hash)
+        self.by_hash.remove(hash).map(|(c, _)| c)
     }
 
     /// A credential the flush found known: nothing to ask.
@@ -78,9 +82,15 @@ impl Candidates {
         self.by_hash.remove(hash);
     }
 
-    /// Keeps only the candidates `still` says are still waiting for a verdict.
-    pub fn retain(&mut self, still: impl Fn(&CookieHash) -> bool) {
-        self.by_hash.retain(|h, _| still(h));
+    /// Once the bound is half used, drops the candidates no flush will answer
+    /// for: not `pending` (their activity left the buffer with a logout, a
+    /// rotation or the buffer's bound) and older than `CANDIDATE_GRACE_MS`.
+    pub fn prune(&mut self, now: u64, pending: impl Fn(&CookieHash) -> bool) {
+        if self.by_hash.len() * 2 <= MAX_CANDIDATES {
+            return;
+        }
+        self.by_hash
+            .retain(|h, (_, at)| pending(h) || now.saturating_sub(*at) < CANDIDATE_GRACE_MS);
     }
 
     pub fn len(&self) -> usize {
@@ -214,13 +224,20 @@ mod tests {
         for i in 0..=MAX_CANDIDATES {
             let mut bytes = [0u8; 16];
             bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            c.add(CookieHash(bytes), cand.clone());
+            c.add(CookieHash(bytes), cand.clone(), 1_000);
         }
         assert_eq!(c.len(), MAX_CANDIDATES);
         assert!(!c.wants(&h(255)));
-        c.retain(|_| false);
+        // Recent ones stay (their requests may be in flight); old ones go
+        // unless their activity is pending.
+        c.prune(1_000 + CANDIDATE_GRACE_MS - 1, |_| false);
+        assert_eq!(c.len(), MAX_CANDIDATES);
+        let first = CookieHash([0; 16]);
+        c.prune(1_000 + CANDIDATE_GRACE_MS, |x| *x == first);
+        assert_eq!(c.len(), 1);
+        c.take(&first);
         assert!(c.is_empty() && c.wants(&h(1)));
-        c.add(h(1), cand.clone());
+        c.add(h(1), cand.clone(), 0);
         assert!(!c.wants(&h(1)));
         assert_eq!(c.take(&h(1)), Some(cand));
     }
