@@ -193,7 +193,7 @@ pub fn missed(missing: Vec<Op>, now: u64) -> Vec<Op> {
             }
         }
         // Candidates no flush will answer for (their touch went with a logout
-        // or a rotation) go once they are old and the bound is half used.
+        // or a rotation) go once they are old.
         u.candidates.prune(now, |_| false);
         rest
     })

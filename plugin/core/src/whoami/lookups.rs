@@ -82,13 +82,11 @@ impl Candidates {
         self.by_hash.remove(hash);
     }
 
-    /// Once the bound is half used, drops the candidates no flush will answer
-    /// for: not `pending` (their activity left the buffer with a logout, a
-    /// rotation or the buffer's bound) and older than `CANDIDATE_GRACE_MS`.
+    /// Drops the candidates no flush will answer for: not `pending` (their
+    /// activity left the buffer with a logout, a rotation or the buffer's
+    /// bound) and older than `CANDIDATE_GRACE_MS`. So a raw credential is held
+    /// until its flush, or that long.
     pub fn prune(&mut self, now: u64, pending: impl Fn(&CookieHash) -> bool) {
-        if self.by_hash.len() * 2 <= MAX_CANDIDATES {
-            return;
-        }
         self.by_hash
             .retain(|h, (_, at)| pending(h) || now.saturating_sub(*at) < CANDIDATE_GRACE_MS);
     }
