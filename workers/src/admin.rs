@@ -55,14 +55,28 @@ async fn authorize(
     let cfg = &setup.cfg;
     let authorization = header(req.headers(), "authorization");
     let token = authorization.as_deref().and_then(gateway::bearer);
-    let access = gateway::authorize(cfg, route, token, None, now);
+    let url = req.url().ok();
+    let authority = url.as_ref().and_then(|u| {
+        let host = u.host_str()?;
+        Some(match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        })
+    });
+    let site = gateway::site(
+        header(req.headers(), gateway::MARK_HEADER).is_some(),
+        header(req.headers(), "sec-fetch-site").as_deref(),
+        header(req.headers(), "origin").as_deref(),
+        authority.as_deref().map(str::as_bytes),
+    );
+    let access = gateway::authorize(cfg, route, token, None, site, now);
     if access == Access::Allowed {
         return Ok((access, false));
     }
     let transient = bearer_admin.and_then(|who| bearer::transient(cfg, who, now));
     let Some(hash) = cookie else {
         return Ok((
-            gateway::authorize(cfg, route, token, transient.as_ref(), now),
+            gateway::authorize(cfg, route, token, transient.as_ref(), site, now),
             false,
         ));
     };
@@ -71,7 +85,7 @@ async fn authorize(
     }
     let session = flush::resolve(env, setup, hash, now).await?.or(transient);
     Ok((
-        gateway::authorize(cfg, route, token, session.as_ref(), now),
+        gateway::authorize(cfg, route, token, session.as_ref(), site, now),
         true,
     ))
 }

@@ -183,12 +183,19 @@ mod tests {
         let route = gateway::AdminRoute::Stats;
         let token = Some(&b"a.b.c"[..]);
         let access = |who: Identity| {
-            gateway::authorize(&cfg, route, token, transient(&cfg, who, now).as_ref(), now)
+            gateway::authorize(
+                &cfg,
+                route,
+                token,
+                transient(&cfg, who, now).as_ref(),
+                gateway::Site::Unproven,
+                now,
+            )
         };
         assert_eq!(access(admin), gateway::Access::Allowed);
         assert_eq!(access(student), gateway::Access::Forbidden);
         assert_eq!(
-            gateway::authorize(&cfg, route, token, None, now),
+            gateway::authorize(&cfg, route, token, None, gateway::Site::Unproven, now),
             gateway::Access::Forbidden
         );
     }

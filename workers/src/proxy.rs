@@ -93,11 +93,13 @@ pub fn header(headers: &Headers, name: &str) -> Option<Vec<u8>> {
     headers.get(name).ok().flatten().map(|v| bytes_of(&v))
 }
 
-/// Sends one of the core's answers (every one `Cache-Control: no-store`).
+/// Sends one of the core's answers with its headers (`Answer::headers`).
 pub fn respond(answer: Answer) -> Result<Response> {
     let headers = Headers::new();
     headers.set("content-type", answer.content_type)?;
-    headers.set("cache-control", "no-store")?;
+    for (name, value) in answer.headers() {
+        headers.set(name, &value)?;
+    }
     Ok(Response::from_bytes(answer.body)?
         .with_status(answer.status)
         .with_headers(headers))

@@ -59,7 +59,28 @@ impl Answer {
                 "authentication required: admin session or bearer token",
             )),
             Access::Forbidden => Some(Answer::error(403, "not allowed")),
+            Access::CrossSite => Some(Answer::error(
+                403,
+                "cross-site request refused: send it from the dashboard, with the x-headcount-request header, or with the admin token",
+            )),
         }
+    }
+
+    /// Every header of this answer besides `content-type`: `Cache-Control:
+    /// no-store` and `nosniff` always, no referrer; the dashboard page also a
+    /// strict `Content-Security-Policy` (its one inline script and style by
+    /// hash, nothing from elsewhere, no framing).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![
+            ("cache-control", "no-store".to_string()),
+            ("x-content-type-options", "nosniff".to_string()),
+            ("referrer-policy", "no-referrer".to_string()),
+        ];
+        if self.content_type == HTML {
+            h.push(("content-security-policy", csp(&self.body)));
+            h.push(("x-frame-options", "DENY".to_string()));
+        }
+        h
     }
 
     /// The store could not be read: 503 (the host logs why).
@@ -101,6 +122,39 @@ impl Answer {
     }
 }
 
+/// The page's policy: only its own inline script and style (by SHA-256), fetches
+/// to its own origin, the empty icon; no plugins, frames, forms elsewhere or
+/// `<base>`.
+fn csp(page: &[u8]) -> String {
+    let text = String::from_utf8_lossy(page);
+    let hash = |open: &str, close: &str| {
+        inline(&text, open, close)
+            .map(|body| {
+                use base64::Engine;
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(body.as_bytes());
+                format!(
+                    "'sha256-{}'",
+                    base64::engine::general_purpose::STANDARD.encode(digest)
+                )
+            })
+            .unwrap_or_else(|| "'none'".to_string())
+    };
+    format!(
+        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src data:; \
+         base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        hash("<script>", "</script>"),
+        hash("<style>", "</style>")
+    )
+}
+
+/// The text between the first `open` and the next `close`.
+fn inline<'a>(page: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = page.find(open)? + open.len();
+    let len = page.get(start..)?.find(close)?;
+    page.get(start..start + len)
+}
+
 fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
@@ -138,5 +192,33 @@ mod tests {
             Answer::events(&Events::default(), b"/x?after=3").status,
             200
         );
+    }
+
+    #[test]
+    fn the_page_gets_a_strict_policy_and_every_answer_nosniff() {
+        let cfg = Config::from_json(b"{}").unwrap();
+        let page = Answer::without_data(&cfg, AdminRoute::Dashboard).unwrap();
+        let headers = page.headers();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let policy = get("content-security-policy").unwrap();
+        assert!(
+            policy.starts_with("default-src 'none'; script-src 'sha256-"),
+            "{policy}"
+        );
+        assert!(
+            policy.contains("frame-ancestors 'none'") && !policy.contains("unsafe"),
+            "{policy}"
+        );
+        assert_eq!(policy.matches("'sha256-").count(), 2, "{policy}");
+        assert_eq!(get("x-frame-options").as_deref(), Some("DENY"));
+        let json = Answer::error(404, "x").headers();
+        assert!(json.contains(&("x-content-type-options", "nosniff".into())));
+        assert!(json.contains(&("referrer-policy", "no-referrer".into())));
+        assert!(json.iter().all(|(n, _)| *n != "content-security-policy"));
     }
 }

@@ -233,6 +233,49 @@ pub enum Access {
     Unauthenticated,
     /// Credentials that do not grant access: 403.
     Forbidden,
+    /// An admin session's ambient cookie, on a state change a page of another
+    /// site may have sent (CSRF): 403.
+    CrossSite,
+}
+
+/// Where a request that changes state came from, as far as the browser says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// Sent by a page of the same origin (or by a client that is no browser
+    /// form: it set `MARK_HEADER`).
+    SameOrigin,
+    /// Another site may have sent it, or nothing says it did not.
+    Unproven,
+}
+
+/// A header a cross-site form cannot send, and a cross-site script only after
+/// a CORS preflight, which the plugin's routes never grant. The dashboard sends
+/// it with its state changes; so can any non-browser client.
+pub const MARK_HEADER: &str = "x-headcount-request";
+
+/// The evidence a request carries that it was not sent cross-site:
+/// `MARK_HEADER`, `Sec-Fetch-Site: same-origin`, or (from browsers that send no
+/// `Sec-Fetch-Site`) an `Origin` whose host is the request's own `authority`.
+pub fn site(
+    marked: bool,
+    sec_fetch_site: Option<&[u8]>,
+    origin: Option<&[u8]>,
+    authority: Option<&[u8]>,
+) -> Site {
+    let proven = marked
+        || match sec_fetch_site {
+            Some(s) => s.eq_ignore_ascii_case(b"same-origin"),
+            None => origin
+                .and_then(|o| o.windows(3).position(|w| w == b"://").map(|i| (o, i)))
+                .and_then(|(o, i)| o.get(i + 3..))
+                .zip(authority)
+                .is_some_and(|(host, a)| !a.is_empty() && host.eq_ignore_ascii_case(a)),
+        };
+    if proven {
+        Site::SameOrigin
+    } else {
+        Site::Unproven
+    }
 }
 
 /// The bearer token of an `Authorization` header, if it is one.
@@ -253,11 +296,16 @@ pub fn credentials<'a>(authorization: &'a [u8], scheme: &str) -> Option<&'a [u8]
 
 /// Data access for `route`: the admin token (compared in constant time), a live
 /// admin-role session, or for `/metrics` also the `metrics_token`.
+/// Who may use `route`: the admin token (or `metrics_token` for the metrics),
+/// or a live session with an admin role. A bearer token is not ambient; a
+/// session is (its cookie goes with any request the browser sends), so on a
+/// route that changes state it counts only from the same origin (`site`).
 pub fn authorize(
     cfg: &Config,
     route: AdminRoute,
     token: Option<&[u8]>,
     session: Option<&Session>,
+    site: Site,
     now: u64,
 ) -> Access {
     let matches = |want: Option<&str>| match (token, want) {
@@ -268,8 +316,11 @@ pub fn authorize(
         || (route == AdminRoute::Metrics && matches(cfg.metrics_token.as_deref()));
     let live = session.filter(|s| !s.is_expired(now, cfg));
     let session_ok = live.is_some_and(|s| cfg.is_admin_role(&s.role));
-    if token_ok || session_ok {
+    let changes_state = matches!(route, AdminRoute::Revoke(_));
+    if token_ok || (session_ok && !(changes_state && site == Site::Unproven)) {
         Access::Allowed
+    } else if session_ok {
+        Access::CrossSite
     } else if token.is_some() || live.is_some() {
         Access::Forbidden
     } else {
@@ -414,6 +465,37 @@ mod tests {
     }
 
     #[test]
+    fn cross_site_evidence() {
+        let host = Some(&b"app.example:8443"[..]);
+        assert_eq!(site(true, None, None, None), Site::SameOrigin);
+        assert_eq!(
+            site(false, Some(b"same-origin"), None, None),
+            Site::SameOrigin
+        );
+        assert_eq!(
+            site(
+                false,
+                Some(b"cross-site"),
+                Some(b"https://app.example:8443"),
+                host
+            ),
+            Site::Unproven
+        );
+        assert_eq!(site(false, Some(b"same-site"), None, host), Site::Unproven);
+        assert_eq!(site(false, Some(b"none"), None, host), Site::Unproven);
+        assert_eq!(
+            site(false, None, Some(b"https://app.example:8443"), host),
+            Site::SameOrigin
+        );
+        assert_eq!(
+            site(false, None, Some(b"https://evil.example"), host),
+            Site::Unproven
+        );
+        assert_eq!(site(false, None, Some(b"null"), host), Site::Unproven);
+        assert_eq!(site(false, None, None, host), Site::Unproven);
+    }
+
+    #[test]
     fn authorization() {
         let cfg = Config {
             admin_token: Some("s3cret-token".into()),
@@ -435,28 +517,66 @@ mod tests {
             },
         );
         assert_eq!(
-            authorize(&cfg, AdminRoute::Stats, None, None, 0),
+            authorize(&cfg, AdminRoute::Stats, None, None, Site::Unproven, 0),
             Access::Unauthenticated
         );
         assert_eq!(
-            authorize(&cfg, AdminRoute::Stats, Some(b"s3cret-token"), None, 0),
+            authorize(
+                &cfg,
+                AdminRoute::Stats,
+                Some(b"s3cret-token"),
+                None,
+                Site::Unproven,
+                0
+            ),
             Access::Allowed
         );
         assert_eq!(
-            authorize(&cfg, AdminRoute::Stats, Some(b"s3cret-tokem"), None, 0),
+            authorize(
+                &cfg,
+                AdminRoute::Stats,
+                Some(b"s3cret-tokem"),
+                None,
+                Site::Unproven,
+                0
+            ),
             Access::Forbidden
         );
         assert_eq!(
-            authorize(&cfg, AdminRoute::Stats, None, admin.as_ref(), 0),
+            authorize(
+                &cfg,
+                AdminRoute::Stats,
+                None,
+                admin.as_ref(),
+                Site::Unproven,
+                0
+            ),
             Access::Allowed
         );
         if let Some(s) = admin.as_mut() {
             s.role = "student".into();
         }
         assert_eq!(
-            authorize(&cfg, AdminRoute::Stats, None, admin.as_ref(), 0),
+            authorize(
+                &cfg,
+                AdminRoute::Stats,
+                None,
+                admin.as_ref(),
+                Site::Unproven,
+                0
+            ),
             Access::Forbidden
         );
+        if let Some(s) = admin.as_mut() {
+            s.role = "admin".into();
+        }
+        // A revoke on the admin's ambient cookie needs same-origin evidence; the
+        // token does not.
+        let revoke = AdminRoute::Revoke(SessionId([9; 16]));
+        let by = |token, site| authorize(&cfg, revoke, token, admin.as_ref(), site, 0);
+        assert_eq!(by(None, Site::Unproven), Access::CrossSite);
+        assert_eq!(by(None, Site::SameOrigin), Access::Allowed);
+        assert_eq!(by(Some(b"s3cret-token"), Site::Unproven), Access::Allowed);
         assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
         assert_eq!(bearer(b"Basic abc"), None);
         assert_eq!(bearer(b"Bear"), None);

@@ -20,6 +20,8 @@ pub struct AdminRequest<'a> {
     /// Path and query string.
     pub path: &'a [u8],
     pub authorization: Option<&'a [u8]>,
+    /// Whether it came from the same origin (a state change on a cookie needs it).
+    pub site: gateway::Site,
     /// The request's session key (cookie hash, or a verified token's key).
     pub cookie: Option<CookieHash>,
     /// Who a verified JWT names, when its session is not in the table (admin
@@ -39,7 +41,7 @@ pub fn answer(vm: &Vm, req: AdminRequest<'_>) -> Answer {
         .cookie
         .and_then(|h| vm.table().resolve(&h, now).ok().flatten())
         .or_else(|| bearer::transient_session(cfg, req.bearer_admin?, now));
-    let access = gateway::authorize(cfg, route, token, session.as_ref(), now);
+    let access = gateway::authorize(cfg, route, token, session.as_ref(), req.site, now);
     Answer::denied(access).unwrap_or_else(|| {
         data(vm, route, req.path, now).unwrap_or_else(|e| {
             host::error(&format!("{route:?} failed: {e}"));

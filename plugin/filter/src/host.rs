@@ -266,12 +266,13 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
 }
 
 /// Answers the stream from the plugin; the request never reaches the upstream.
-pub fn respond(status: u32, content_type: &str, body: &[u8]) {
-    let headers = vec![
-        ("content-type", content_type),
-        ("cache-control", "no-store"),
-    ];
-    if let Err(s) = hostcalls::send_http_response(status, headers, Some(body)) {
+pub fn respond(answer: &headcount_core::answer::Answer) {
+    let extra = answer.headers();
+    let headers: Vec<(&str, &str)> = std::iter::once(("content-type", answer.content_type))
+        .chain(extra.iter().map(|(n, v)| (*n, v.as_str())))
+        .collect();
+    let status = u32::from(answer.status);
+    if let Err(s) = hostcalls::send_http_response(status, headers, Some(&answer.body)) {
         error(&format!("local response failed: {s:?}"));
     }
 }

@@ -410,7 +410,7 @@ impl Stream {
         }
         self.route = Route::Admin(AdminRoute::NotFound);
         let answer = Answer::session_revoked();
-        host::respond(answer.status.into(), answer.content_type, &answer.body);
+        host::respond(&answer);
         true
     }
 
@@ -497,16 +497,23 @@ impl HttpContext for Stream {
         self.follow_bearer(bearer, &headers, now);
         match self.route {
             Route::Admin(route) => {
+                let site = gateway::site(
+                    headers.get(gateway::MARK_HEADER).is_some(),
+                    headers.get("sec-fetch-site"),
+                    headers.get("origin"),
+                    headers.get(":authority"),
+                );
                 let request = AdminRequest {
                     route,
                     path,
+                    site,
                     authorization: headers.get("authorization"),
                     cookie: self.cookie,
                     bearer_admin: self.bearer_admin.take(),
                     now,
                 };
                 let answer = admin::answer(&self.vm, request);
-                host::respond(answer.status.into(), answer.content_type, &answer.body);
+                host::respond(&answer);
                 Action::Pause
             }
             Route::Login(_) if !self.ignored => {
