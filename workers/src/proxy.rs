@@ -559,8 +559,13 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
         .token
         .then(|| flow::token_in(cfg, login.attempt.route, body.as_deref()))
         .flatten();
-    let key = match (&token, setup::hasher(&env, &setup).await) {
-        (Some(t), Ok(h)) => {
+    // The hasher is needed (and fetched) only for a token login.
+    let hasher = match &token {
+        Some(_) => setup::hasher(&env, &setup).await.ok(),
+        None => None,
+    };
+    let key = match (&token, hasher) {
+        (Some(t), Some(h)) => {
             credential = Some(Credential::token(&cfg.token_scheme, t));
             Some(h.hash(t))
         }

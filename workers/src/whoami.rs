@@ -232,7 +232,11 @@ pub async fn ask_unknown(env: &Env, setup: &Setup) {
         (hash, (c.ip, c.user_agent), answer.who, touch)
     });
     let answers = futures::future::join_all(asks).await;
-    UNKNOWN.with(|u| u.borrow_mut().in_flight = 0);
+    let answered = u32::try_from(answers.len()).unwrap_or(u32::MAX);
+    UNKNOWN.with(|u| {
+        let mut u = u.borrow_mut();
+        u.in_flight = u.in_flight.saturating_sub(answered);
+    });
     let now = now_ms();
     let (mut begun, mut unknown) = (Vec::new(), Vec::new());
     UNKNOWN.with(|u| {
