@@ -434,10 +434,11 @@ class Envoy:
             c.close()
 
     def counter(self, suffix: str) -> int:
-        """An Envoy stat whose name ends with `suffix` (the plugin's metrics are prefixed)."""
+        """An Envoy stat whose metric name ends with `suffix` (the plugin's metrics are prefixed
+        with Envoy's `wasmcustom.` and end with their app, `.app.<app>`)."""
         for line in self.admin_get("/stats?filter=headcount").splitlines():
             name, _, value = line.partition(": ")
-            if name.endswith(suffix):
+            if name.split(".app.")[0].endswith(suffix):
                 return int(value)
         return 0
 
@@ -953,9 +954,9 @@ def packed_user_agent(ua: str) -> int:
 
 def shared_bytes_per_session(stats: dict) -> dict[str, float]:
     """Bytes each live session adds to shared data, from what the table stores
-    (plugin/core/src/table.rs): the details record in headcount.v2.sessions.{i}
-    (postcard, user agent packed), the 32-byte activity record in headcount.v2.seen.{i}
-    and the 40-byte cookie entry in headcount.v2.cookies.{i} (bench sessions never
+    (plugin/core/src/table/): the details record in <app>/headcount.v2.sessions.{i}
+    (postcard, user agent packed), the 32-byte activity record in <app>/headcount.v2.seen.{i}
+    and the 40-byte cookie entry in <app>/headcount.v2.cookies.{i} (bench sessions never
     rotate: no aliases)."""
     sessions = stats["sessions"]
     if not sessions:

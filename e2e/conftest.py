@@ -143,6 +143,17 @@ def start_gateway(gateway_kind: str, start_context: StartContext):
 
 
 @pytest.fixture
+def start_apps(gateway_kind: str, start_context: StartContext):
+    """Factory: start_apps({app: plugin_config}, **knobs) -> {app: Gateway}: one gateway of
+    ``gateway_kind`` fronting several apps, each with its own Headcount."""
+
+    def _start(configs: dict[str, dict[str, Any]], **knobs: Any) -> dict[str, Gateway]:
+        return hosts.APP_STARTERS[gateway_kind](start_context, configs, **knobs)
+
+    return _start
+
+
+@pytest.fixture
 def gateway(start_gateway) -> Gateway:
     """The host with the standard test configuration (helpers.PLUGIN_CONFIG)."""
     return start_gateway(helpers.PLUGIN_CONFIG)

@@ -200,10 +200,32 @@ def metrics_of(base: str, token: str = ADMIN_TOKEN) -> str:
     return r.text
 
 
-def metric(text: str, name: str) -> int:
-    m = re.search(rf"^{re.escape(name)} (\d+)$", text, flags=re.M)
-    assert m, (name, text)
-    return int(m.group(1))
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a Prometheus text: (name, labels, value)."""
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and not line.startswith("#"):
+            out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return out
+
+
+def metric(text: str, name: str, app: str | None = None) -> int:
+    """The value of sample ``name`` (``metric{label="v"}`` names the labels besides ``app``). Every
+    sample carries the app it counts; ``app`` picks one when the text holds several apps'."""
+    want = _SAMPLE.match(name + " 0")
+    assert want, name
+    base, labels = want.group(1), dict(_LABEL.findall(want.group(2) or ""))
+    found = [(lab, v) for n, lab, v in samples(text)
+             if n == base and {k: x for k, x in lab.items() if k != "app"} == labels
+             and (app is None or lab.get("app") == app)]
+    assert len(found) == 1, (name, app, found, text)
+    assert "app" in found[0][0], ("a sample without its app", name, text)
+    return int(found[0][1])
 
 
 def wait_for_metric(base: str, name: str, value: int, timeout: float = 5.0) -> str:

@@ -89,19 +89,22 @@ def test_prometheus_metrics_are_exact(gateway):
     login(base, "student1", user_agent=ua("second-device"))
     s = login(base, "teacher1", user_agent=ua("leaves"))
     assert s.post(base + "/api/v1/auth/logout", timeout=TIMEOUT).status_code == 200
-    text = wait_for(lambda: metrics_of(base), lambda t: "headcount_logouts_total 1\n" in t)
+    text = wait_for(lambda: metrics_of(base), lambda t: metric(t, "headcount_logouts_total") == 1)
     lines = set(text.splitlines())
+    # Every sample names its app: by default Envoy's plugin `name` (envoy.yaml's is `headcount`);
+    # the Worker's `default`.
+    app = {"envoy": "headcount", "worker": "default"}[gateway.kind]
     for want in [
-        "headcount_active_users 3",
-        "headcount_active_sessions 4",
-        'headcount_active_users_by_role{role="admin"} 1',
-        'headcount_active_users_by_role{role="student"} 2',
-        'headcount_active_users_by_role{role="teacher"} 0',
-        "headcount_logins_total 5",
-        "headcount_logouts_total 1",
-        "headcount_expiries_total 0",
-        "headcount_evictions_total 0",
-        "headcount_revocations_total 0",
+        f'headcount_active_users{{app="{app}"}} 3',
+        f'headcount_active_sessions{{app="{app}"}} 4',
+        f'headcount_active_users_by_role{{app="{app}",role="admin"}} 1',
+        f'headcount_active_users_by_role{{app="{app}",role="student"}} 2',
+        f'headcount_active_users_by_role{{app="{app}",role="teacher"}} 0',
+        f'headcount_logins_total{{app="{app}"}} 5',
+        f'headcount_logouts_total{{app="{app}"}} 1',
+        f'headcount_expiries_total{{app="{app}"}} 0',
+        f'headcount_evictions_total{{app="{app}"}} 0',
+        f'headcount_revocations_total{{app="{app}"}} 0',
         "# TYPE headcount_active_users gauge",
         "# TYPE headcount_active_users_by_role gauge",
         "# TYPE headcount_logins_total counter",

@@ -5,6 +5,9 @@ runs the whole behaviour suite on it (e.g. a future ``fleet``)."""
 from hosts import envoy, worker
 
 STARTERS = {module.KIND: module.start for module in (envoy, worker)}
+# ``start_apps(ctx, {app: plugin_config}, **knobs) -> {app: Gateway}``: one gateway fronting
+# several apps, each with its own Headcount.
+APP_STARTERS = {module.KIND: module.start_apps for module in (envoy, worker)}
 KINDS = list(STARTERS)
 
 

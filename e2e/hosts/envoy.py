@@ -131,6 +131,54 @@ def start(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency: i
     return gw
 
 
+def render_apps_config(configs: dict[str, dict[str, Any]], *, wasm: Path, ports: list[int], admin_port: int,
+                       app_port: int) -> str:
+    """envoy/envoy.yaml with one listener per app, as an operator fronting several apps writes it:
+    each listener its own filter whose plugin ``name`` is the app, all with the same ``.wasm`` and
+    ``vm_id``."""
+    names = list(configs)
+    text = render_envoy_config(configs[names[0]], wasm=wasm, listener_port=ports[0], admin_port=admin_port,
+                               app_port=app_port)
+    start, end = text.index("  - name: headcount_demo\n"), text.index("  clusters:\n")
+    block = text[start:end]
+    listeners = []
+    for i, (name, port) in enumerate(zip(names, ports)):
+        b = block.replace("  - name: headcount_demo\n", f"  - name: listener_{i}\n", 1)
+        b = re.sub(r"port_value: \d+", f"port_value: {port}", b, count=1)
+        b = b.replace("stat_prefix: ingress_http", f"stat_prefix: ingress_{i}", 1)
+        b, n = re.subn(r"(\n\s+)name: headcount\n", lambda m: f"{m.group(1)}name: {name}\n", b, count=1)
+        assert n == 1, "envoy/envoy.yaml changed shape: the plugin's name"
+        b, n = re.subn(r'value: "(?:[^"\\]|\\.)*"\n', lambda _m: f"value: {json.dumps(json.dumps(configs[name]))}\n",
+                       b, count=1)
+        assert n == 1, "envoy/envoy.yaml changed shape: the plugin config"
+        listeners.append(b)
+    return text[:start] + "".join(listeners) + text[end:]
+
+
+def start_apps(ctx: StartContext, configs: dict[str, dict[str, Any]], concurrency: int = 2,
+               app: Any = None) -> dict[str, EnvoyGateway]:
+    """One Envoy fronting several apps (``configs``: app name -> plugin config): a listener each,
+    the app's name as its plugin's ``name``. Returns a gateway per app (one process)."""
+    run_dir = ctx.run_dir("envoy-apps")
+    *ports, admin_port = free_ports(len(configs) + 1)
+    config_path = run_dir / "envoy.yaml"
+    config_path.write_text(render_apps_config(configs, wasm=wasm_path(), ports=ports, admin_port=admin_port,
+                                              app_port=app.port if app else ctx.demo_app.port))
+    cmd = [envoy_binary(), "-c", str(config_path), "--concurrency", str(concurrency),
+           "--log-level", "info", "--component-log-level", "wasm:debug", "--disable-hot-restart"]
+    proc, log_path, log_file = launch(cmd, run_dir, "envoy.log")
+    gateways = {name: EnvoyGateway(proc=proc, dir=run_dir, log_path=log_path, _log_file=log_file, kind=KIND,
+                                   port=port, plugin_config=configs[name], admin_port=admin_port,
+                                   config_path=config_path)
+                for name, port in zip(configs, ports)}
+    first = next(iter(gateways.values()))
+    ctx.track(first)
+    for gw in gateways.values():
+        if not wait_ready(gw, gw.ready, STARTUP_TIMEOUT, "Envoy"):
+            raise AssertionError(f"Envoy exited with {proc.returncode}; log tail:\n{first.log_tail()}")
+    return gateways
+
+
 @dataclass
 class Refusal:
     """What Envoy did with a plugin config that must be refused."""

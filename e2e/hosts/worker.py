@@ -119,3 +119,14 @@ def start(ctx: StartContext, plugin_config: dict[str, Any] | str, state_dir: Pat
         raise AssertionError(f"wrangler dev exited with {proc.returncode}; log tail:\n{gw.log_tail()}")
     gw.started_in = time.monotonic() - t0
     return gw
+
+
+def start_apps(ctx: StartContext, configs: dict[str, dict[str, Any]], shards: int = 1,
+               app: Any = None) -> dict[str, WorkerGateway]:
+    """Several apps' Workers sharing one Durable Object namespace (``configs``: app name -> plugin
+    config, which gets ``"app": name``): one ``wrangler dev`` each over the same persisted state,
+    as deployments binding one namespace would. Returns a gateway per app."""
+    state = ctx.tmp_path / "state-shared"
+    state.mkdir(parents=True, exist_ok=True)
+    return {name: start(ctx, dict(cfg, app=name), state_dir=state, shards=shards, app=app)
+            for name, cfg in configs.items()}

@@ -143,7 +143,7 @@ async fn data_route(
             }
             Err(e) => Err(e),
         },
-        AdminRoute::History => flush::feed(env)
+        AdminRoute::History => flush::feed(env, setup)
             .await
             .map(|feed| Answer::history(&feed.history, now)),
         AdminRoute::Events => {
@@ -152,15 +152,16 @@ async fn data_route(
                 Some(q) => format!("{}?{q}", url.path()),
                 None => url.path().to_string(),
             };
-            flush::feed(env)
+            flush::feed(env, setup)
                 .await
                 .map(|feed| Answer::events(&feed.events, path.as_bytes()))
         }
         AdminRoute::Metrics => {
-            let (gathered, feed) = futures::join!(flush::gather(env, setup, now), flush::feed(env));
+            let (gathered, feed) =
+                futures::join!(flush::gather(env, setup, now), flush::feed(env, setup));
             gathered.and_then(|g| {
                 let counts = stats::counts(&g.sessions, now, cfg);
-                feed.map(|feed| Answer::metrics(&counts, &feed.events))
+                feed.map(|feed| Answer::metrics(&setup.app, &counts, &feed.events))
             })
         }
         AdminRoute::Revoke(id) => flush::revoke(env, setup, id).await.map(|session| {

@@ -263,7 +263,7 @@ async fn send(
     let replies = join_all(
         batches
             .iter()
-            .map(|(b, _)| shards::call::<_, BatchReply>(env, b.shard, "/batch", b)),
+            .map(|(b, _)| shards::call::<_, BatchReply>(env, &setup.app, b.shard, "/batch", b)),
     )
     .await;
     let mut failure = Ok(());
@@ -313,7 +313,7 @@ pub async fn resolve(
         shards: setup.shards,
         now,
     };
-    let reply: ResolveReply = shards::call(env, shard, "/resolve", &q).await?;
+    let reply: ResolveReply = shards::call(env, &setup.app, shard, "/resolve", &q).await?;
     let Some(id) = reply.id else {
         return Ok(reply.session);
     };
@@ -325,7 +325,7 @@ pub async fn resolve(
         shards: setup.shards,
         now,
     };
-    let reply: ResolveReply = shards::call(env, shard, "/resolve", &q).await?;
+    let reply: ResolveReply = shards::call(env, &setup.app, shard, "/resolve", &q).await?;
     Ok(reply.session)
 }
 
@@ -333,7 +333,8 @@ pub async fn resolve(
 pub async fn gather(env: &Env, setup: &Setup, now: u64) -> Result<Gathered, String> {
     let q = StatsQuery { now };
     let replies = join_all(
-        (0..setup.shards).map(|shard| shards::call::<_, StatsReply>(env, shard, "/stats", &q)),
+        (0..setup.shards)
+            .map(|shard| shards::call::<_, StatsReply>(env, &setup.app, shard, "/stats", &q)),
     )
     .await;
     let mut gathered = Gathered::default();
@@ -344,8 +345,8 @@ pub async fn gather(env: &Env, setup: &Setup, now: u64) -> Result<Gathered, Stri
 }
 
 /// The event feed and the history, from shard 0.
-pub async fn feed(env: &Env) -> Result<FeedReply, String> {
-    shards::call(env, 0, "/feed", &()).await
+pub async fn feed(env: &Env, setup: &Setup) -> Result<FeedReply, String> {
+    shards::call(env, &setup.app, 0, "/feed", &()).await
 }
 
 /// Ends session `id` on an admin's request (as the core's `SessionTable::revoke`):
@@ -358,7 +359,7 @@ pub async fn revoke(env: &Env, setup: &Setup, id: SessionId) -> Result<Option<Se
     let shards = setup.shards;
     let shard = id.shard(shards);
     let q = RevokeQuery { id, shard, shards };
-    let reply: RevokeReply = shards::call(env, shard, "/revoke", &q).await?;
+    let reply: RevokeReply = shards::call(env, &setup.app, shard, "/revoke", &q).await?;
     let Some(session) = reply.session else {
         return Ok(None);
     };
@@ -375,20 +376,20 @@ pub async fn revoke(env: &Env, setup: &Setup, id: SessionId) -> Result<Option<Se
     if setup.cfg.enforce_revocation {
         let until = session.deadline(&setup.cfg);
         revoked::with(|r| r.add(values.iter().map(|h| (*h, until)), now_ms()));
-        let replies =
-            join_all((0..shards).map(|shard| {
-                let q = RevokedAdd {
-                    id,
-                    hashes: values.clone(),
-                    until,
-                    shard,
-                    shards,
-                };
-                async move {
-                    shards::call::<_, Vec<(CookieHash, u64)>>(env, shard, "/revoked", &q).await
-                }
-            }))
-            .await;
+        let replies = join_all((0..shards).map(|shard| {
+            let q = RevokedAdd {
+                id,
+                hashes: values.clone(),
+                until,
+                shard,
+                shards,
+            };
+            async move {
+                shards::call::<_, Vec<(CookieHash, u64)>>(env, &setup.app, shard, "/revoked", &q)
+                    .await
+            }
+        }))
+        .await;
         for reply in replies {
             match reply {
                 Ok(added) => revoked::with(|r| r.add(added, now_ms())),
@@ -417,7 +418,7 @@ pub async fn load_revoked(env: &Env, setup: &Setup) {
         revoked_rev: Some(0),
         ..Batch::new(0, setup.shards, now, Vec::new())
     };
-    match shards::call::<_, BatchReply>(env, 0, "/batch", &batch).await {
+    match shards::call::<_, BatchReply>(env, &setup.app, 0, "/batch", &batch).await {
         Ok(reply) => revoked::with(|r| {
             r.loaded = true;
             r.failed_at = None;

@@ -9,12 +9,13 @@
 use crate::shards;
 use crate::store::Store;
 use futures::future::join_all;
+use headcount_core::ledger::address::{self, Admit};
 use headcount_core::ledger::route::Pending;
 use headcount_core::ledger::wire::{
     Batch, BatchReply, Resolve, RevokeQuery, RevokedAdd, StatsQuery, StatsReply,
 };
 use headcount_core::ledger::{Here, Ledger, LedgerError, Op, Outcome};
-use headcount_core::Config;
+use headcount_core::{AppName, Config};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use worker::{
@@ -31,6 +32,9 @@ pub struct Sessions {
     placement: Cell<Option<(u32, u32)>>,
     /// The validated configuration, parsed once (PEM and JWKS included).
     config: RefCell<Option<Rc<Config>>>,
+    /// The app whose sessions this object keeps (also in `meta`): the first one
+    /// asked; requests for any other are refused.
+    app: RefCell<Option<AppName>>,
 }
 
 impl DurableObject for Sessions {
@@ -43,16 +47,26 @@ impl DurableObject for Sessions {
             env,
             placement: Cell::new(None),
             config: RefCell::new(None),
+            app: RefCell::new(None),
         }
     }
 
-    /// Routes each operation to its `handle_*` method.
+    /// Routes each operation (`/{app}/{op}`) of this object's app to its
+    /// `handle_*` method.
     async fn fetch(&self, mut req: Request) -> Result<Response> {
         let cfg = match self.config() {
             Ok(c) => c,
             Err(e) => return Response::error(e, 500),
         };
-        match (req.method(), req.path().as_str()) {
+        let path = req.path();
+        let Some((app, op)) = address::parse_request_path(&path) else {
+            return Response::error("no such operation", 404);
+        };
+        if let Err(why) = self.admit(&app)? {
+            console_error!("headcount: {why}");
+            return Response::error(why, 409);
+        }
+        match (req.method(), op) {
             (Method::Post, "/batch") => self.handle_batch(&cfg, req.json().await?).await,
             (Method::Post, "/resolve") => self.handle_resolve(&cfg, req.json().await?),
             (Method::Post, "/stats") => self.handle_stats(&cfg, req.json().await?),
@@ -87,6 +101,31 @@ impl Sessions {
         let cfg = Rc::new(Config::from_json(raw.as_bytes()).map_err(|e| e.to_string())?);
         *self.config.borrow_mut() = Some(cfg.clone());
         Ok(cfg)
+    }
+
+    /// Whether this object serves `app` (`address::admit`); the first app asked
+    /// becomes its own.
+    fn admit(&self, app: &AppName) -> Result<std::result::Result<(), String>> {
+        if self.app.borrow().as_ref() == Some(app) {
+            return Ok(Ok(()));
+        }
+        let store = Store::new(&self.state);
+        let kept = store.app()?;
+        match address::admit(kept.as_ref(), app) {
+            Admit::Serve => {}
+            Admit::Adopt => store.put_app(app)?,
+            Admit::Refuse(why) => return Ok(Err(why)),
+        }
+        *self.app.borrow_mut() = Some(app.clone());
+        Ok(Ok(()))
+    }
+
+    /// The app this object keeps, for the alarm (which has no request to say).
+    fn kept_app(&self, store: &Store) -> Result<AppName> {
+        if let Some(app) = self.app.borrow().clone() {
+            return Ok(app);
+        }
+        Ok(store.app()?.unwrap_or_else(AppName::default_app))
     }
 
     /// Remembers which shard this object is (the alarm has no request to say so).
@@ -189,6 +228,7 @@ impl Sessions {
     async fn handle_alarm(&self, cfg: &Config) -> Result<Response> {
         let mut store = Store::new(&self.state);
         let here = self.placed(&store)?;
+        let app = self.kept_app(&store)?;
         let mut swept = Ledger::new(&mut store, cfg, here).sweep()?;
         log(&swept.outcome.log);
         if swept.ended > 0 || swept.stale_cookies > 0 || swept.revocations > 0 {
@@ -201,10 +241,10 @@ impl Sessions {
         }
         let forward = std::mem::take(&mut swept.outcome.reply.forward);
         if !forward.is_empty() {
-            self.deliver(here, forward).await;
+            self.deliver(&app, here, forward).await;
         }
         if Ledger::new(&mut store, cfg, here).sampling()? {
-            if let Err(e) = self.sample_history(&mut store, cfg, here).await {
+            if let Err(e) = self.sample_history(&mut store, cfg, &app, here).await {
                 console_error!("headcount: history not sampled: {e}");
             }
         }
@@ -213,14 +253,20 @@ impl Sessions {
     }
 
     /// Every shard's active sessions into this minute's peak.
-    async fn sample_history(&self, store: &mut Store, cfg: &Config, here: Here) -> Result<()> {
+    async fn sample_history(
+        &self,
+        store: &mut Store,
+        cfg: &Config,
+        app: &AppName,
+        here: Here,
+    ) -> Result<()> {
         let mut ledger = Ledger::new(store, cfg, here);
         let own = ledger.stats()?;
         let (mut sessions, mut stored) = (own.sessions, own.stored_sessions);
         let q = StatsQuery { now: here.now };
         let replies = join_all(
             (1..here.shards)
-                .map(|shard| shards::call::<_, StatsReply>(&self.env, shard, "/stats", &q)),
+                .map(|shard| shards::call::<_, StatsReply>(&self.env, app, shard, "/stats", &q)),
         )
         .await;
         for reply in replies {
@@ -234,14 +280,14 @@ impl Sessions {
     /// Delivers the follow-ups of a sweep to the other shards, one batch each. A
     /// sweep's own shard applied its share already, and what it sends (cookie
     /// entries, per-user entries, events) leads to nothing further.
-    async fn deliver(&self, here: Here, ops: Vec<Op>) {
+    async fn deliver(&self, app: &AppName, here: Here, ops: Vec<Op>) {
         let mut pending = Pending::default();
         ops.into_iter().for_each(|op| pending.push(op, here.shards));
         let batches = pending.batches(here.shards, now_ms(), None, |_| None);
         let replies = join_all(
             batches
                 .iter()
-                .map(|b| shards::call::<_, BatchReply>(&self.env, b.shard, "/batch", b)),
+                .map(|b| shards::call::<_, BatchReply>(&self.env, app, b.shard, "/batch", b)),
         )
         .await;
         for reply in replies {

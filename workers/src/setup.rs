@@ -3,7 +3,7 @@
 
 use crate::shards;
 use headcount_core::ledger::wire::{decode_hex, SecretReply};
-use headcount_core::{Config, CookieHasher};
+use headcount_core::{AppName, Config, CookieHasher};
 use std::cell::RefCell;
 use std::rc::Rc;
 use worker::{Env, Url};
@@ -15,6 +15,9 @@ pub const MAX_SHARDS: u32 = 1024;
 
 pub struct Setup {
     pub cfg: Config,
+    /// The app this deployment counts for: the config's `app`, else `default`.
+    /// Deployments sharing one Durable Object namespace must each set their own.
+    pub app: AppName,
     /// Scheme, host and port the Worker proxies to.
     pub origin: Url,
     pub shards: u32,
@@ -103,7 +106,10 @@ impl Setup {
                 })?,
         };
         let debug = matches!(debug.map(str::trim), Some("1" | "true"));
+        let app = AppName::choose(cfg.app.as_ref(), None)
+            .map_err(|e| format!("HEADCOUNT_CONFIG: {e}"))?;
         Ok(Setup {
+            app,
             cfg,
             origin,
             shards,
@@ -121,7 +127,7 @@ pub async fn hasher(env: &Env, setup: &Setup) -> Result<Rc<CookieHasher>, String
     let key = match &setup.cfg.cookie_hash_secret {
         Some(s) => s.as_bytes().to_vec(),
         None => {
-            let reply: SecretReply = shards::call(env, 0, "/secret", &())
+            let reply: SecretReply = shards::call(env, &setup.app, 0, "/secret", &())
                 .await
                 .map_err(|e| format!("cannot read the cookie hash secret: {e}"))?;
             decode_hex(&reply.secret)
@@ -168,5 +174,9 @@ mod tests {
         assert_eq!(err("", "http://127.0.0.1:5000", ""), "(accepted)");
         let s = Setup::parse(None, Some("https://a.example"), None, Some("1")).unwrap();
         assert_eq!((s.shards, s.debug), (1, true));
+        assert!(s.app.is_default());
+        let s = Setup::parse(Some(r#"{"app": "shop"}"#), Some("http://a"), None, None).unwrap();
+        assert_eq!(s.app.as_str(), "shop");
+        assert!(err(r#"{"app": "a/b"}"#, "http://a", "1").contains("`app`"));
     }
 }

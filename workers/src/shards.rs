@@ -1,27 +1,29 @@
-//! Talking to the session shards: Durable Object `shard-<i>` of the `HEADCOUNT`
-//! namespace. Every Durable Object request of the Worker goes through `call`, which
-//! counts it.
+//! Talking to the session shards: Durable Object `<app>/shard-<i>` of the
+//! `HEADCOUNT` namespace (`address::shard_name`), asked at `/<app>/<op>`. Every
+//! Durable Object request of the Worker goes through `call`, which counts it.
 
 use crate::setup::{self, BINDING};
+use headcount_core::ledger::address;
+use headcount_core::AppName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::{Env, Headers, Method, Request, RequestInit};
 
-pub fn name(shard: u32) -> String {
-    format!("shard-{shard}")
-}
-
-/// POSTs `body` as JSON to `path` on shard `shard` and decodes the JSON answer.
+/// POSTs `body` as JSON to operation `op` on shard `shard` of `app` and decodes
+/// the JSON answer.
 pub async fn call<B: Serialize, T: DeserializeOwned>(
     env: &Env,
+    app: &AppName,
     shard: u32,
-    path: &str,
+    op: &str,
     body: &B,
 ) -> Result<T, String> {
     setup::count(|c| c.do_requests += 1);
+    let name = address::shard_name(app, shard);
+    let path = address::request_path(app, op);
     let stub = env
         .durable_object(BINDING)
-        .and_then(|ns| ns.get_by_name(&name(shard)))
+        .and_then(|ns| ns.get_by_name(&name))
         .map_err(|e| format!("no Durable Object binding `{BINDING}`: {e}"))?;
     let json = serde_json::to_string(body).map_err(|e| e.to_string())?;
     let headers = Headers::new();
@@ -38,11 +40,11 @@ pub async fn call<B: Serialize, T: DeserializeOwned>(
     let mut resp = stub
         .fetch_with_request(req)
         .await
-        .map_err(|e| format!("{} {path}: {e}", name(shard)))?;
+        .map_err(|e| format!("{name} {op}: {e}"))?;
     let status = resp.status_code();
     let text = resp.text().await.map_err(|e| e.to_string())?;
     if status != 200 {
-        return Err(format!("{} {path}: {status} {text}", name(shard)));
+        return Err(format!("{name} {op}: {status} {text}"));
     }
-    serde_json::from_str(&text).map_err(|e| format!("{} {path}: bad answer: {e}", name(shard)))
+    serde_json::from_str(&text).map_err(|e| format!("{name} {op}: bad answer: {e}"))
 }

@@ -553,4 +553,16 @@ impl Store {
     pub fn put_placement(&self, (shard, shards): (u32, u32)) -> Result<()> {
         self.put_meta_value("placement", &format!("{shard}/{shards}"))
     }
+
+    /// The app this object keeps (`address::admit`); `None` before its first
+    /// request. A shard from before apps existed adopts the first app asked.
+    pub fn app(&self) -> Result<Option<headcount_core::AppName>> {
+        Ok(self
+            .meta_value("app")?
+            .and_then(|a| headcount_core::AppName::parse("app", &a).ok()))
+    }
+
+    pub fn put_app(&self, app: &headcount_core::AppName) -> Result<()> {
+        self.put_meta_value("app", app.as_str())
+    }
 }

@@ -12,6 +12,19 @@ pub const TOKEN: &str = "test-admin-token-0123456789";
 pub const LOGIN: &str = "/api/v1/auth/login";
 pub const LOGOUT: &str = "/api/v1/auth/logout";
 pub const STATS: &str = "/__headcount/stats";
+/// The app of a VM started with the default options: its plugin name.
+pub const APP: &str = "headcount";
+
+/// Shared-data key `k` in `APP`'s namespace.
+pub fn key(k: &str) -> String {
+    format!("{APP}/{k}")
+}
+
+/// Metric `name`'s stat name for `APP` (the filter names them `<name>.app.<app>`).
+pub fn stat(name: &str) -> String {
+    format!("{name}.app.{APP}")
+}
+
 pub const UA: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) Safari/605.1.15";
 
 /// Ticks per `flush_interval_ms`: the filter spreads its flush over this many ticks, each

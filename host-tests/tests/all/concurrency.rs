@@ -22,18 +22,18 @@ fn three_workers_losing_cas_races_still_count_exactly() {
         // only hit keys that exist, so top up rather than pile up: a pile of 64 in a row
         // would exhaust the filter's retries, which is a different test.)
         let pending = host.pending_forced_mismatches();
-        host.force_cas_mismatches("headcount.v2.sessions.", 3u32.saturating_sub(pending));
+        host.force_cas_mismatches(&key("headcount.v2.sessions."), 3u32.saturating_sub(pending));
         let vm = &vms[i as usize % 3];
         let role = ["admin", "teacher", "student"][i as usize % 3];
         login(vm, i, &format!("user{i:02}"), role, &format!("cookie-{i}"));
     }
-    assert_eq!(host.metric("headcount_logins_total"), Some(60));
+    assert_eq!(host.metric(&stat("headcount_logins_total")), Some(60));
 
     // Half of them get their cookie rotated, and ten log out, each on yet another worker,
     // again losing races.
     for i in 0..60u64 {
         let pending = host.pending_forced_mismatches();
-        host.force_cas_mismatches("headcount.v2.sessions.", 3u32.saturating_sub(pending));
+        host.force_cas_mismatches(&key("headcount.v2.sessions."), 3u32.saturating_sub(pending));
         let vm = &vms[(i as usize + 2) % 3];
         if i % 2 == 0 {
             vm.get("/x")
@@ -54,10 +54,10 @@ fn three_workers_losing_cas_races_still_count_exactly() {
         }
     };
     for i in 50..60u64 {
-        host.force_cas_mismatches("headcount.v2.sessions.", 2);
+        host.force_cas_mismatches(&key("headcount.v2.sessions."), 2);
         logout(&vms[i as usize % 3], &cookie(i));
     }
-    assert_eq!(host.metric("headcount_logouts_total"), Some(10));
+    assert_eq!(host.metric(&stat("headcount_logouts_total")), Some(10));
 
     // Everyone browses on another worker than the one they logged in on.
     host.advance(Duration::from_secs(30));
@@ -65,7 +65,7 @@ fn three_workers_losing_cas_races_still_count_exactly() {
         browse(&vms[(i as usize + 1) % 3], &cookie(i));
     }
     let pending = host.pending_forced_mismatches();
-    host.force_cas_mismatches("headcount.v", 10u32.saturating_sub(pending));
+    host.force_cas_mismatches(&key("headcount.v"), 10u32.saturating_sub(pending));
     flush_all(&host);
     // A cookie unknown at a flush (the logged-out ones) is held for one more flush.
     flush_all(&host);
@@ -128,7 +128,7 @@ fn workers_on_real_threads_lose_no_update() {
     assert_eq!(s["active_sessions"], 120, "{:?}", host.shared_data_stats());
     assert_eq!(s["active_users"], 120);
     assert_eq!(s["traffic"]["requests_today"], 240);
-    assert_eq!(host.metric("headcount_logins_total"), Some(120));
+    assert_eq!(host.metric(&stat("headcount_logins_total")), Some(120));
 }
 
 #[test]

@@ -51,17 +51,20 @@ fn idle_sessions_end_at_the_sweep_after_the_timeout() {
     browse(&vm, "i2");
     assert!(flush(&vm));
     assert_eq!(
-        host.metric("headcount_expiries_total"),
+        host.metric(&stat("headcount_expiries_total")),
         Some(0),
         "exactly at the timeout: alive"
     );
 
     host.advance(Duration::from_secs(1));
     flush(&vm);
-    assert_eq!(host.metric("headcount_expiries_total"), Some(1));
-    assert_eq!(host.metric("headcount_active_users"), Some(1));
-    assert_eq!(host.metric("headcount_active_sessions"), Some(1));
-    assert_eq!(host.metric("headcount_active_users_role_student"), Some(1));
+    assert_eq!(host.metric(&stat("headcount_expiries_total")), Some(1));
+    assert_eq!(host.metric(&stat("headcount_active_users")), Some(1));
+    assert_eq!(host.metric(&stat("headcount_active_sessions")), Some(1));
+    assert_eq!(
+        host.metric(&stat("headcount_active_users_by_role.role.student")),
+        Some(1)
+    );
 
     // The ended session does not come back with its old cookie.
     browse(&vm, "i1");
@@ -101,8 +104,11 @@ fn the_maximum_lifetime_ends_even_a_busy_session() {
     flush(&vm);
     let s = stats(&vm);
     assert_eq!(s["active_users"], 0, "{s:#}");
-    assert_eq!(host.metric("headcount_expiries_total"), Some(1));
-    assert_eq!(host.metric("headcount_active_users_role_teacher"), Some(0));
+    assert_eq!(host.metric(&stat("headcount_expiries_total")), Some(1));
+    assert_eq!(
+        host.metric(&stat("headcount_active_users_by_role.role.teacher")),
+        Some(0)
+    );
 }
 
 #[test]
@@ -112,16 +118,25 @@ fn gauges_follow_the_sweep() {
     login(&vm, 2, "b", "student", "g2");
     login(&vm, 2, "b", "student", "g3"); // same user, second device
     flush(&vm);
-    assert_eq!(host.metric("headcount_active_users"), Some(2));
-    assert_eq!(host.metric("headcount_active_sessions"), Some(3));
-    assert_eq!(host.metric("headcount_active_users_role_admin"), Some(1));
-    assert_eq!(host.metric("headcount_active_users_role_student"), Some(1));
-    assert_eq!(host.metric("headcount_active_users_role_teacher"), Some(0));
+    assert_eq!(host.metric(&stat("headcount_active_users")), Some(2));
+    assert_eq!(host.metric(&stat("headcount_active_sessions")), Some(3));
+    assert_eq!(
+        host.metric(&stat("headcount_active_users_by_role.role.admin")),
+        Some(1)
+    );
+    assert_eq!(
+        host.metric(&stat("headcount_active_users_by_role.role.student")),
+        Some(1)
+    );
+    assert_eq!(
+        host.metric(&stat("headcount_active_users_by_role.role.teacher")),
+        Some(0)
+    );
     host.advance(Duration::from_secs(301));
     flush(&vm);
-    assert_eq!(host.metric("headcount_active_users"), Some(0));
+    assert_eq!(host.metric(&stat("headcount_active_users")), Some(0));
     assert_eq!(
-        host.metric("headcount_expiries_total"),
+        host.metric(&stat("headcount_expiries_total")),
         Some(0),
         "inactive is not ended"
     );

@@ -80,7 +80,7 @@ fn a_verified_token_is_a_user_from_its_first_request() {
     assert_eq!(t["authenticated_requests_today"], 3, "{t:#}");
     assert_eq!(t["anonymous_requests_today"], 1, "{t:#}");
     // The first request started the session; the others did not.
-    assert_eq!(host.metric("headcount_logins_total"), Some(1));
+    assert_eq!(host.metric(&stat("headcount_logins_total")), Some(1));
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn forged_unsigned_expired_and_misdirected_tokens_are_nobody() {
     assert_eq!(s["active_users"], 0, "{s:#}");
     assert_eq!(s["active_sessions"], 0);
     assert_eq!(s["traffic"]["authenticated_requests_today"], 0);
-    assert_eq!(host.metric("headcount_logins_total").unwrap_or(0), 0);
+    assert_eq!(host.metric(&stat("headcount_logins_total")).unwrap_or(0), 0);
     // The same config accepts the good token, so the refusals above were for cause.
     call(&vm, &valid);
     settle(&host);
@@ -171,7 +171,7 @@ fn tokens_sharing_a_sid_are_one_session_and_users_are_distinct_people() {
     let s = stats(&vm);
     assert_eq!(s["active_sessions"], 2, "{s:#}");
     assert_eq!(s["active_users"], 1);
-    assert_eq!(host.metric("headcount_logins_total"), Some(2));
+    assert_eq!(host.metric(&stat("headcount_logins_total")), Some(2));
 }
 
 #[test]
@@ -217,7 +217,7 @@ fn a_token_in_a_cookie_counts_and_an_idle_session_comes_back_on_use() {
     settle(&host);
     let s = stats(&vm);
     assert_eq!(s["active_users"], 1, "{s:#}");
-    assert_eq!(host.metric("headcount_logins_total"), Some(2));
+    assert_eq!(host.metric(&stat("headcount_logins_total")), Some(2));
 }
 
 #[test]
@@ -244,8 +244,8 @@ fn a_token_whose_session_expired_before_the_sweep_starts_it_again_as_the_worker_
         s["sessions"][0]["login_time"], first,
         "a new session: {s:#}"
     );
-    assert_eq!(host.metric("headcount_logins_total"), Some(2));
-    assert_eq!(host.metric("headcount_expiries_total"), Some(1));
+    assert_eq!(host.metric(&stat("headcount_logins_total")), Some(2));
+    assert_eq!(host.metric(&stat("headcount_expiries_total")), Some(1));
 }
 
 #[test]
@@ -274,7 +274,7 @@ fn a_revoked_token_is_refused_at_the_edge_and_never_restarts() {
     settle(&host);
     let s = stats(&vm);
     assert_eq!(s["active_sessions"], 0, "{s:#}");
-    assert_eq!(host.metric("headcount_logins_total"), Some(1));
+    assert_eq!(host.metric(&stat("headcount_logins_total")), Some(1));
 }
 
 #[test]
@@ -291,7 +291,7 @@ fn an_admin_token_opens_the_data_routes_without_counting_the_admin() {
     );
     assert_eq!(vm.get(STATS).bearer(&student).send().unwrap().status, 403);
     settle(&host);
-    assert_eq!(host.metric("headcount_logins_total").unwrap_or(0), 0);
+    assert_eq!(host.metric(&stat("headcount_logins_total")).unwrap_or(0), 0);
 }
 
 #[test]

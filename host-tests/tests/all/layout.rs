@@ -11,7 +11,8 @@ fn details(host: &Host) -> Vec<(String, Vec<u8>)> {
         .shared_data_keys()
         .into_iter()
         .filter(|k| {
-            k.starts_with("headcount.v2.sessions.") || k.starts_with("headcount.v2.cookies.")
+            k.starts_with(&key("headcount.v2.sessions."))
+                || k.starts_with(&key("headcount.v2.cookies."))
         })
         .collect();
     keys.sort();
@@ -50,7 +51,7 @@ fn flushes_touch_only_activity_records_and_stay_exact_across_three_workers() {
     // The workers flush in turn, each losing CAS races on the activity shards.
     for vm in &vms {
         let pending = host.pending_forced_mismatches();
-        host.force_cas_mismatches("headcount.v2.seen.", 20u32.saturating_sub(pending));
+        host.force_cas_mismatches(&key("headcount.v2.seen."), 20u32.saturating_sub(pending));
         assert!(flush(vm));
     }
     assert_eq!(

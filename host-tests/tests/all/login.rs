@@ -17,7 +17,7 @@ fn a_successful_login_is_one_active_user_with_its_details() {
     assert_eq!(ex.status, 200);
     assert_eq!(ex.header("set-cookie").unwrap(), set_cookie("abc123"));
     assert!(ex.text().contains("admin_user"));
-    assert_eq!(host.metric("headcount_logins_total"), Some(1));
+    assert_eq!(host.metric(&stat("headcount_logins_total")), Some(1));
 
     let s = stats(&vm);
     assert_eq!(s["active_users"], 1);
@@ -115,7 +115,7 @@ fn failed_logins_count_nobody() {
     let s = stats(&vm);
     assert_eq!(s["active_users"], 0);
     assert_eq!(s["sessions"], json!([]));
-    assert_eq!(host.metric("headcount_logins_total"), Some(0));
+    assert_eq!(host.metric(&stat("headcount_logins_total")), Some(0));
 }
 
 #[test]
@@ -298,7 +298,10 @@ fn a_repeated_typed_username_names_nobody_and_is_counted() {
     assert!(session["user_id"]
         .as_str()
         .is_some_and(|u| u.starts_with("unnamed:")));
-    assert_eq!(host.metric("headcount_unnamed_logins_total"), Some(1));
+    assert_eq!(
+        host.metric(&stat("headcount_unnamed_logins_total")),
+        Some(1)
+    );
     assert!(
         vm.logged(LogLevel::Warn, "ambiguous (repeated_field)"),
         "{}",

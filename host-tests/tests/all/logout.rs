@@ -22,7 +22,7 @@ fn the_logout_route_ends_the_session() {
         s["by_role"],
         json!({"admin": 0, "teacher": 0, "student": 1})
     );
-    assert_eq!(host.metric("headcount_logouts_total"), Some(1));
+    assert_eq!(host.metric(&stat("headcount_logouts_total")), Some(1));
 
     // The ended session's cookie opens nothing and counts nobody.
     browse(&vm, "c1");
@@ -103,5 +103,5 @@ fn logging_out_without_a_session_is_harmless() {
         .respond(200, &[], "")
         .unwrap();
     assert!(ex.proxied());
-    assert_eq!(host.metric("headcount_logouts_total"), Some(0));
+    assert_eq!(host.metric(&stat("headcount_logouts_total")), Some(0));
 }

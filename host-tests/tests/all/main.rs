@@ -13,6 +13,7 @@
     reason = "an integration-test crate: a failed unwrap is a failed test"
 )]
 
+mod apps;
 mod bad_input;
 mod cap;
 mod common;

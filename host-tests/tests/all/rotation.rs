@@ -31,7 +31,7 @@ fn a_rotated_cookie_keeps_the_same_session() {
     assert_eq!(session["login_time"], "2026-11-28T10:00:00.000Z");
     assert_eq!(session["last_activity"], "2026-11-28T10:02:00.000Z");
     assert_eq!(session["duration_seconds"], 120);
-    assert_eq!(host.metric("headcount_logins_total"), Some(1));
+    assert_eq!(host.metric(&stat("headcount_logins_total")), Some(1));
 
     // The new cookie is the admin's cookie now: it opens the stats route.
     let by_cookie = vm.get(STATS).cookie("session", "v2").send().unwrap();
@@ -124,5 +124,5 @@ fn the_session_cookie_is_found_among_other_set_cookies() {
         )
         .unwrap();
     assert_eq!(stats(&vm)["active_sessions"], 0);
-    assert_eq!(host.metric("headcount_logouts_total"), Some(1));
+    assert_eq!(host.metric(&stat("headcount_logouts_total")), Some(1));
 }

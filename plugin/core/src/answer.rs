@@ -113,11 +113,11 @@ impl Answer {
         Answer::json(200, to_json(&events.view(events::after_param(path))))
     }
 
-    pub fn metrics(counts: &Counts, events: &Events) -> Answer {
+    pub fn metrics(app: &crate::app::AppName, counts: &Counts, events: &Events) -> Answer {
         Answer {
             status: 200,
             content_type: prometheus::CONTENT_TYPE,
-            body: prometheus::render(counts, events).into_bytes(),
+            body: prometheus::render(app, counts, events).into_bytes(),
         }
     }
 }

@@ -34,6 +34,7 @@ fn err(field: &str, message: impl Into<String>) -> ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    app: Option<String>,
     login_method: Option<String>,
     login_path: Option<String>,
     logout_method: Option<String>,
@@ -198,6 +199,9 @@ impl Normalize {
 /// Validated configuration. Durations are kept in milliseconds, the unit of `now`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// The app this instance counts for (`app.rs`); `None`: the host's name for
+    /// the plugin instance (Envoy's plugin `name`), else `default`.
+    pub app: Option<crate::app::AppName>,
     pub login_method: String,
     pub login_path: String,
     pub logout_method: String,
@@ -252,6 +256,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            app: None,
             login_method: "POST".into(),
             login_path: "/api/v1/auth/login".into(),
             logout_method: "POST".into(),
@@ -525,6 +530,10 @@ impl Config {
         let token_scheme = raw.token_scheme.unwrap_or(d.token_scheme);
         token("token_scheme", &token_scheme)?;
         Ok(Config {
+            app: raw
+                .app
+                .map(|a| crate::app::AppName::parse("app", &a))
+                .transpose()?,
             token_scheme,
             login_method,
             login_path,
@@ -730,6 +739,9 @@ pub(crate) mod tests {
         assert_eq!(field_of(r#"{"roles": ["ok", ""]}"#), "roles");
         assert_eq!(field_of(r#"{"flush_interval_ms": 5}"#), "flush_interval_ms");
         assert_eq!(field_of(r#"{"route_prefix": "/"}"#), "route_prefix");
+        assert_eq!(field_of(r#"{"app": "a/b"}"#), "app");
+        assert_eq!(field_of(r#"{"app": ""}"#), "app");
+        assert_eq!(field_of(r#"{"app": "shop-a"}"#), "(accepted)");
         assert_eq!(field_of("[1,2]"), "(config)");
         assert_eq!(field_of("{} x"), "(config)");
         let msg = Config::from_json(br#"{"active_window_seconds": "soon"}"#)

@@ -12,6 +12,7 @@
 pub mod activity;
 pub mod agent;
 pub mod answer;
+pub mod app;
 pub mod bearer;
 pub mod config;
 pub mod cookie_cache;
@@ -35,6 +36,7 @@ pub mod traffic;
 pub mod typed;
 pub mod whoami;
 
+pub use app::{AppName, Scoped};
 pub use config::{Config, ConfigError};
 pub use cookie_cache::CookieCache;
 pub use session::{CookieHash, CookieHasher, Session};

@@ -20,6 +20,11 @@ impl MemoryStore {
         (map.len(), map.values().map(|(v, _)| v.len()).sum())
     }
 
+    /// Every key written, in no order.
+    pub fn keys(&self) -> Vec<String> {
+        self.map.borrow().keys().cloned().collect()
+    }
+
     /// Keys plus values, as Envoy would hold them.
     pub fn bytes(&self) -> usize {
         self.map

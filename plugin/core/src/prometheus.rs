@@ -1,17 +1,13 @@
 //! `GET {prefix}/metrics`: the counts in the Prometheus text format (0.0.4).
+//! Every sample carries the app it counts (`app="..."`), so one scrape config
+//! over many apps' routes, or one dashboard over them, keeps them apart.
 
+use crate::app::AppName;
 use crate::events::Events;
 use crate::stats::Counts;
 use std::fmt::Write;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    let _ = write!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-    );
-}
 
 /// Label values escape `\`, `"` and newlines, per the exposition format.
 fn label(value: &str) -> String {
@@ -21,82 +17,96 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn render(counts: &Counts, events: &Events) -> String {
-    let mut out = String::new();
-    metric(
-        &mut out,
+struct Text<'a> {
+    out: String,
+    app: &'a AppName,
+}
+
+impl Text<'_> {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = write!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    }
+
+    /// One sample: `name{app="..",extra="..."} value`.
+    fn sample(&mut self, name: &str, extra: Option<(&str, &str)>, value: u64) {
+        let _ = write!(self.out, "{name}{{app=\"{}\"", label(self.app.as_str()));
+        if let Some((k, v)) = extra {
+            let _ = write!(self.out, ",{k}=\"{}\"", label(v));
+        }
+        let _ = writeln!(self.out, "}} {value}");
+    }
+
+    fn metric(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        self.sample(name, None, value);
+    }
+}
+
+pub fn render(app: &AppName, counts: &Counts, events: &Events) -> String {
+    let mut t = Text {
+        out: String::new(),
+        app,
+    };
+    t.metric(
         "headcount_active_users",
         "gauge",
         "Distinct users active in the window.",
         counts.active_users as u64,
     );
-    let _ = write!(
-        out,
-        "# HELP headcount_active_users_by_role Distinct active users per role.\n# TYPE headcount_active_users_by_role gauge\n"
-    );
+    let by_role = "headcount_active_users_by_role";
+    t.family(by_role, "gauge", "Distinct active users per role.");
     for (role, n) in &counts.by_role {
-        let _ = writeln!(
-            out,
-            "headcount_active_users_by_role{{role=\"{}\"}} {n}",
-            label(role)
-        );
+        t.sample(by_role, Some(("role", role)), *n as u64);
     }
-    metric(
-        &mut out,
+    t.metric(
         "headcount_active_sessions",
         "gauge",
         "Sessions active in the window.",
         counts.active_sessions as u64,
     );
-    metric(
-        &mut out,
-        "headcount_logins_total",
+    for (name, help, value) in [
+        (
+            "headcount_logins_total",
+            "Logins seen.",
+            events.logins_total,
+        ),
+        (
+            "headcount_logouts_total",
+            "Logouts seen.",
+            events.logouts_total,
+        ),
+        (
+            "headcount_expiries_total",
+            "Sessions ended by idle timeout or maximum lifetime.",
+            events.expiries_total,
+        ),
+        (
+            "headcount_evictions_total",
+            "Sessions evicted by the live-session cap.",
+            events.evictions_total,
+        ),
+        (
+            "headcount_revocations_total",
+            "Sessions revoked by an admin.",
+            events.revocations_total,
+        ),
+    ] {
+        t.metric(name, "counter", help, value);
+    }
+    let unnamed = "headcount_unnamed_logins_total";
+    t.family(
+        unnamed,
         "counter",
-        "Logins seen.",
-        events.logins_total,
-    );
-    metric(
-        &mut out,
-        "headcount_logouts_total",
-        "counter",
-        "Logouts seen.",
-        events.logouts_total,
-    );
-    metric(
-        &mut out,
-        "headcount_expiries_total",
-        "counter",
-        "Sessions ended by idle timeout or maximum lifetime.",
-        events.expiries_total,
-    );
-    metric(
-        &mut out,
-        "headcount_evictions_total",
-        "counter",
-        "Sessions evicted by the live-session cap.",
-        events.evictions_total,
-    );
-    metric(
-        &mut out,
-        "headcount_revocations_total",
-        "counter",
-        "Sessions revoked by an admin.",
-        events.revocations_total,
-    );
-    let _ = write!(
-        out,
-        "# HELP headcount_unnamed_logins_total Logins the app accepted whose typed name was ambiguous, or that named nobody.\n# TYPE headcount_unnamed_logins_total counter\n"
+        "Logins the app accepted whose typed name was ambiguous, or that named nobody.",
     );
     for (why, n) in crate::typed::Unnamed::ALL.iter().zip(events.unnamed_totals) {
-        let _ = writeln!(
-            out,
-            "headcount_unnamed_logins_total{{reason=\"{}\"}} {n}",
-            why.name()
-        );
+        t.sample(unnamed, Some(("reason", why.name())), n);
     }
-    let _ = write!(
-        out,
-        "# HELP headcount_whoami_lookups_total Lookups of sessions Headcount did not know, by outcome.\n# TYPE headcount_whoami_lookups_total counter\n"
+    let lookups = "headcount_whoami_lookups_total";
+    t.family(
+        lookups,
+        "counter",
+        "Lookups of sessions Headcount did not know, by outcome.",
     );
     let w = events.whoami;
     for (outcome, n) in [
@@ -104,12 +114,9 @@ pub fn render(counts: &Counts, events: &Events) -> String {
         ("nobody", w.nobody),
         ("throttled", w.throttled),
     ] {
-        let _ = writeln!(
-            out,
-            "headcount_whoami_lookups_total{{outcome=\"{outcome}\"}} {n}"
-        );
+        t.sample(lookups, Some(("outcome", outcome)), n);
     }
-    out
+    t.out
 }
 
 #[cfg(test)]
@@ -131,15 +138,23 @@ mod tests {
             expiries_total: 1,
             ..Events::default()
         };
-        let text = render(&counts, &events);
-        assert!(text.contains("\nheadcount_active_users 3\n"), "{text}");
-        assert!(text.contains("headcount_active_users_by_role{role=\"admin\"} 1\n"));
-        assert!(text.contains("headcount_active_users_by_role{role=\"stu\\\"dent\"} 2\n"));
-        assert!(text.contains("headcount_active_sessions 4\n"));
-        assert!(text.contains("headcount_logins_total 9\n"));
-        assert!(text.contains("headcount_evictions_total 0\n"));
+        let app = AppName::parse("app", "shop-a").unwrap();
+        let text = render(&app, &counts, &events);
+        assert!(
+            text.contains("\nheadcount_active_users{app=\"shop-a\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("headcount_active_users_by_role{app=\"shop-a\",role=\"admin\"} 1\n"));
+        assert!(text
+            .contains("headcount_active_users_by_role{app=\"shop-a\",role=\"stu\\\"dent\"} 2\n"));
+        assert!(text.contains("headcount_active_sessions{app=\"shop-a\"} 4\n"));
+        assert!(text.contains("headcount_logins_total{app=\"shop-a\"} 9\n"));
+        assert!(text.contains("headcount_evictions_total{app=\"shop-a\"} 0\n"));
         assert!(text.contains("# TYPE headcount_logouts_total counter\n"));
-        assert!(text.contains("headcount_unnamed_logins_total{reason=\"repeated_field\"} 0\n"));
-        assert!(text.contains("headcount_whoami_lookups_total{outcome=\"throttled\"} 0\n"));
+        assert!(text.contains(
+            "headcount_unnamed_logins_total{app=\"shop-a\",reason=\"repeated_field\"} 0\n"
+        ));
+        assert!(text
+            .contains("headcount_whoami_lookups_total{app=\"shop-a\",outcome=\"throttled\"} 0\n"));
     }
 }

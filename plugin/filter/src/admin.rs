@@ -3,7 +3,7 @@
 //! admin token or an admin-role session (`gateway::authorize`). The answers are
 //! the core's (`answer::Answer`); this file finds the data in shared data.
 
-use crate::host::{self, EnvoyStore};
+use crate::host;
 use crate::vm::Vm;
 use headcount_core::answer::Answer;
 use headcount_core::bearer;
@@ -53,7 +53,7 @@ pub fn answer(vm: &Vm, req: AdminRequest<'_>) -> Answer {
 /// The answer of an allowed data route; flushes this VM first so its own activity shows.
 fn data(vm: &Vm, route: AdminRoute, path: &[u8], now: u64) -> Result<Answer, String> {
     vm.flush(now);
-    let store = EnvoyStore;
+    let store = &vm.store;
     let e = |e: TableError| e.to_string();
     let s = |e: StoreError| e.to_string();
     Ok(match route {
@@ -70,27 +70,27 @@ fn data(vm: &Vm, route: AdminRoute, path: &[u8], now: u64) -> Result<Answer, Str
             Answer::revoked(session.as_ref())
         }
         AdminRoute::History => {
-            let (h, _) = record::load::<History>(&store, HISTORY_KEY).map_err(s)?;
+            let (h, _) = record::load::<History>(store, HISTORY_KEY).map_err(s)?;
             Answer::history(&h, now)
         }
         AdminRoute::Events => {
-            let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
+            let (ev, _) = record::load::<Events>(store, EVENTS_KEY).map_err(s)?;
             Answer::events(&ev, path)
         }
         AdminRoute::Metrics => {
             let counts = vm.counts(now).map_err(e)?;
-            let (ev, _) = record::load::<Events>(&store, EVENTS_KEY).map_err(s)?;
-            Answer::metrics(&counts, &ev)
+            let (ev, _) = record::load::<Events>(store, EVENTS_KEY).map_err(s)?;
+            Answer::metrics(vm.app(), &counts, &ev)
         }
         _ => {
             let limit = gateway::query_param(path, "limit").map_or(stats::DEFAULT_LISTED, |n| {
                 usize::try_from(n).unwrap_or(stats::MAX_LISTED)
             });
-            let traffic = traffic::load(&store).map_err(s)?;
+            let traffic = traffic::load(store).map_err(s)?;
             let report = vm
                 .snapshot
                 .borrow_mut()
-                .report_json(&store, now, &vm.cfg, limit, traffic.figures(now))
+                .report_json(store, now, &vm.cfg, limit, traffic.figures(now))
                 .map_err(e)?;
             Answer::json(200, report)
         }

@@ -9,7 +9,9 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 /// key whatever the token, and no live key carries this one in practice.
 const CREATE_ONLY: u32 = u32::MAX;
 
-/// Envoy's shared data, as the core's `SharedStore`.
+/// Envoy's shared data, as the core's `SharedStore` (one space per `vm_id`; each
+/// app sees it through `headcount_core::Scoped`).
+#[derive(Debug, Clone, Copy)]
 pub struct EnvoyStore;
 
 impl SharedStore for EnvoyStore {

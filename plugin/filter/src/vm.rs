@@ -12,7 +12,7 @@ use headcount_core::stats::Counts;
 use headcount_core::table::TableError;
 use headcount_core::table::{SessionTable, SharedStore, StoreError, SHARDS};
 use headcount_core::traffic;
-use headcount_core::{Config, CookieCache, CookieHash, CookieHasher, Session};
+use headcount_core::{AppName, Config, CookieCache, CookieHash, CookieHasher, Scoped, Session};
 use proxy_wasm::types::MetricType;
 use std::cell::{Cell, RefCell};
 
@@ -44,8 +44,13 @@ pub struct Metrics {
     pub whoami_throttled: Option<u32>,
 }
 
+/// Shared data as this plugin instance's app sees it: every key under its app.
+pub type Store = Scoped<EnvoyStore>;
+
 pub struct Vm {
     pub cfg: Config,
+    /// Shared data in this app's namespace; every read and write goes through it.
+    pub store: Store,
     pub hasher: CookieHasher,
     /// Request cookie values hashed recently (see `COOKIE_CACHE_SLOTS`).
     pub cookie_cache: RefCell<CookieCache>,
@@ -68,14 +73,18 @@ impl Vm {
     /// Validates the config and prepares shared state. The error is the log line.
     pub fn configure(raw: &[u8]) -> Result<Vm, String> {
         let cfg = Config::from_json(raw).map_err(|e| format!("{e}"))?;
+        let plugin_name =
+            host::property(&["plugin_name"]).map(|n| String::from_utf8_lossy(&n).into_owned());
+        let app = AppName::choose(cfg.app.as_ref(), plugin_name.as_deref())
+            .map_err(|e| format!("{e}"))?;
+        let store = Scoped::new(EnvoyStore, app.clone());
         let secret = match &cfg.cookie_hash_secret {
             Some(s) => s.as_bytes().to_vec(),
-            None => {
-                shared_secret().map_err(|e| format!("cannot set up the cookie hash secret: {e}"))?
-            }
+            None => shared_secret(&store)
+                .map_err(|e| format!("cannot set up the cookie hash secret: {e}"))?,
         };
-        let gauge = |name: &str| host::define_metric(MetricType::Gauge, name);
-        let counter = |name: &str| host::define_metric(MetricType::Counter, name);
+        let gauge = |name: &str| host::define_metric(MetricType::Gauge, &stat_name(name, &app));
+        let counter = |name: &str| host::define_metric(MetricType::Counter, &stat_name(name, &app));
         let metrics = Metrics {
             active_users: gauge("headcount_active_users"),
             active_sessions: gauge("headcount_active_sessions"),
@@ -85,7 +94,10 @@ impl Vm {
                 .map(|r| {
                     (
                         r.clone(),
-                        gauge(&format!("headcount_active_users_role_{}", metric_safe(r))),
+                        gauge(&format!(
+                            "headcount_active_users_by_role.role.{}",
+                            metric_safe(r)
+                        )),
                     )
                 })
                 .collect(),
@@ -99,7 +111,7 @@ impl Vm {
             whoami_throttled: counter("headcount_whoami_throttled_total"),
         };
         host::info(&format!(
-            "configured (login {} {}, cookie `{}`, window {} s)",
+            "configured for app `{app}` (login {} {}, cookie `{}`, window {} s)",
             cfg.login_method,
             cfg.login_path,
             cfg.session_cookie,
@@ -112,6 +124,7 @@ impl Vm {
             hasher: CookieHasher::new(&secret),
             cookie_cache: RefCell::new(CookieCache::new(cache_key, COOKIE_CACHE_SLOTS)),
             cfg,
+            store,
             metrics,
             activity: RefCell::new(Activity::default()),
             tokens: RefCell::new(TokenCache::new()),
@@ -122,8 +135,12 @@ impl Vm {
         })
     }
 
-    pub fn table(&self) -> SessionTable<'static, EnvoyStore> {
-        SessionTable::new(&EnvoyStore)
+    pub fn table(&self) -> SessionTable<'_, Store> {
+        SessionTable::new(&self.store)
+    }
+
+    pub fn app(&self) -> &AppName {
+        self.store.app()
     }
 
     /// Counts one finished request (see `Activity::record`).
@@ -183,7 +200,7 @@ impl Vm {
         }
         let delta = std::mem::take(&mut self.activity.borrow_mut().traffic);
         if !delta.is_empty() {
-            if let Err(e) = traffic::add(&EnvoyStore, &delta, now) {
+            if let Err(e) = traffic::add(&self.store, &delta, now) {
                 host::warn(&format!("traffic flush failed: {e}"));
                 self.activity.borrow_mut().traffic = delta;
             }
@@ -236,7 +253,7 @@ impl Vm {
 
     /// One VM per sweep interval wins this CAS and does the sweep.
     fn claim_sweep(&self, now: u64) -> bool {
-        let store = EnvoyStore;
+        let store = &self.store;
         let (next, cas) = match store.get(SWEEP_KEY) {
             Ok(Some((v, cas))) => (u64_from(&v), Some(cas)),
             Ok(None) => (0, None),
@@ -264,7 +281,7 @@ impl Vm {
         match self.counts(now) {
             Ok(counts) => {
                 self.publish(&counts);
-                let sampled = record::update(&EnvoyStore, HISTORY_KEY, |h: &mut History| {
+                let sampled = record::update(&self.store, HISTORY_KEY, |h: &mut History| {
                     h.record(&counts, now);
                     (true, ())
                 });
@@ -280,7 +297,7 @@ impl Vm {
     pub fn counts(&self, now: u64) -> Result<Counts, TableError> {
         self.snapshot
             .borrow_mut()
-            .counts(&EnvoyStore, now, &self.cfg)
+            .counts(&self.store, now, &self.cfg)
     }
 
     fn publish(&self, c: &Counts) {
@@ -296,7 +313,7 @@ impl Vm {
         if sessions.is_empty() {
             return;
         }
-        let pushed = record::update(&EnvoyStore, EVENTS_KEY, |ev: &mut Events| {
+        let pushed = record::update(&self.store, EVENTS_KEY, |ev: &mut Events| {
             sessions.iter().for_each(|s| ev.push(kind, s, now));
             (true, ())
         });
@@ -312,7 +329,15 @@ fn u64_from(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Gauge names allow `[a-zA-Z0-9_]`; anything else becomes `_`.
+/// A metric's stat name for one app: `<metric>.app.<app>`. Envoy keeps each app's
+/// series apart by name; the `stats_tags` of envoy/envoy.yaml turn the suffix into
+/// the label `app` (and `.role.<role>` into `role`), so `/stats/prometheus` shows
+/// `headcount_active_users{app="shop"}` as the plugin's own metrics route does.
+fn stat_name(metric: &str, app: &AppName) -> String {
+    format!("{metric}.app.{app}")
+}
+
+/// Role names in stat names keep `[a-z0-9_]`; anything else becomes `_`.
 fn metric_safe(role: &str) -> String {
     role.chars()
         .map(|c| {
@@ -325,9 +350,8 @@ fn metric_safe(role: &str) -> String {
         .collect()
 }
 
-/// The cookie hash key all VMs share: the first VM to start makes it.
-fn shared_secret() -> Result<Vec<u8>, String> {
-    let store = EnvoyStore;
+/// The cookie hash key all VMs of one app share: the first VM to start makes it.
+fn shared_secret(store: &Store) -> Result<Vec<u8>, String> {
     if let Some((v, _)) = store.get(SECRET_KEY).map_err(|e| e.to_string())? {
         if v.len() == 32 {
             return Ok(v);

@@ -106,7 +106,7 @@ pub fn send(vm: &Vm, now: u64) {
     for mut lookup in queued {
         if matches!(lookup.kind, Asking::Unknown { .. }) {
             let busy = vm.whoami.borrow().unknown_in_flight >= w.max_in_flight;
-            if busy || !admit(now, w.lookups_per_second) {
+            if busy || !admit(vm, now, w.lookups_per_second) {
                 counts.throttled += 1;
                 continue;
             }
@@ -159,8 +159,8 @@ pub fn send(vm: &Vm, now: u64) {
 }
 
 /// Takes one lookup from the node's allowance for this second.
-fn admit(now: u64, per_second: u32) -> bool {
-    let admitted = record::update(&crate::host::EnvoyStore, WINDOW_KEY, |w: &mut Window| {
+fn admit(vm: &Vm, now: u64, per_second: u32) -> bool {
+    let admitted = record::update(&vm.store, WINDOW_KEY, |w: &mut Window| {
         let ok = w.admit(now, per_second);
         (ok, ok)
     });
@@ -329,7 +329,7 @@ fn count(vm: &Vm, counts: Counts) {
     host::add_counter(vm.metrics.whoami_begun, counts.begun);
     host::add_counter(vm.metrics.whoami_nobody, counts.nobody);
     host::add_counter(vm.metrics.whoami_throttled, counts.throttled);
-    let added = record::update(&crate::host::EnvoyStore, EVENTS_KEY, |ev: &mut Events| {
+    let added = record::update(&vm.store, EVENTS_KEY, |ev: &mut Events| {
         ev.whoami.add(counts);
         (true, ())
     });

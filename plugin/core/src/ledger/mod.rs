@@ -3,6 +3,7 @@
 //! collector's Redis). One set of rules (`apply`), one protocol (`wire`), any
 //! store (`store::LedgerStore`; `memory::MemoryLedger` in process).
 //!
+//! - `address`: which shard a request goes to, for which app (every request names it).
 //! - `wire`: the versioned protocol between nodes and shards (ops, batches, replies).
 //! - `apply`: what each op does to a shard (`Ledger`), the sweep and the alarm's timing.
 //! - `store`: what a shard's store must offer.
@@ -11,6 +12,7 @@
 //! - `route`: a node's addressing of ops to shards, rounds of follow-ups, merged reports.
 //! - `revoked`: a node's copy of the revoked cookie values.
 
+pub mod address;
 pub mod apply;
 pub mod buffer;
 pub mod memory;
