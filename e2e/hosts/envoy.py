@@ -155,15 +155,72 @@ def render_apps_config(configs: dict[str, dict[str, Any]], *, wasm: Path, ports:
     return text[:start] + "".join(listeners) + text[end:]
 
 
+# The vhosts layout tells two apps apart by host name, both on 127.0.0.1.
+VHOST_NAMES = ("localhost", "127.0.0.1")
+
+
+def render_vhosts_config(configs: dict[str, dict[str, Any]], *, wasm: Path, port: int, admin_port: int,
+                         app_port: int) -> str:
+    """One listener, one virtual host per app (by host name, ``VHOST_NAMES``): every app's filter
+    sits in the one filter chain, off by default (``disabled: true``) and turned on for its own
+    virtual host only (``typed_per_filter_config`` with an empty ``FilterConfig``), the same .wasm
+    and vm_id for all. JSON, which Envoy reads as YAML; the stats tags are envoy.yaml's."""
+    assert len(configs) <= len(VHOST_NAMES), "the vhosts layout has two host names"
+    tags = re.findall(r"- tag_name: (\w+)\n\s+regex: '([^']+)'", ENVOY_TEMPLATE.read_text())
+    assert len(tags) == 2, "envoy/envoy.yaml changed shape: stats_tags"
+
+    def wasm_filter(name: str) -> dict[str, Any]:
+        return {"name": name, "disabled": True, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"name": name,
+                       "vm_config": {"vm_id": "headcount", "runtime": "envoy.wasm.runtime.v8",
+                                     "code": {"local": {"filename": str(wasm)}}},
+                       "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                         "value": json.dumps(configs[name])}}}}
+
+    enable = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
+    vhosts = [{"name": name, "domains": [host], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}],
+               "typed_per_filter_config": {name: enable}} for name, host in zip(configs, VHOST_NAMES)]
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                    ".HttpConnectionManager",
+           "stat_prefix": "front", "use_remote_address": True, "strip_any_host_port": True,
+           "route_config": {"name": "apps", "virtual_hosts": vhosts},
+           "http_filters": [wasm_filter(name) for name in configs] + [
+               {"name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": app_port}}}
+    config = {
+        "static_resources": {
+            "listeners": [{"name": "front", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                           "typed_config": hcm}]}]}],
+            "clusters": [{"name": "app", "type": "STATIC", "connect_timeout": "2s",
+                          "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
+                              {"endpoint": endpoint}]}]}}]},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "stats_config": {"stats_tags": [{"tag_name": t, "regex": r} for t, r in tags]},
+    }
+    return json.dumps(config, indent=1)
+
+
 def start_apps(ctx: StartContext, configs: dict[str, dict[str, Any]], concurrency: int = 2,
-               app: Any = None) -> dict[str, EnvoyGateway]:
-    """One Envoy fronting several apps (``configs``: app name -> plugin config): a listener each,
-    the app's name as its plugin's ``name``. Returns a gateway per app (one process)."""
-    run_dir = ctx.run_dir("envoy-apps")
+               app: Any = None, layout: str = "listeners") -> dict[str, EnvoyGateway]:
+    """One Envoy fronting several apps (``configs``: app name -> plugin config), each app's name
+    its plugin's ``name``. ``layout``: ``listeners`` (a listener and filter chain per app) or
+    ``vhosts`` (one listener, a virtual host per app by host name, each app's filter enabled on its
+    own virtual host; app URLs ``http://localhost:PORT`` and ``http://127.0.0.1:PORT``). Returns a
+    gateway per app (one process)."""
+    run_dir = ctx.run_dir(f"envoy-{layout}")
     *ports, admin_port = free_ports(len(configs) + 1)
     config_path = run_dir / "envoy.yaml"
-    config_path.write_text(render_apps_config(configs, wasm=wasm_path(), ports=ports, admin_port=admin_port,
-                                              app_port=app.port if app else ctx.demo_app.port))
+    app_port = app.port if app else ctx.demo_app.port
+    if layout == "vhosts":
+        ports = [ports[0]] * len(configs)
+        config_path.write_text(render_vhosts_config(configs, wasm=wasm_path(), port=ports[0],
+                                                    admin_port=admin_port, app_port=app_port))
+    else:
+        config_path.write_text(render_apps_config(configs, wasm=wasm_path(), ports=ports, admin_port=admin_port,
+                                                  app_port=app_port))
     cmd = [envoy_binary(), "-c", str(config_path), "--concurrency", str(concurrency),
            "--log-level", "info", "--component-log-level", "wasm:debug", "--disable-hot-restart"]
     proc, log_path, log_file = launch(cmd, run_dir, "envoy.log")
@@ -171,6 +228,9 @@ def start_apps(ctx: StartContext, configs: dict[str, dict[str, Any]], concurrenc
                                    port=port, plugin_config=configs[name], admin_port=admin_port,
                                    config_path=config_path)
                 for name, port in zip(configs, ports)}
+    if layout == "vhosts":
+        for gw, host in zip(gateways.values(), VHOST_NAMES):
+            gw.host = host
     first = next(iter(gateways.values()))
     ctx.track(first)
     for gw in gateways.values():

@@ -128,10 +128,11 @@ class Gateway(Server):
     # Host details the behaviour tests read instead of naming the host:
     debug: bool = False  # the stats response carries x-headcount-debug (stored rows, DO requests)
     flushes_on_read: bool = False  # the stats route writes buffered activity before it answers
+    host: str = "127.0.0.1"  # the URL's host name (a gateway telling apps apart by name uses others)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 @dataclass
