@@ -131,3 +131,32 @@ fn a_plugin_name_that_cannot_name_an_app_is_refused_naming_the_field() {
     let err = refused.expect_err("the plugin was configured").to_string();
     assert!(err.contains("`app`"), "{err}");
 }
+
+#[test]
+fn the_session_cap_holds_per_app() {
+    // App A logs in past its cap and evicts its own idlest sessions; app B's, in the same
+    // shared data, are untouched and B's own cap is still whole.
+    let host = Host::new();
+    let plugin = |name: &str| {
+        host.vm_with(VmOptions {
+            plugin_config: config(json!({ "max_sessions": 5 })).into_bytes(),
+            plugin_name: name.into(),
+            ..VmOptions::default()
+        })
+        .unwrap()
+    };
+    let (a, b) = (plugin("a"), plugin("b"));
+    for i in 0..5 {
+        login(&b, i, &format!("b{i}"), "student", &format!("b-cookie-{i}"));
+    }
+    for i in 0..12 {
+        login(&a, i, &format!("a{i}"), "student", &format!("a-cookie-{i}"));
+    }
+    flush_all(&host);
+    assert_eq!(stats(&a)["active_sessions"], 5);
+    assert_eq!(host.metric("headcount_evictions_total.app.a"), Some(7));
+    let sb = stats(&b);
+    assert_eq!(sb["active_sessions"], 5, "{sb}");
+    assert_eq!(usernames(&sb), ["b0", "b1", "b2", "b3", "b4"]);
+    assert_eq!(host.metric("headcount_evictions_total.app.b"), Some(0));
+}
