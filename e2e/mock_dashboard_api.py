@@ -92,7 +92,7 @@ class State:
                          duration_seconds=int((now - s["login_ms"]) / 1000))
                 views.append(v)
             self.requests += 3
-            return dict(active_users=len({s["user_id"] for s in sess}), active_sessions=len(sess), window_seconds=300,
+            return dict(app="demo", active_users=len({s["user_id"] for s in sess}), active_sessions=len(sess), window_seconds=300,
                         by_role={r: len(u) for r, u in sorted(by_role.items())}, sessions=views,
                         traffic=dict(current_rps=round(random.uniform(0.5, 4), 2),
                                      avg_response_time_ms=round(random.uniform(1, 9), 2),

@@ -30,8 +30,10 @@ def each_counts_exactly_its_own_users(a: str, b: str) -> None:
 
     sa = wait_stats(a, lambda s: s["active_sessions"] == 3)
     assert names(sa) == ["admin_user", "student1", "student2"], summary(sa)
+    assert sa["app"] == "shop-a", summary(sa)
     assert sa["active_users"] == 3 and sa["by_role"] == {"admin": 1, "teacher": 0, "student": 2}, summary(sa)
     sb = wait_stats(b, lambda s: s["active_sessions"] == 1, token=TOKEN_B)
+    assert sb["app"] == "shop-b", summary(sb)
     assert names(sb) == ["student1"] and sb["by_role"] == {"admin": 0, "teacher": 0, "student": 1}, summary(sb)
 
     # A session cookie of app A carried to app B starts nothing there: B's count moves only with

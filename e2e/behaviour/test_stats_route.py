@@ -33,8 +33,10 @@ def test_wrong_bearer_is_403(gateway):
 def test_correct_bearer_is_200(gateway):
     body = _plugin_json(stats_response(gateway.url), 200)
     assert body["active_users"] == 0 and body["sessions"] == [], summary(body)
-    assert set(body) == {"active_users", "active_sessions", "window_seconds", "by_role", "sessions",
+    assert set(body) == {"app", "active_users", "active_sessions", "window_seconds", "by_role", "sessions",
                          "traffic", "generated_at"}, body
+    # The app counted: by default Envoy's plugin `name` (envoy.yaml's `headcount`), the Worker's `default`.
+    assert body["app"] == {"envoy": "headcount", "worker": "default"}[gateway.kind], body
     assert set(body["traffic"]) == {"current_rps", "avg_response_time_ms", "requests_today",
                                     "authenticated_requests_today", "anonymous_requests_today"}
 

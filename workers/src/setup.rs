@@ -80,7 +80,7 @@ impl Setup {
         shards: Option<&str>,
         debug: Option<&str>,
     ) -> Result<Setup, String> {
-        let cfg = Config::from_json(config.unwrap_or_default().as_bytes())
+        let mut cfg = Config::from_json(config.unwrap_or_default().as_bytes())
             .map_err(|e| format!("HEADCOUNT_CONFIG: {e}"))?;
         let origin = origin.filter(|o| !o.trim().is_empty()).ok_or(
             "invalid headcount setup: var `ORIGIN` is not set (e.g. https://app.example.com)",
@@ -108,6 +108,7 @@ impl Setup {
         let debug = matches!(debug.map(str::trim), Some("1" | "true"));
         let app = AppName::choose(cfg.app.as_ref(), None)
             .map_err(|e| format!("HEADCOUNT_CONFIG: {e}"))?;
+        cfg.app = Some(app.clone());
         Ok(Setup {
             app,
             cfg,

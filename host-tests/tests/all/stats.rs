@@ -194,7 +194,9 @@ fn the_document_has_every_field_of_the_contract() {
     login(&vm, 1, "ada", "admin", "a");
     host.advance(Duration::from_millis(1500));
     let s = stats(&vm);
+    assert_eq!(s["app"], APP);
     for key in [
+        "app",
         "active_users",
         "active_sessions",
         "window_seconds",

@@ -604,6 +604,14 @@ impl Config {
         self.login_routes.iter().any(|r| r.token_pointer.is_some())
     }
 
+    /// The app's name once the host has settled it (`AppName::choose`; hosts
+    /// store it in `app`), else `default`.
+    pub fn app_name(&self) -> &str {
+        self.app
+            .as_ref()
+            .map_or(crate::app::AppName::DEFAULT, |a| a.as_str())
+    }
+
     pub fn is_admin_role(&self, role: &str) -> bool {
         self.admin_roles.iter().any(|r| r == role)
     }

@@ -487,6 +487,7 @@ fn stats_of(
     now: u64,
 ) -> Stats {
     Stats {
+        app: cfg.app_name().to_string(),
         active_users: counts.active_users,
         active_sessions: counts.active_sessions,
         window_seconds: cfg.active_window_ms / 1000,

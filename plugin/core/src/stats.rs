@@ -23,6 +23,8 @@ pub struct SessionView {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stats {
+    /// The app counted (`app.rs`).
+    pub app: String,
     pub active_users: usize,
     pub active_sessions: usize,
     pub window_seconds: u64,
@@ -133,6 +135,7 @@ impl<'c> Collector<'c> {
         let c = self.counts();
         let now = self.now;
         Stats {
+            app: self.cfg.app_name().to_string(),
             active_users: c.active_users,
             active_sessions: c.active_sessions,
             window_seconds: self.cfg.active_window_ms / 1000,
@@ -195,7 +198,9 @@ impl Stats {
 /// Writes `head` as the report's JSON, with `sessions` writing the list's items
 /// (`head.sessions` itself is not read).
 pub(crate) fn write_report(out: &mut Vec<u8>, head: &Stats, sessions: impl FnOnce(&mut Vec<u8>)) {
-    out.extend_from_slice(b"{\"active_users\":");
+    out.extend_from_slice(b"{\"app\":");
+    json_str(out, &head.app);
+    out.extend_from_slice(b",\"active_users\":");
     json_value(out, &head.active_users);
     out.extend_from_slice(b",\"active_sessions\":");
     json_value(out, &head.active_sessions);

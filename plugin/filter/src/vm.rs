@@ -72,12 +72,13 @@ pub struct Vm {
 impl Vm {
     /// Validates the config and prepares shared state. The error is the log line.
     pub fn configure(raw: &[u8]) -> Result<Vm, String> {
-        let cfg = Config::from_json(raw).map_err(|e| format!("{e}"))?;
+        let mut cfg = Config::from_json(raw).map_err(|e| format!("{e}"))?;
         let plugin_name =
             host::property(&["plugin_name"]).map(|n| String::from_utf8_lossy(&n).into_owned());
         let app = AppName::choose(cfg.app.as_ref(), plugin_name.as_deref())
             .map_err(|e| format!("{e}"))?;
         let store = Scoped::new(EnvoyStore, app.clone());
+        cfg.app = Some(app.clone());
         let secret = match &cfg.cookie_hash_secret {
             Some(s) => s.as_bytes().to_vec(),
             None => shared_secret(&store)
