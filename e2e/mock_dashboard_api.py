@@ -2,9 +2,10 @@
 """A stand-in for the plugin's dashboard routes, for developing the page without Envoy.
 
 Serves plugin/core/assets/dashboard.html at ``{prefix}/`` (``{{PREFIX}}`` replaced) and fake data
-at ``{prefix}/stats``, ``/history`` and ``/events`` with the plugin's authorization rules: the
-bearer token (``--token``) or a ``session=<username>`` cookie of an admin user; 401 without
-credentials, 403 with credentials that are not allowed. Development only, not used by the tests.
+at ``{prefix}/stats``, ``/history`` and ``/events``, and ``POST {prefix}/sessions/{id}/revoke``, with the
+plugin's authorization rules: the bearer token (``--token``) or a ``session=<username>`` cookie of an
+admin user (for the revoke, with ``X-Headcount-Request``); 401 without credentials, 403 with
+credentials that are not allowed. Development only, not used by the tests.
 
 Control routes (no auth, for poking at the page by hand):
 ``/mock/login?user=student1``, ``/mock/logout?user=student1``, ``/mock/fail?status=503`` (every
@@ -71,8 +72,18 @@ class State:
                     del self.sessions[sid]
                     self._event("logout", user, s["role"], sid, now)
 
-    def _event(self, kind, user, role, sid, now):
+    def revoke(self, sid: str, by: dict) -> bool:
+        now = time.time() * 1000
+        with self.lock:
+            s = self.sessions.pop(sid, None)
+            if s:
+                self._event("revocation", s["username"], s["role"], sid, now, by)
+            return s is not None
+
+    def _event(self, kind, user, role, sid, now, by=None):
         self.events.append(dict(seq=self.seq, kind=kind, at=iso(now), username=user, role=role, session_id=sid))
+        if by:
+            self.events[-1]["by"] = by
         self.seq += 1
         del self.events[:-100]
 
@@ -148,24 +159,51 @@ def make_handler(state: State):
                 return self.send(200, PAGE.read_text().replace("{{PREFIX}}", p).encode(), "text/html; charset=utf-8")
             if url.path not in (p + "/stats", p + "/history", p + "/events"):
                 return self.json(404, {"error": "no such route"})
-            if state.fail:
-                return self.json(state.fail, {"error": "mock failure"})
-            auth = self.headers.get("Authorization", "")
-            cookie = dict(c.strip().split("=", 1) for c in self.headers.get("Cookie", "").split(";") if "=" in c)
-            user = cookie.get("session")
-            if auth:
-                if auth != "Bearer " + state.token:
-                    return self.json(403, {"error": "not allowed"})
-            elif user:
-                if USERS.get(user, ("", ""))[1] != "admin":
-                    return self.json(403, {"error": "not allowed"})
-            else:
-                return self.json(401, {"error": "authentication required"})
+            if self.refused():
+                return
             if url.path.endswith("/stats"):
                 return self.json(200, state.stats())
             if url.path.endswith("/history"):
                 return self.json(200, state.history_view())
             return self.json(200, state.events_view(int(q.get("after", "0") or 0)))
+
+        def refused(self, changes_state: bool = False) -> bool:
+            """Answers the request if it may not use the data routes; sets ``self.by`` otherwise."""
+            if state.fail:
+                self.json(state.fail, {"error": "mock failure"})
+                return True
+            auth = self.headers.get("Authorization", "")
+            cookie = dict(c.strip().split("=", 1) for c in self.headers.get("Cookie", "").split(";") if "=" in c)
+            user = cookie.get("session")
+            if auth:
+                if auth != "Bearer " + state.token:
+                    self.json(403, {"error": "not allowed"})
+                    return True
+                self.by = {"via": "admin_token"}
+            elif user:
+                if USERS.get(user, ("", ""))[1] != "admin":
+                    self.json(403, {"error": "not allowed"})
+                    return True
+                if changes_state and not self.headers.get("X-Headcount-Request"):
+                    self.json(403, {"error": "cross-site request refused"})
+                    return True
+                self.by = {"via": "admin_session", "username": user, "session_id": "mock"}
+            else:
+                self.json(401, {"error": "authentication required"})
+                return True
+            return False
+
+        def do_POST(self):  # noqa: N802
+            path = urlsplit(self.path).path
+            rest = path.removeprefix(state.prefix + "/sessions/")
+            if rest == path or not rest.endswith("/revoke"):
+                return self.json(404, {"error": "no such route"})
+            if self.refused(changes_state=True):
+                return
+            sid = rest.removesuffix("/revoke")
+            if not state.revoke(sid, self.by):
+                return self.json(404, {"error": "no such live session"})
+            return self.json(200, {"revoked": True, "session_id": sid})
 
     return Handler
 

@@ -16,7 +16,8 @@ import requests
 
 import browser as bx
 from browser import ARTIFACTS, PAGE_PATH, chromium, expect, headline, open_page  # noqa: F401 (fixtures)
-from helpers import ADMIN_TOKEN, PLUGIN_CONFIG, TIMEOUT, login, ua
+from helpers import (ADMIN_TOKEN, PLUGIN_CONFIG, REVOKED, TIMEOUT, bearer, events_of, login, revoke, session_of,
+                     stats, summary, ua, wait_stats)
 LIVE_WAIT = 10.0  # seconds a login/logout may take to show before the test gives up
 CONFIG = dict(PLUGIN_CONFIG, flush_interval_ms=200, sweep_interval_seconds=1)
 USERNAMES = ["admin_user", "teacher1", "student1", "student2", "student3"]
@@ -36,6 +37,7 @@ def assert_no_data(page):
         assert name not in html, f"{name} in the DOM of the login-needed view"
     assert page.locator("#sessions tbody tr").count() == 0
     assert page.locator("#events li").count() == 0
+    assert page.locator("[data-action=signout]").count() == 0
     assert bx.norm(page.text_content("#headline") or "") == ""
     assert page.locator("#data").is_hidden()
 
@@ -289,3 +291,123 @@ def test_an_admin_session_opens_the_page_and_a_phone_viewport_fits(start_gateway
     e(page.get_by_role("heading", name="Login needed")).to_be_hidden()
     widths = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
     assert widths[0] <= widths[1], f"page overflows: scrollWidth {widths[0]} > innerWidth {widths[1]}"
+
+
+# Records Content-Security-Policy violations (the page's policy allows no inline handler or style).
+CSP_WATCH = ("window.__csp = []; document.addEventListener('securitypolicyviolation', "
+             "(e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
+
+
+def session_row(page, username: str):
+    return page.locator("#sessions tbody tr", has=page.locator("[data-col=username]", has_text=username))
+
+
+def no_revoke_sent(page) -> None:
+    sent = [url for url, _auth in page.requests_seen if url.endswith("/revoke")]
+    assert not sent, sent
+
+
+def test_an_admin_signs_a_session_out_from_the_dashboard_after_confirming(start_gateway, open_page):
+    """The admin (by session cookie) sees a Sign out button on each row; cancelling the confirmation
+    changes nothing, confirming ends the session (refused at the edge with enforce_revocation), and
+    the event feed names the admin who did it."""
+    gw = start_gateway(dict(CONFIG, enforce_revocation=True))
+    base = gw.url
+    admin = login(base, "admin_user", user_agent=ua("signout-admin"))
+    student = login(base, "student1", user_agent=ua("signout-student"))
+    page = open_page(gw, goto=False)
+    page.add_init_script(CSP_WATCH)
+    page.context.add_cookies([{"name": "session", "value": admin.cookies["session"], "url": base}])
+    page.goto(PAGE_PATH)
+    e = expect()
+    e(page.get_by_test_id("headline")).to_have_text(headline(2, admin=["admin_user"], students=["student1"]))
+    row = session_row(page, "student1")
+    button = row.get_by_role("button", name="Sign out")
+    e(button).to_be_visible()
+    e(session_row(page, "admin_user").get_by_role("button", name="Sign out")).to_be_visible()
+    device = row.locator("[data-col=device]").text_content()
+    sid = row.get_attribute("data-session") or ""
+    dialog = page.get_by_test_id("confirm-signout")
+
+    # Asked first, naming the user and the device; Cancel (and Escape) send nothing.
+    button.click()
+    e(dialog).to_be_visible()
+    e(dialog.get_by_test_id("confirm-user")).to_have_text("student1")
+    e(dialog.get_by_test_id("confirm-device")).to_have_text(device)
+    e(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    dialog.get_by_role("button", name="Cancel").click()
+    e(dialog).to_be_hidden()
+    e(button).to_be_focused()  # back where the keyboard was, though the table is redrawn
+    button.click()
+    e(dialog).to_be_visible()
+    page.keyboard.press("Escape")
+    e(dialog).to_be_hidden()
+    bx.wait_polls(page, 2)  # two refreshes later: still listed, nothing was sent
+    no_revoke_sent(page)
+    e(row).to_have_count(1)
+    assert sorted(s["username"] for s in stats(base)["sessions"]) == ["admin_user", "student1"]
+    r = student.get(base + "/api/v1/me", timeout=TIMEOUT)
+    assert r.status_code == 200 and r.headers.get("x-demo-app") == "1", r.status_code
+
+    # Confirmed: one POST, on the admin's cookie with the same-origin marker, and the session ends.
+    button.click()
+    e(dialog).to_be_visible()
+    with page.expect_request(lambda rq: rq.url.endswith("/revoke")) as sent:
+        dialog.get_by_role("button", name="Sign out").click()
+    rq = sent.value
+    assert rq.method == "POST" and rq.url == f"{base}/__headcount/sessions/{sid}/revoke", rq.url
+    assert rq.headers.get("x-headcount-request") == "1" and "authorization" not in rq.headers, rq.headers
+    e(page.get_by_test_id("signout-message")).to_have_text(f"Signed out student1 ({device}).")
+    e(page.locator("#sessions tbody [data-col=username]")).to_have_text(["admin_user"])
+    snap = wait_stats(base, lambda x: x["active_sessions"] == 1)
+    assert [s["username"] for s in snap["sessions"]] == ["admin_user"], summary(snap)
+    r = student.get(base + "/api/v1/me", timeout=TIMEOUT)
+    assert r.status_code == 401 and r.json() == REVOKED and "x-demo-app" not in r.headers
+
+    # Who did it: the admin, by name and session, in the events route and on the page.
+    admin_sid = session_of(base, "admin_user")["session_id"]
+    revoked = [x for x in events_of(base)["events"] if x["kind"] == "revocation"]
+    assert [(x["username"], x["session_id"]) for x in revoked] == [("student1", sid)], revoked
+    assert revoked[0]["by"] == {"via": "admin_session", "username": "admin_user", "session_id": admin_sid}
+    first = page.locator("#events li").first
+    e(first).to_have_attribute("data-kind", "revocation")
+    e(first).to_contain_text("Signed out student1 (student) by admin_user")
+    page.screenshot(path=str(ARTIFACTS / f"dashboard-{gw.kind}-signed-out.png"), full_page=True)
+    assert page.evaluate("window.__csp") == [], "Content-Security-Policy violations"
+
+
+def test_a_sign_out_with_the_admin_token_is_recorded_as_the_tokens_and_a_refusal_is_shown(start_gateway, open_page):
+    gw = start_gateway(CONFIG)
+    base = gw.url
+    for user in ["student2", "student3"]:
+        login(base, user, user_agent=ua(f"token-{user}"))
+    page = open_page(gw)
+    page.add_init_script(CSP_WATCH)
+    page.reload()
+    e = expect()
+    use_token(page)
+    e(page.get_by_test_id("headline")).to_have_text(headline(2, students=["student2", "student3"]))
+    dialog = page.get_by_test_id("confirm-signout")
+
+    session_row(page, "student2").get_by_role("button", name="Sign out").click()
+    with page.expect_request(lambda rq: rq.url.endswith("/revoke")) as sent:
+        dialog.get_by_role("button", name="Sign out").click()
+    assert sent.value.headers.get("authorization") == f"Bearer {ADMIN_TOKEN}", sent.value.headers
+    e(page.get_by_test_id("signout-message")).to_contain_text("Signed out student2")
+    e(page.locator("#sessions tbody [data-col=username]")).to_have_text(["student3"])
+    revoked = [x for x in events_of(base)["events"] if x["kind"] == "revocation"]
+    assert [(x["username"], x["by"]) for x in revoked] == [("student2", {"via": "admin_token"})], revoked
+    e(page.locator("#events li").first).to_contain_text("Signed out student2 (student) by the admin token")
+
+    # Refused: the session ended while the question was open (revoked elsewhere): the page says so.
+    session_row(page, "student3").get_by_role("button", name="Sign out").click()
+    e(dialog).to_be_visible()
+    sid = session_of(base, "student3")["session_id"]
+    assert revoke(base, sid, headers=bearer()).status_code == 200
+    dialog.get_by_role("button", name="Sign out").click()
+    message = page.get_by_test_id("signout-message")
+    e(message).to_contain_text("Not signed out: student3")
+    e(message).to_contain_text("no live session")
+    e(message).to_have_attribute("data-state", "error")
+    e(page.locator("#sessions tbody")).to_have_text("Nobody is active right now.")
+    assert page.evaluate("window.__csp") == [], "Content-Security-Policy violations"

@@ -67,6 +67,8 @@ def test_revocation_blocks_every_value_of_the_session_at_the_edge(start_gateway)
 
     events = events_of(base)["events"]
     assert (events[0]["kind"], events[0]["username"], events[0]["session_id"]) == ("revocation", "student1", sid)
+    assert events[0]["by"] == {"via": "admin_token"}, events[0]  # who revoked it
+    assert all("by" not in e for e in events[1:]), events  # logins name nobody
     text = metrics_of(base)
     assert metric(text, "headcount_revocations_total") == 1, text
     assert metric(text, "headcount_logouts_total") == 0, text
@@ -86,6 +88,11 @@ def test_admin_session_may_revoke_and_the_app_never_sees_the_revoked_cookie(star
     r = admin.post(f"{base}{PREFIX}/sessions/{sid}/revoke", headers={"X-Headcount-Request": "1"},
                    timeout=TIMEOUT)
     assert r.status_code == 200 and r.json()["revoked"] is True, r.text
+    # The event names the admin who revoked it, and their session.
+    admin_sid = session_of(base, "admin_user")["session_id"]
+    revoked = [e for e in events_of(base)["events"] if e["kind"] == "revocation"]
+    assert [(e["username"], e["session_id"]) for e in revoked] == [("teacher1", sid)], revoked
+    assert revoked[0]["by"] == {"via": "admin_session", "username": "admin_user", "session_id": admin_sid}, revoked
     app_log_before = demo_app.log_text()
     for _ in range(3):
         refused(base, value, path="/api/v1/courses")

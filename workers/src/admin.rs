@@ -11,9 +11,11 @@ use crate::object::now_ms;
 use crate::proxy::{header, respond};
 use crate::setup::{self, Setup};
 use headcount_core::answer::Answer;
+use headcount_core::events::Actor;
 use headcount_core::gateway::{self, Access, AdminRoute};
 use headcount_core::identity::Identity;
 use headcount_core::ids::CookieHash;
+use headcount_core::session::Session;
 use headcount_core::stats;
 use std::rc::Rc;
 use worker::{console_error, console_log, console_warn, Context, Env, Request, Response, Result};
@@ -42,7 +44,7 @@ pub async fn handle(
 /// session cookie (or verified JWT's session key), after this isolate's own
 /// logins were written (so a fresh admin session is known); failing that, the
 /// user a verified JWT names, as a session that is not stored (`bearer_admin`).
-/// Returns whether it flushed.
+/// Returns whether it flushed, and who the request acts as (`gateway::actor`).
 async fn authorize(
     route: AdminRoute,
     req: &Request,
@@ -51,7 +53,7 @@ async fn authorize(
     cookie: Option<CookieHash>,
     bearer_admin: Option<Identity>,
     now: u64,
-) -> std::result::Result<(Access, bool), String> {
+) -> std::result::Result<(Access, bool, Option<Actor>), String> {
     let cfg = &setup.cfg;
     let authorization = header(req.headers(), "authorization");
     let token = authorization.as_deref().and_then(gateway::bearer);
@@ -69,25 +71,25 @@ async fn authorize(
         header(req.headers(), "origin").as_deref(),
         authority.as_deref().map(str::as_bytes),
     );
-    let access = gateway::authorize(cfg, route, token, None, site, now);
+    let decide = |session: Option<&Session>| {
+        let access = gateway::authorize(cfg, route, token, session, site, now);
+        (access, gateway::actor(cfg, token, session, now))
+    };
+    let (access, by) = decide(None);
     if access == Access::Allowed {
-        return Ok((access, false));
+        return Ok((access, false, by));
     }
     let transient = bearer_admin.and_then(|who| bearer::transient(cfg, who, now));
     let Some(hash) = cookie else {
-        return Ok((
-            gateway::authorize(cfg, route, token, transient.as_ref(), site, now),
-            false,
-        ));
+        let (access, by) = decide(transient.as_ref());
+        return Ok((access, false, by));
     };
     if let Err(e) = flush::flush_now(env, setup).await {
         console_warn!("headcount: flush before {route:?} failed: {e}");
     }
     let session = flush::resolve(env, setup, hash, now).await?.or(transient);
-    Ok((
-        gateway::authorize(cfg, route, token, session.as_ref(), site, now),
-        true,
-    ))
+    let (access, by) = decide(session.as_ref());
+    Ok((access, true, by))
 }
 
 async fn data_route(
@@ -101,14 +103,14 @@ async fn data_route(
     let now = now_ms();
     // What this isolate had done before this request (HEADCOUNT_DEBUG=1).
     let before = setup::counters();
-    let (access, flushed) = match authorize(route, req, env, setup, cookie, bearer_admin, now).await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            console_error!("headcount: session lookup failed: {e}");
-            return respond(Answer::unavailable());
-        }
-    };
+    let (access, flushed, by) =
+        match authorize(route, req, env, setup, cookie, bearer_admin, now).await {
+            Ok(a) => a,
+            Err(e) => {
+                console_error!("headcount: session lookup failed: {e}");
+                return respond(Answer::unavailable());
+            }
+        };
     if let Some(answer) = Answer::denied(access) {
         return respond(answer);
     }
@@ -164,7 +166,7 @@ async fn data_route(
                 feed.map(|feed| Answer::metrics(&setup.app, &counts, &feed.events))
             })
         }
-        AdminRoute::Revoke(id) => flush::revoke(env, setup, id).await.map(|session| {
+        AdminRoute::Revoke(id) => flush::revoke(env, setup, id, by).await.map(|session| {
             if let Some(s) = &session {
                 console_log!("headcount: revoked {} ({})", s.username, s.uuid());
             }

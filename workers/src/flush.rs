@@ -16,6 +16,7 @@ use crate::revoked;
 use crate::setup::{self, Setup};
 use crate::shards;
 use futures::future::join_all;
+use headcount_core::events::Actor;
 use headcount_core::ids::{CookieHash, NodeId, SessionId};
 use headcount_core::ledger::buffer::Buffer;
 use headcount_core::ledger::route::{Gathered, Known, Pending, Sequencer, MAX_ROUNDS};
@@ -354,11 +355,21 @@ pub async fn feed(env: &Env, setup: &Setup) -> Result<FeedReply, String> {
 /// its cookie values (current, kept aliases, recent rotations) as revoked until
 /// the session's deadline, and this isolate refuses them at once. The follow-ups
 /// (cookie entries and per-user entry elsewhere, the event) are flushed before
-/// the answer. `None`: no such live session.
-pub async fn revoke(env: &Env, setup: &Setup, id: SessionId) -> Result<Option<Session>, String> {
+/// the answer. `by`: who asked, whom the event names. `None`: no such live session.
+pub async fn revoke(
+    env: &Env,
+    setup: &Setup,
+    id: SessionId,
+    by: Option<Actor>,
+) -> Result<Option<Session>, String> {
     let shards = setup.shards;
     let shard = id.shard(shards);
-    let q = RevokeQuery { id, shard, shards };
+    let q = RevokeQuery {
+        id,
+        shard,
+        shards,
+        by,
+    };
     let reply: RevokeReply = shards::call(env, &setup.app, shard, "/revoke", &q).await?;
     let Some(session) = reply.session else {
         return Ok(None);

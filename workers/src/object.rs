@@ -202,7 +202,7 @@ impl Sessions {
     async fn handle_revoke(&self, cfg: &Config, q: RevokeQuery) -> Result<Response> {
         let mut store = Store::new(&self.state);
         let here = self.place(&store, q.shard, q.shards)?;
-        let (reply, out) = Ledger::new(&mut store, cfg, here).revoke(q.id)?;
+        let (reply, out) = Ledger::new(&mut store, cfg, here).revoke(q.id, q.by)?;
         self.settle(&mut store, cfg, here, out).await?;
         Response::from_json(&reply)
     }

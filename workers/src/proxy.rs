@@ -676,6 +676,7 @@ fn settle_whoami(
                 id,
                 username: String::new(),
                 role: setup.cfg.default_role.clone(),
+                by: None,
             }
         }
     };

@@ -238,3 +238,53 @@ fn the_document_has_every_field_of_the_contract() {
     assert_eq!(s["generated_at"], "2026-11-28T10:00:01.500Z");
     assert_eq!(only_session(&s)["duration_seconds"], 1);
 }
+
+#[test]
+fn a_revocation_event_names_who_revoked() {
+    let (_host, vm) = start(json!({}));
+    login(&vm, 1, "root", "admin", "admin-cookie");
+    login(&vm, 2, "pupil", "student", "pupil-cookie");
+    login(&vm, 3, "other", "student", "other-cookie");
+    let s = stats(&vm);
+    let id_of = |name: &str| {
+        s["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["username"] == name)
+            .map(|x| x["session_id"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let revoke = |name: &str| vm.post(&format!("/__headcount/sessions/{}/revoke", id_of(name)));
+    // The admin's own session, from the dashboard (same-origin marker).
+    let ex = revoke("pupil")
+        .cookie("session", "admin-cookie")
+        .header("x-headcount-request", "1")
+        .send()
+        .unwrap();
+    assert_eq!(ex.status, 200, "{}", ex.text());
+    let ex = revoke("other").bearer(TOKEN).send().unwrap();
+    assert_eq!(ex.status, 200, "{}", ex.text());
+    let ex = vm.get("/__headcount/events").bearer(TOKEN).send().unwrap();
+    assert_eq!(ex.status, 200, "{}", ex.text());
+    let events = ex.json()["events"].as_array().unwrap().clone();
+    let by = |name: &str| {
+        let e = events
+            .iter()
+            .find(|e| e["kind"] == "revocation" && e["username"] == name)
+            .unwrap_or_else(|| panic!("no revocation of {name}: {events:#?}"));
+        e["by"].clone()
+    };
+    assert_eq!(
+        by("pupil"),
+        json!({"via": "admin_session", "username": "root", "session_id": id_of("root")})
+    );
+    assert_eq!(by("other"), json!({"via": "admin_token"}));
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["kind"] == "login")
+            .all(|e| e.get("by").is_none()),
+        "{events:#?}"
+    );
+}

@@ -215,6 +215,29 @@ mod tests {
             "{policy}"
         );
         assert_eq!(policy.matches("'sha256-").count(), 2, "{policy}");
+        // The policy runs only the one inline script and style: the markup outside them may
+        // carry no event handler attribute (onclick=) or style attribute, which it would block.
+        let text = String::from_utf8(page.body.clone()).unwrap();
+        let (head, rest) = text.split_once("<style>").unwrap();
+        let (_, rest) = rest.split_once("</style>").unwrap();
+        let (body, rest) = rest.split_once("<script>").unwrap();
+        let (_, tail) = rest.split_once("</script>").unwrap();
+        assert!(
+            !tail.contains("<script") && !tail.contains("<style"),
+            "one of each"
+        );
+        for markup in [head, body, tail] {
+            for word in markup.split(|c: char| c.is_whitespace() || c == '<') {
+                let name = word.split('=').next().unwrap_or_default();
+                let handler = name.len() > 2
+                    && name.starts_with("on")
+                    && name.bytes().all(|b| b.is_ascii_lowercase());
+                assert!(
+                    !(word.contains('=') && (handler || name == "style")),
+                    "{word}"
+                );
+            }
+        }
         assert_eq!(get("x-frame-options").as_deref(), Some("DENY"));
         let json = Answer::error(404, "x").headers();
         assert!(json.contains(&("x-content-type-options", "nosniff".into())));

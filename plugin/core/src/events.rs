@@ -35,6 +35,42 @@ impl Kind {
     }
 }
 
+/// Who caused an event an admin causes (a revocation): what authorized the
+/// request, as `gateway::actor` tells.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Actor {
+    /// The bearer `admin_token`, which names nobody.
+    AdminToken,
+    /// An admin-role session: its cookie, or a verified JWT that names an admin.
+    AdminSession {
+        username: String,
+        session_id: SessionId,
+    },
+}
+
+impl Actor {
+    /// An admin-role session as the actor.
+    pub fn session(s: &Session) -> Actor {
+        Actor::AdminSession {
+            username: s.username.clone(),
+            session_id: s.id,
+        }
+    }
+
+    fn view(&self) -> ActorView {
+        match self {
+            Actor::AdminToken => ActorView::AdminToken,
+            Actor::AdminSession {
+                username,
+                session_id,
+            } => ActorView::AdminSession {
+                username: username.clone(),
+                session_id: uuid_of(session_id),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub seq: u64,
@@ -43,6 +79,13 @@ pub struct Event {
     pub username: String,
     pub role: String,
     pub session_id: SessionId,
+    /// Who caused it: set on revocations, `None` on the rest (and on revocations
+    /// recorded before it existed). The Worker keeps events as JSON, where an
+    /// absent field reads as `None`; Envoy's shared data keeps them in postcard,
+    /// where the feed of an older filter reads as empty instead (`record::load`:
+    /// undecodable is default), once, on an upgrade without an Envoy restart.
+    #[serde(default)]
+    pub by: Option<Actor>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,11 +108,32 @@ pub struct Events {
 
 impl Events {
     pub fn push(&mut self, kind: Kind, session: &Session, at_ms: u64) {
-        self.push_for(kind, session.id, &session.username, &session.role, at_ms);
+        self.push_for(
+            kind,
+            session.id,
+            &session.username,
+            &session.role,
+            at_ms,
+            None,
+        );
     }
 
-    /// `push` with only what an event keeps of its session.
-    pub fn push_for(&mut self, kind: Kind, id: SessionId, username: &str, role: &str, at_ms: u64) {
+    /// Session `session` was revoked by `by`.
+    pub fn push_revocation(&mut self, session: &Session, by: Option<Actor>, at_ms: u64) {
+        let (id, name, role) = (session.id, &session.username, &session.role);
+        self.push_for(Kind::Revocation, id, name, role, at_ms, by);
+    }
+
+    /// `push` with only what an event keeps of its session, and who caused it.
+    pub fn push_for(
+        &mut self,
+        kind: Kind,
+        id: SessionId,
+        username: &str,
+        role: &str,
+        at_ms: u64,
+        by: Option<Actor>,
+    ) {
         if let Some(counter) = self.counter(kind) {
             *counter += 1;
         }
@@ -80,6 +144,7 @@ impl Events {
             username: username.to_string(),
             role: role.to_string(),
             session_id: id,
+            by,
         });
         self.next_seq += 1;
         if self.recent.len() > MAX_EVENTS {
@@ -118,9 +183,8 @@ impl Events {
                     at: rfc3339(e.at_ms),
                     username: e.username.clone(),
                     role: e.role.clone(),
-                    session_id: uuid::Uuid::from_bytes(e.session_id.0)
-                        .hyphenated()
-                        .to_string(),
+                    session_id: uuid_of(&e.session_id),
+                    by: e.by.as_ref().map(Actor::view),
                 })
                 .collect(),
             next: self.next_seq,
@@ -139,6 +203,25 @@ pub struct EventView {
     pub username: String,
     pub role: String,
     pub session_id: String,
+    /// Who caused it (revocations): `{"via": "admin_token"}` or
+    /// `{"via": "admin_session", "username": ..., "session_id": ...}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<ActorView>,
+}
+
+/// `Actor` in the events route's JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum ActorView {
+    AdminToken,
+    AdminSession {
+        username: String,
+        session_id: String,
+    },
+}
+
+fn uuid_of(id: &SessionId) -> String {
+    uuid::Uuid::from_bytes(id.0).hyphenated().to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -198,6 +281,120 @@ mod tests {
         );
         assert_eq!(v.events[0].kind, "expiry");
         assert_eq!(v.next, 151);
+    }
+
+    #[test]
+    fn a_revocation_names_who_revoked_and_other_events_nobody() {
+        let mut e = Events::default();
+        e.push(Kind::Login, &s("a"), 1);
+        e.push_revocation(&s("a"), Some(Actor::AdminToken), 2);
+        let admin = Session {
+            id: SessionId([9; 16]),
+            role: "admin".into(),
+            ..s("root")
+        };
+        e.push_revocation(&s("b"), Some(Actor::session(&admin)), 3);
+        e.push_revocation(&s("c"), None, 4);
+        assert_eq!(e.revocations_total, 3);
+        let json = serde_json::to_value(e.view(0)).unwrap();
+        let events = json["events"].as_array().unwrap();
+        assert_eq!(events[0]["kind"], "revocation");
+        assert!(events[0].get("by").is_none(), "unknown: no field");
+        assert_eq!(
+            events[1]["by"],
+            serde_json::json!({
+                "via": "admin_session",
+                "username": "root",
+                "session_id": admin.uuid(),
+            })
+        );
+        assert_eq!(events[2]["by"], serde_json::json!({"via": "admin_token"}));
+        assert_eq!(events[3]["kind"], "login");
+        assert!(events[3].get("by").is_none(), "{}", events[3]);
+    }
+
+    /// `Event` and `Events` as they were before `Event::by`.
+    #[derive(Serialize)]
+    struct OldEvent {
+        seq: u64,
+        kind: Kind,
+        at_ms: u64,
+        username: String,
+        role: String,
+        session_id: SessionId,
+    }
+
+    #[derive(Serialize)]
+    struct OldEvents {
+        next_seq: u64,
+        totals: [u64; 5],
+        unnamed_totals: [u64; 5],
+        whoami: crate::whoami::lookups::Counts,
+        recent: Vec<OldEvent>,
+    }
+
+    fn old_feed(first: u64, kinds: &[Kind], names: &[&str]) -> OldEvents {
+        let recent: Vec<OldEvent> = kinds
+            .iter()
+            .zip(names.iter().cycle())
+            .enumerate()
+            .map(|(i, (kind, name))| OldEvent {
+                seq: first + i as u64,
+                kind: *kind,
+                at_ms: 1_800_000_000_000 + i as u64,
+                username: name.to_string(),
+                role: "student".into(),
+                session_id: SessionId([i as u8; 16]),
+            })
+            .collect();
+        OldEvents {
+            next_seq: first + recent.len() as u64,
+            totals: [1; 5],
+            unnamed_totals: [0; 5],
+            whoami: Default::default(),
+            recent,
+        }
+    }
+
+    #[test]
+    fn a_feed_stored_before_who_revoked_reads_as_none_in_json_and_fresh_in_postcard() {
+        // The Worker keeps the feed as JSON: old events read, naming nobody.
+        let old = old_feed(0, &[Kind::Login, Kind::Revocation], &["a"]);
+        let json = serde_json::to_string(&old).unwrap().replace(
+            r#""totals":[1,1,1,1,1]"#,
+            r#""logins_total":1,"logouts_total":0,"expiries_total":0,"evictions_total":0,"revocations_total":1"#,
+        );
+        let e: Events = serde_json::from_str(&json).unwrap();
+        assert_eq!((e.recent.len(), e.revocations_total), (2, 1));
+        assert!(e.recent.iter().all(|x| x.by.is_none()));
+        // Envoy's shared data keeps it in postcard, which has no field names: an
+        // older filter's feed does not decode (`record::load` then starts a fresh
+        // one) rather than decode into other values. Young feeds (from seq 0,
+        // where a seq reads as `Some`), one event, full ones, every kind.
+        let kinds = [
+            Kind::Login,
+            Kind::Logout,
+            Kind::Expiry,
+            Kind::Eviction,
+            Kind::Revocation,
+            Kind::Unnamed(crate::typed::Unnamed::NoIdentity),
+        ];
+        let names = ["", "a", "bo", "eve", "alice", "x".repeat(200).leak()];
+        for first in [0, 1, 127, 128, 500] {
+            for n in [1, 2, 3, 7, MAX_EVENTS] {
+                for k in 0..kinds.len() {
+                    for skip in 0..names.len() {
+                        let order: Vec<Kind> =
+                            kinds.iter().cycle().skip(k).take(n).copied().collect();
+                        let who: Vec<&str> =
+                            names.iter().cycle().skip(skip).take(n).copied().collect();
+                        let bytes = postcard::to_allocvec(&old_feed(first, &order, &who)).unwrap();
+                        let read = postcard::from_bytes::<Events>(&bytes);
+                        assert!(read.is_err(), "{first} {n} {k} {skip}: {read:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

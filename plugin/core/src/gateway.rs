@@ -2,6 +2,7 @@
 //! upstream answer means for the session, and who may read the stats.
 
 use crate::config::Config;
+use crate::events::Actor;
 use crate::identity::{CookieChange, Identity};
 use crate::session::{session_id_from_random, CookieHash, Session, SessionId};
 use subtle::ConstantTimeEq;
@@ -308,10 +309,7 @@ pub fn authorize(
     site: Site,
     now: u64,
 ) -> Access {
-    let matches = |want: Option<&str>| match (token, want) {
-        (Some(t), Some(want)) => bool::from(t.ct_eq(want.as_bytes())),
-        _ => false,
-    };
+    let matches = |want: Option<&str>| token_is(token, want);
     let token_ok = matches(cfg.admin_token.as_deref())
         || (route == AdminRoute::Metrics && matches(cfg.metrics_token.as_deref()));
     let live = session.filter(|s| !s.is_expired(now, cfg));
@@ -326,6 +324,31 @@ pub fn authorize(
     } else {
         Access::Unauthenticated
     }
+}
+
+/// Whether `token` is `want` (compared in constant time); never when either is absent.
+fn token_is(token: Option<&[u8]>, want: Option<&str>) -> bool {
+    match (token, want) {
+        (Some(t), Some(want)) => bool::from(t.ct_eq(want.as_bytes())),
+        _ => false,
+    }
+}
+
+/// Who a request `authorize` allowed acts as, for the record (a revocation's
+/// event): the admin token when it carries it (the token decides first, as in
+/// `authorize`), else its live admin-role session; `None` if neither.
+pub fn actor(
+    cfg: &Config,
+    token: Option<&[u8]>,
+    session: Option<&Session>,
+    now: u64,
+) -> Option<Actor> {
+    if token_is(token, cfg.admin_token.as_deref()) {
+        return Some(Actor::AdminToken);
+    }
+    session
+        .filter(|s| !s.is_expired(now, cfg) && cfg.is_admin_role(&s.role))
+        .map(Actor::session)
 }
 
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
@@ -577,6 +600,24 @@ mod tests {
         assert_eq!(by(None, Site::Unproven), Access::CrossSite);
         assert_eq!(by(None, Site::SameOrigin), Access::Allowed);
         assert_eq!(by(Some(b"s3cret-token"), Site::Unproven), Access::Allowed);
+        // Who it acts as: the token first, else the admin session.
+        let token = Some(&b"s3cret-token"[..]);
+        let who = |token| actor(&cfg, token, admin.as_ref(), 0);
+        assert_eq!(who(token), Some(Actor::AdminToken));
+        let s = admin.clone().unwrap();
+        let named = Actor::AdminSession {
+            username: "a".into(),
+            session_id: s.id,
+        };
+        assert_eq!(who(None), Some(named.clone()));
+        assert_eq!(who(Some(b"s3cret-tokem")), Some(named));
+        let student = Session {
+            role: "student".into(),
+            ..s.clone()
+        };
+        assert_eq!(actor(&cfg, None, Some(&student), 0), None);
+        let late = s.login_ms + cfg.max_lifetime_ms + 1;
+        assert_eq!(actor(&cfg, None, Some(&s), late), None, "expired");
         assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
         assert_eq!(bearer(b"Basic abc"), None);
         assert_eq!(bearer(b"Bear"), None);

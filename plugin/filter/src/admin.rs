@@ -7,7 +7,7 @@ use crate::host;
 use crate::vm::Vm;
 use headcount_core::answer::Answer;
 use headcount_core::bearer;
-use headcount_core::events::{Events, Kind, EVENTS_KEY};
+use headcount_core::events::{Actor, Events, EVENTS_KEY};
 use headcount_core::gateway::{self, AdminRoute};
 use headcount_core::history::{History, HISTORY_KEY};
 use headcount_core::identity::Identity;
@@ -43,15 +43,23 @@ pub fn answer(vm: &Vm, req: AdminRequest<'_>) -> Answer {
         .or_else(|| bearer::transient_session(cfg, req.bearer_admin?, now));
     let access = gateway::authorize(cfg, route, token, session.as_ref(), req.site, now);
     Answer::denied(access).unwrap_or_else(|| {
-        data(vm, route, req.path, now).unwrap_or_else(|e| {
+        let by = gateway::actor(cfg, token, session.as_ref(), now);
+        data(vm, route, req.path, by, now).unwrap_or_else(|e| {
             host::error(&format!("{route:?} failed: {e}"));
             Answer::unavailable()
         })
     })
 }
 
-/// The answer of an allowed data route; flushes this VM first so its own activity shows.
-fn data(vm: &Vm, route: AdminRoute, path: &[u8], now: u64) -> Result<Answer, String> {
+/// The answer of an allowed data route, asked for by `by`; flushes this VM first
+/// so its own activity shows.
+fn data(
+    vm: &Vm,
+    route: AdminRoute,
+    path: &[u8],
+    by: Option<Actor>,
+    now: u64,
+) -> Result<Answer, String> {
     vm.flush(now);
     let store = &vm.store;
     let e = |e: TableError| e.to_string();
@@ -65,7 +73,7 @@ fn data(vm: &Vm, route: AdminRoute, path: &[u8], now: u64) -> Result<Answer, Str
                     session.username,
                     session.uuid()
                 ));
-                vm.events(Kind::Revocation, std::slice::from_ref(session), now);
+                vm.revocation_event(session, by, now);
             }
             Answer::revoked(session.as_ref())
         }

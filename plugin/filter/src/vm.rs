@@ -4,7 +4,7 @@
 use crate::activity::{Activity, Requester};
 use crate::host::{self, EnvoyStore};
 use headcount_core::bearer::TokenCache;
-use headcount_core::events::{Events, Kind, EVENTS_KEY};
+use headcount_core::events::{Actor, Events, Kind, EVENTS_KEY};
 use headcount_core::history::{History, HISTORY_KEY};
 use headcount_core::record;
 use headcount_core::snapshot::Snapshot;
@@ -320,6 +320,17 @@ impl Vm {
         });
         if let Err(e) = pushed {
             host::warn(&format!("{} event not recorded: {e}", kind.name()));
+        }
+    }
+
+    /// Adds the event of `session`'s revocation by `by` to the shared feed.
+    pub fn revocation_event(&self, session: &Session, by: Option<Actor>, now: u64) {
+        let pushed = record::update(&EnvoyStore, EVENTS_KEY, |ev: &mut Events| {
+            ev.push_revocation(session, by.clone(), now);
+            (true, ())
+        });
+        if let Err(e) = pushed {
+            host::warn(&format!("revocation event not recorded: {e}"));
         }
     }
 }

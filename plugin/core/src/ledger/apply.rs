@@ -11,7 +11,7 @@ use super::wire::{
 use crate::activity::{self, Pending, Settled};
 use crate::bearer::{self, Start};
 use crate::config::Config;
-use crate::events::{Events, Kind};
+use crate::events::{Actor, Events, Kind};
 use crate::ids::{CookieHash, SessionId, UserKey};
 use crate::session::{self, Session};
 use crate::stats;
@@ -298,8 +298,9 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
                 id,
                 username,
                 role,
+                by,
             } => {
-                self.event(kind, at, id, &username, &role, out)?;
+                self.event(kind, at, id, (&username, &role), by, out)?;
                 Vec::new()
             }
         })
@@ -444,15 +445,15 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         kind: Kind,
         at: u64,
         id: SessionId,
-        username: &str,
-        role: &str,
+        (username, role): (&str, &str),
+        by: Option<Actor>,
         out: &mut Outcome,
     ) -> Res<(), S> {
         let mut events = match out.events.take() {
             Some(e) => e,
             None => self.store.events()?,
         };
-        events.push_for(kind, id, username, role, at);
+        events.push_for(kind, id, username, role, at, by);
         out.events = Some(events);
         if kind == Kind::Login && !self.sampling()? {
             self.store.put_meta(SAMPLING, "1")?;
@@ -632,13 +633,18 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         self.store.put_traffic(&traffic)
     }
 
-    /// Ends session `id` on an admin's request (phase 1 of a revocation, on the
-    /// session's shard). With `enforce_revocation` its values are revoked here at
-    /// once, so a bearer token of the session cannot start it again before phase
-    /// 2 (`revoked_add` on every shard) arrives.
-    pub fn revoke(&mut self, id: SessionId) -> Res<(RevokeReply, Outcome), S> {
+    /// Ends session `id` on the request of admin `by` (phase 1 of a revocation,
+    /// on the session's shard); its event names `by`. With `enforce_revocation`
+    /// its values are revoked here at once, so a bearer token of the session
+    /// cannot start it again before phase 2 (`revoked_add` on every shard) arrives.
+    pub fn revoke(&mut self, id: SessionId, by: Option<Actor>) -> Res<(RevokeReply, Outcome), S> {
         let mut out = Outcome::default();
-        let (session, ops) = self.end(id, None, Kind::Revocation, &mut out)?;
+        let (session, mut ops) = self.end(id, None, Kind::Revocation, &mut out)?;
+        for op in &mut ops {
+            if let Op::Event { by: who, .. } = op {
+                who.clone_from(&by);
+            }
+        }
         if let (true, Some(s)) = (self.cfg.enforce_revocation, &session) {
             self.store.revoke(&s.cookies(None), s.deadline(self.cfg))?;
             out.needs_alarm = true;

@@ -8,7 +8,7 @@ use super::store::{LedgerStore, Minima};
 use super::testing::session;
 use super::wire::{Batch, Op, RevokedAdd, TrafficPart, APPLIED_TTL_MS, MAX_BATCH_OPS, VERSION};
 use crate::config::Config;
-use crate::events::Kind;
+use crate::events::{Actor, Kind};
 use crate::ids::{CookieHash, NodeId, SessionId};
 use crate::session::{Session, MAX_ALIASES};
 use crate::table::ROTATION_GRACE_MS;
@@ -288,7 +288,7 @@ fn a_bearer_session_starts_once_and_a_revoked_one_never_again() {
     assert_eq!(c.events().len(), 1, "one login");
     // Revoked: phase 1 on the session's shard, phase 2 on every shard.
     let shard = s(5).shard(2);
-    let (reply, _) = c.ledger(shard).revoke(s(5)).unwrap();
+    let (reply, _) = c.ledger(shard).revoke(s(5), None).unwrap();
     let ended = reply.session.expect("revoked a live session");
     c.send(reply.forward);
     for shard in 0..2 {
@@ -308,6 +308,47 @@ fn a_bearer_session_starts_once_and_a_revoked_one_never_again() {
     b.revoked_rev = Some(0);
     let list = c.ledger(0).batch(b).unwrap().reply.revoked.expect("list");
     assert!(list.entries.iter().any(|(v, _)| *v == h(50)));
+}
+
+#[test]
+fn a_revocations_event_names_who_revoked_on_every_shard_count() {
+    for shards in [1, 3, 8] {
+        let mut c = Cluster::new(shards, "{}");
+        c.send(vec![login(1, 11, "1", T0), login(2, 12, "2", T0)]);
+        let root = Actor::AdminSession {
+            username: "root".into(),
+            session_id: s(9),
+        };
+        for (id, by) in [(s(1), root.clone()), (s(2), Actor::AdminToken)] {
+            let shard = id.shard(c.count());
+            let (reply, _) = c.ledger(shard).revoke(id, Some(by)).unwrap();
+            assert!(reply.session.is_some(), "{shards} shards");
+            // The event travels to shard 0 as a follow-up, with who.
+            c.send(reply.forward);
+        }
+        // Nothing to revoke: no event.
+        let (gone, _) = c.ledger(s(1).shard(c.count())).revoke(s(1), None).unwrap();
+        assert!(gone.session.is_none() && gone.forward.is_empty());
+        let feed = c.ledger(0).feed().unwrap().events;
+        let revoked: Vec<_> = feed
+            .recent
+            .iter()
+            .filter(|e| e.kind == Kind::Revocation)
+            .map(|e| (e.session_id, e.username.as_str(), e.by.clone()))
+            .collect();
+        assert_eq!(
+            revoked,
+            vec![
+                (s(1), "user1", Some(root.clone())),
+                (s(2), "user2", Some(Actor::AdminToken)),
+            ],
+            "{shards} shards"
+        );
+        assert_eq!(feed.revocations_total, 2);
+        let logins = feed.recent.iter().filter(|e| e.kind == Kind::Login);
+        assert!(logins.clone().count() == 2 && logins.clone().all(|e| e.by.is_none()));
+        assert_eq!(c.gather().stored_sessions, 0);
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! shard applies the follow-ups that belong to it at once and returns the others,
 //! which the node delivers next (`route::Pending`).
 
-use crate::events::{Events, Kind};
+use crate::events::{Actor, Events, Kind};
 use crate::history::History;
 use crate::ids::{CookieHash, Id16, NodeId, SessionId, UserKey};
 use crate::session::Session;
@@ -123,13 +123,16 @@ pub enum Op {
     Counts {
         whoami: crate::whoami::lookups::Counts,
     },
-    /// A session event for the feed and the lifetime counters (kept on shard 0).
+    /// A session event for the feed and the lifetime counters (kept on shard 0);
+    /// `by`: who caused it (a revocation's admin), absent from older nodes.
     Event {
         kind: Kind,
         at: u64,
         id: SessionId,
         username: String,
         role: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<Actor>,
     },
 }
 
@@ -173,6 +176,7 @@ impl Op {
             id: s.id,
             username: s.username.clone(),
             role: s.role.clone(),
+            by: None,
         }
     }
 }
@@ -253,12 +257,15 @@ pub struct RevokedList {
     pub entries: Vec<(CookieHash, u64)>,
 }
 
-/// `POST /revoke` to the session's shard: ends session `id` (a revocation).
+/// `POST /revoke` to the session's shard: ends session `id` (a revocation) on
+/// the request of `by`, whom its event names (absent from older nodes).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RevokeQuery {
     pub id: SessionId,
     pub shard: u32,
     pub shards: u32,
+    #[serde(default)]
+    pub by: Option<Actor>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -365,10 +372,27 @@ mod tests {
             id: s(4),
             username: "u".into(),
             role: "r".into(),
+            by: None,
         };
         assert_eq!(event.shard(8), 0, "the feed lives on shard 0");
         let json = serde_json::to_string(&event).unwrap();
+        assert!(!json.contains("\"by\""), "{json}");
         assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), event);
+        let by = Actor::AdminSession {
+            username: "root".into(),
+            session_id: s(9),
+        };
+        let revoked = Op::Event {
+            kind: Kind::Revocation,
+            at: 1,
+            id: s(4),
+            username: "u".into(),
+            role: "r".into(),
+            by: Some(by),
+        };
+        let json = serde_json::to_string(&revoked).unwrap();
+        assert!(json.contains(&"09".repeat(16)), "ids are hex: {json}");
+        assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), revoked);
     }
 
     #[test]
@@ -382,6 +406,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!((old.v, old.revoked_rev, old.seq), (0, None, 0));
+    }
+
+    #[test]
+    fn a_revoke_names_who_asked_and_one_from_an_older_node_still_parses() {
+        let q = RevokeQuery {
+            id: s(1),
+            shard: 0,
+            shards: 1,
+            by: Some(Actor::AdminToken),
+        };
+        let json = serde_json::to_string(&q).unwrap();
+        let back: RevokeQuery = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.by, Some(Actor::AdminToken));
+        let old: RevokeQuery = serde_json::from_str(&format!(
+            r#"{{"id":"{}","shard":0,"shards":1}}"#,
+            s(1).hex()
+        ))
+        .unwrap();
+        assert_eq!((old.id, old.by), (s(1), None));
     }
 
     #[test]
