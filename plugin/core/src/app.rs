@@ -11,6 +11,7 @@
 use crate::config::ConfigError;
 use crate::table::{SharedStore, StoreError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::cell::RefCell;
 use std::fmt;
 
 /// A validated app name: 1 to `MAX_LEN` characters of `A-Z a-z 0-9 . _ -`, so it
@@ -115,29 +116,46 @@ impl<'de> Deserialize<'de> for AppName {
 /// A shared store seen through one app's namespace: every key is `app.key(..)`.
 /// A host wraps its store once, and everything written through it (the session
 /// table, events, history, traffic, secrets, timers' claims) is that app's alone.
+/// The namespaced key is built in a buffer kept for the next call: a timer tick
+/// or a flush makes several store calls, and an allocation for each showed in
+/// the filter's instruction counts.
 #[derive(Debug, Clone)]
 pub struct Scoped<S> {
     inner: S,
     app: AppName,
+    key: RefCell<String>,
 }
 
 impl<S: SharedStore> Scoped<S> {
     pub fn new(inner: S, app: AppName) -> Scoped<S> {
-        Scoped { inner, app }
+        let key = RefCell::new(app.key(""));
+        Scoped { inner, app, key }
     }
 
     pub fn app(&self) -> &AppName {
         &self.app
     }
+
+    /// Runs `f` with `key` in this app's namespace.
+    fn with_key<R>(&self, key: &str, f: impl FnOnce(&str) -> R) -> R {
+        // A store that called back into this one while a key is built would find
+        // the buffer taken; it then gets a key of its own.
+        let Ok(mut buf) = self.key.try_borrow_mut() else {
+            return f(&self.app.key(key));
+        };
+        buf.truncate(self.app.as_str().len() + 1);
+        buf.push_str(key);
+        f(&buf)
+    }
 }
 
 impl<S: SharedStore> SharedStore for Scoped<S> {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        self.inner.get(&self.app.key(key))
+        self.with_key(key, |k| self.inner.get(k))
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        self.inner.set(&self.app.key(key), value, cas)
+        self.with_key(key, |k| self.inner.set(k, value, cas))
     }
 }
 

@@ -9,10 +9,23 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 /// key whatever the token, and no live key carries this one in practice.
 const CREATE_ONLY: u32 = u32::MAX;
 
-/// Envoy's shared data, as the core's `SharedStore` (one space per `vm_id`; each
-/// app sees it through `headcount_core::Scoped`).
+/// Envoy's shared data, as the core's `SharedStore`: one space per `vm_id`, which
+/// the plugins of several apps may share. Only `app_store` makes one, so every
+/// read and write goes through an app's namespace.
 #[derive(Debug, Clone, Copy)]
-pub struct EnvoyStore;
+pub struct EnvoyStore {
+    _only_through_app_store: (),
+}
+
+/// Shared data as `app` sees it: every key under its namespace.
+pub fn app_store(app: headcount_core::AppName) -> headcount_core::Scoped<EnvoyStore> {
+    headcount_core::Scoped::new(
+        EnvoyStore {
+            _only_through_app_store: (),
+        },
+        app,
+    )
+}
 
 impl SharedStore for EnvoyStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {

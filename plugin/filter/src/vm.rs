@@ -77,7 +77,7 @@ impl Vm {
             host::property(&["plugin_name"]).map(|n| String::from_utf8_lossy(&n).into_owned());
         let app = AppName::choose(cfg.app.as_ref(), plugin_name.as_deref())
             .map_err(|e| format!("{e}"))?;
-        let store = Scoped::new(EnvoyStore, app.clone());
+        let store = host::app_store(app.clone());
         cfg.app = Some(app.clone());
         let secret = match &cfg.cookie_hash_secret {
             Some(s) => s.as_bytes().to_vec(),
@@ -325,7 +325,7 @@ impl Vm {
 
     /// Adds the event of `session`'s revocation by `by` to the shared feed.
     pub fn revocation_event(&self, session: &Session, by: Option<Actor>, now: u64) {
-        let pushed = record::update(&EnvoyStore, EVENTS_KEY, |ev: &mut Events| {
+        let pushed = record::update(&self.store, EVENTS_KEY, |ev: &mut Events| {
             ev.push_revocation(session, by.clone(), now);
             (true, ())
         });
