@@ -75,6 +75,10 @@ def test_token_form_then_logins_and_logouts_show_live(start_gateway, open_page):
     use_token(page)
     e(page.get_by_test_id("headline")).to_have_text(headline(0), timeout=8000)
     e(page.get_by_test_id("status")).to_have_text("Live")
+    # The page names the app it counts (Envoy: the plugin's `name`; the Worker: `default`).
+    app = {"envoy": "headcount", "worker": "default"}[gw.kind]
+    e(page.get_by_test_id("app")).to_have_text(f"· {app}")
+    assert page.title() == f"Headcount · {app}"
     e(page.get_by_role("button", name="Forget token")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('headcount.token')") == ADMIN_TOKEN
     e(page.locator("#sessions tbody")).to_have_text("Nobody is active right now.")
