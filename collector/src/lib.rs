@@ -6,3 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod redis_ledger;
+pub mod service;
+pub mod store;
+pub mod sweeper;

@@ -106,6 +106,13 @@ impl Setup {
                 })?,
         };
         let debug = matches!(debug.map(str::trim), Some("1" | "true"));
+        if cfg.fleet.is_some() {
+            return Err(
+                "HEADCOUNT_CONFIG: invalid headcount config: `fleet` is for Envoy nodes and their \
+                        collectors; the Worker keeps its ledger in Durable Objects"
+                    .into(),
+            );
+        }
         let app = AppName::choose(cfg.app.as_ref(), None)
             .map_err(|e| format!("HEADCOUNT_CONFIG: {e}"))?;
         cfg.app = Some(app.clone());
@@ -179,5 +186,7 @@ mod tests {
         let s = Setup::parse(Some(r#"{"app": "shop"}"#), Some("http://a"), None, None).unwrap();
         assert_eq!(s.app.as_str(), "shop");
         assert!(err(r#"{"app": "a/b"}"#, "http://a", "1").contains("`app`"));
+        let fleet = r#"{"fleet": {"cluster": "c", "token": "0123456789abcdef"}}"#;
+        assert!(err(fleet, "http://a", "1").contains("`fleet`"));
     }
 }

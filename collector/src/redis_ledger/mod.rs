@@ -18,6 +18,9 @@ use std::sync::Mutex;
 /// node's batch is answered 503 and sent again later).
 pub const MAX_ATTEMPTS: u32 = 64;
 
+/// The apps nodes have sent to, with their shard counts: the sweeps' work list.
+pub const APPS_KEY: &str = "hc:{apps}";
+
 /// Where the ledger lives: `redis://HOST:PORT[/DB]` (standalone, also
 /// `rediss://`, `redis+unix://`), or `redis+cluster://HOST:PORT[,HOST:PORT...]`
 /// (a Redis Cluster, any of its nodes; the rest are discovered).
@@ -181,6 +184,59 @@ impl RedisLedger {
                 v.push(con);
             }
         }
+    }
+
+    fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut con = self.take()?;
+        let out = cmd.query(&mut con);
+        if con.is_open() {
+            self.give_back(con);
+        }
+        Ok(out?)
+    }
+
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.command::<String>(&redis::cmd("PING")).map(|_| ())
+    }
+
+    /// The apps nodes have sent to, with their shard counts (`hc:{apps}`).
+    pub fn register(&self, app: &AppName, shards: u32) -> Result<(), StoreError> {
+        self.command::<i64>(
+            redis::cmd("HSET")
+                .arg(APPS_KEY)
+                .arg(app.as_str())
+                .arg(shards),
+        )
+        .map(|_| ())
+    }
+
+    pub fn apps(&self) -> Result<Vec<(AppName, u32)>, StoreError> {
+        let all: std::collections::HashMap<String, u32> =
+            self.command(redis::cmd("HGETALL").arg(APPS_KEY))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(a, n)| Some((AppName::parse("app", &a).ok()?, n)))
+            .collect())
+    }
+
+    /// Whether this collector won the sweep of this shard for `every`.
+    pub fn claim_sweep(
+        &self,
+        app: &AppName,
+        shard: u32,
+        every: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let key = format!("{}sweep", shard::prefix(app, shard));
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        let won: Option<String> = self.command(
+            redis::cmd("SET")
+                .arg(key)
+                .arg("1")
+                .arg("NX")
+                .arg("PX")
+                .arg(ms),
+        )?;
+        Ok(won.is_some())
     }
 
     /// Runs `f` on shard `shard` of `app` as one atomic step: again, from a fresh

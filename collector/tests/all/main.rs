@@ -10,3 +10,4 @@
 
 mod ledger;
 mod servers;
+mod service;

@@ -173,3 +173,79 @@ impl Cluster {
         format!("redis+cluster://{}", nodes.join(","))
     }
 }
+
+/// A `headcount-collector` process on a free port, stopped when dropped.
+pub struct Collector {
+    pub url: String,
+    child: Child,
+    _config: tempfile_path::TempPath,
+}
+
+pub mod tempfile_path {
+    /// A file removed when dropped.
+    pub struct TempPath(pub std::path::PathBuf);
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// A plugin configuration file for the collector.
+pub fn config_file(json: &str) -> tempfile_path::TempPath {
+    let path = std::env::temp_dir().join(format!(
+        "headcount-collector-{}-{}.json",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::write(&path, json).unwrap();
+    tempfile_path::TempPath(path)
+}
+
+/// Runs the collector binary with `args`; its exit code and stderr (for the
+/// refusals, which exit at once).
+pub fn run_collector(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_headcount-collector"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Collector {
+    /// Starts one, and waits for its "listening on" line.
+    pub fn start(store: &str, config: &str) -> Collector {
+        use std::io::BufRead;
+        let cfg = config_file(config);
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_headcount-collector"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--store", store])
+            .args(["--config", cfg.0.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("listening on"), "collector said {line:?}");
+        Collector {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            _config: cfg,
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

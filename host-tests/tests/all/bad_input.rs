@@ -286,6 +286,11 @@ fn bad_configurations_are_refused_with_the_field_named() {
         (r#"{"session_cookie": ""}"#, "session_cookie"),
         (r#"{"route_prefix": "/"}"#, "route_prefix"),
         (r#"{"trusted_hops": 0}"#, "trusted_hops"),
+        // Fleet mode is not in the filter yet: said at load, never silently single-node.
+        (
+            r#"{"fleet": {"cluster": "collectors", "token": "0123456789abcdef"}}"#,
+            "fleet",
+        ),
         (r#"[1, 2]"#, "config"),
         (r#"{"admin_token": "#, "config"),
         ("\u{feff}\u{0}", "config"),

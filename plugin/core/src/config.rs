@@ -72,6 +72,7 @@ struct RawConfig {
     reduce_user_agent: Option<bool>,
     jwt: Option<crate::bearer::RawJwt>,
     whoami: Option<crate::whoami::RawWhoami>,
+    fleet: Option<crate::fleet::RawFleet>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +252,8 @@ pub struct Config {
     pub jwt: Option<crate::bearer::BearerConfig>,
     /// Ask the app who a session is (`whoami.rs`).
     pub whoami: Option<crate::whoami::Whoami>,
+    /// One ledger for many Envoy nodes, kept by collectors (`fleet.rs`).
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 impl Default for Config {
@@ -306,6 +309,7 @@ impl Default for Config {
             reduce_user_agent: false,
             jwt: None,
             whoami: None,
+            fleet: None,
         }
     }
 }
@@ -544,6 +548,7 @@ impl Config {
             anonymize_ip: raw.anonymize_ip.unwrap_or(d.anonymize_ip),
             reduce_user_agent: raw.reduce_user_agent.unwrap_or(d.reduce_user_agent),
             whoami,
+            fleet: raw.fleet.map(crate::fleet::Fleet::from_raw).transpose()?,
             jwt: raw
                 .jwt
                 .map(crate::bearer::BearerConfig::from_raw)

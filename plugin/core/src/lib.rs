@@ -18,6 +18,7 @@ pub mod config;
 pub mod cookie_cache;
 pub mod device;
 pub mod events;
+pub mod fleet;
 pub mod flow;
 pub mod gateway;
 pub mod history;

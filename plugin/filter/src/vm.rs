@@ -73,6 +73,14 @@ impl Vm {
     /// Validates the config and prepares shared state. The error is the log line.
     pub fn configure(raw: &[u8]) -> Result<Vm, String> {
         let mut cfg = Config::from_json(raw).map_err(|e| format!("{e}"))?;
+        if cfg.fleet.is_some() {
+            return Err(
+                "invalid headcount config: `fleet`: this version of the filter keeps its \
+                        table in Envoy's shared data and cannot run as a fleet node yet; remove \
+                        `fleet` (the collector reads it)"
+                    .into(),
+            );
+        }
         let plugin_name =
             host::property(&["plugin_name"]).map(|n| String::from_utf8_lossy(&n).into_owned());
         let app = AppName::choose(cfg.app.as_ref(), plugin_name.as_deref())

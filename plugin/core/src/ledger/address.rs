@@ -33,6 +33,24 @@ pub fn parse_request_path(path: &str) -> Option<(AppName, &str)> {
     Some((app, rest.get(slash..)?))
 }
 
+/// The path of operation `op` on shard `shard` of `app` at a collector, which
+/// keeps every shard of every app it is asked for: `/{app}/shard-{n}{op}`.
+pub fn collector_path(app: &AppName, shard: u32, op: &str) -> String {
+    format!("/{app}/shard-{shard}{op}")
+}
+
+/// The app, shard and operation of a collector path; `None` if it is not one.
+pub fn parse_collector_path(path: &str) -> Option<(AppName, u32, &str)> {
+    let (app, rest) = parse_request_path(path)?;
+    let rest = rest.strip_prefix("/shard-")?;
+    let slash = rest.find('/')?;
+    let shard = rest.get(..slash)?;
+    if shard.is_empty() || !shard.bytes().all(|b| b.is_ascii_digit()) || shard.len() > 9 {
+        return None;
+    }
+    Some((app, shard.parse().ok()?, rest.get(slash..)?))
+}
+
 /// What a shard does with a request for `asked` when it keeps `kept` (`None`:
 /// it has served nobody yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +95,23 @@ mod tests {
         assert_eq!(parse_request_path(&p), Some((app("shop.a"), "/batch")));
         for bad in ["/batch", "batch", "//batch", "/a b/batch", "/"] {
             assert_eq!(parse_request_path(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn collector_paths_name_the_app_the_shard_and_the_op() {
+        let p = collector_path(&app("shop"), 12, "/batch");
+        assert_eq!(p, "/shop/shard-12/batch");
+        assert_eq!(parse_collector_path(&p), Some((app("shop"), 12, "/batch")));
+        for bad in [
+            "/shop/batch",
+            "/shop/shard-/batch",
+            "/shop/shard-x/batch",
+            "/shop/shard-1",
+            "/shop/shard-9999999999/batch",
+            "/a b/shard-1/batch",
+        ] {
+            assert_eq!(parse_collector_path(bad), None, "{bad}");
         }
     }
 
