@@ -9,6 +9,8 @@
 //! - `store`: what a shard's store must offer.
 //! - `memory`: a store in maps.
 //! - `buffer`: a node's coalescing buffer of ops and traffic.
+//! - `node`: a node's whole side for callback-driven hosts (Envoy in fleet mode):
+//!   buffer, one batch in flight per shard, resends, follow-ups, revoked values.
 //! - `route`: a node's addressing of ops to shards, rounds of follow-ups, merged reports.
 //! - `revoked`: a node's copy of the revoked cookie values.
 
@@ -16,6 +18,7 @@ pub mod address;
 pub mod apply;
 pub mod buffer;
 pub mod memory;
+pub mod node;
 pub mod revoked;
 pub mod route;
 pub mod store;
@@ -48,5 +51,7 @@ pub(crate) mod testing {
     }
 }
 
+#[cfg(test)]
+mod node_tests;
 #[cfg(test)]
 mod tests;

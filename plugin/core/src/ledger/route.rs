@@ -204,8 +204,19 @@ impl Sequencer {
         true
     }
 
+    /// A batch whose answer never came, kept to be sent again however often it
+    /// failed (a fleet node: the collectors are down, not refusing).
+    pub fn keep(&mut self, batch: Batch, sends: u32) {
+        self.unacked.insert(batch.shard, (batch, sends));
+    }
+
     pub fn has_unacked(&self) -> bool {
         !self.unacked.is_empty()
+    }
+
+    /// Whether a batch for `shard` waits to be sent again.
+    pub fn has_unacked_for(&self, shard: u32) -> bool {
+        self.unacked.contains_key(&shard)
     }
 
     /// The batches to send again, with how often each was sent (put back with
