@@ -64,6 +64,12 @@ fn id16(tag: u8, n: u64) -> [u8; 16] {
     b
 }
 
+/// Session `n`'s cookie hash: unrelated to its id, so its shard is another one
+/// (15 times in 16), as with real random ids and keyed hashes.
+fn cookie(n: u64) -> CookieHash {
+    CookieHash(id16(2, n ^ 0x5555_5555))
+}
+
 fn session(n: u64, at: u64) -> Session {
     Session {
         id: SessionId(id16(1, n)),
@@ -74,7 +80,7 @@ fn session(n: u64, at: u64) -> Session {
         user_agent: "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0".into(),
         login_ms: at,
         last_ms: at,
-        cookie: CookieHash(id16(2, n)),
+        cookie: cookie(n),
         aliases: Vec::new(),
     }
 }
@@ -240,7 +246,7 @@ fn main() {
         let now = t0 + 10_000_000 + done as u64;
         let ops: Vec<Op> = (done..(done + TOUCHES_PER_ROUND).min(touches))
             .map(|i| Op::Touch {
-                hash: CookieHash(id16(2, i as u64)),
+                hash: cookie(i as u64),
                 last_ms: now,
                 requests: 1,
                 retry: false,

@@ -158,6 +158,7 @@ impl<'c, C: ConnectionLike> Overlay<'c, C> {
 
     fn query(&mut self, cmd: &redis::Cmd) -> R<Value> {
         self.trips += 1;
+
         Ok(self.con.req_command(cmd)?)
     }
 
@@ -269,6 +270,37 @@ impl<'c, C: ConnectionLike> Overlay<'c, C> {
     }
 
     // Sorted sets.
+
+    /// Reads the scores of `members` not known yet in one round trip.
+    pub fn zprefetch(&mut self, key: &str, members: &[String]) -> R<()> {
+        let known = self.zsets.get(key);
+        let missing: Vec<&String> = members
+            .iter()
+            .filter(|m| known.is_none_or(|z| !z.contains_key(*m)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("ZMSCORE");
+        cmd.arg(key);
+        missing.iter().for_each(|m| {
+            cmd.arg(m.as_str());
+        });
+        let Value::Array(scores) = self.query(&cmd)? else {
+            return Err(StoreError("ZMSCORE: expected an array".into()));
+        };
+        let missing: Vec<String> = missing.into_iter().cloned().collect();
+        let z = self.zsets.entry(key.to_string()).or_default();
+        for (m, s) in missing.into_iter().zip(scores.iter()) {
+            let s = score(s)?;
+            z.entry(m).or_insert(Member {
+                score: s,
+                dirty: false,
+                base: Some(s.is_some()),
+            });
+        }
+        Ok(())
+    }
 
     pub fn zscore(&mut self, key: &str, member: &str) -> R<Option<f64>> {
         if let Some(m) = self.zsets.get(key).and_then(|z| z.get(member)) {

@@ -24,6 +24,7 @@ use headcount_core::history::History;
 use headcount_core::ids::{CookieHash, NodeId, SessionId, UserKey};
 use headcount_core::ledger::address;
 use headcount_core::ledger::store::{Applied, CookieRow, LedgerStore, Minima, Rows};
+use headcount_core::ledger::wire::Op;
 use headcount_core::session::Session;
 use headcount_core::traffic::Traffic;
 use headcount_core::AppName;
@@ -550,6 +551,33 @@ impl<C: ConnectionLike> LedgerStore for RedisShard<'_, '_, C> {
             }
         }
         Ok(gone)
+    }
+
+    /// Touches read their session's last activity (or their cookie's row):
+    /// one round trip for all of a batch's, instead of one each.
+    fn prefetch(&mut self, ops: &[Op]) -> R<()> {
+        let (mut ids, mut cookies) = (Vec::new(), Vec::new());
+        for op in ops {
+            match op {
+                Op::TouchSession { id, .. } => ids.push(id.hex()),
+                Op::Touch { hash, .. } => cookies.push(hash.hex()),
+                _ => {}
+            }
+        }
+        if !cookies.is_empty() {
+            // The sessions these cookies lead to, when they are kept here too.
+            let key = self.keys.c.clone();
+            for row in self.step.hmget(&key, &cookies)?.into_iter().flatten() {
+                if let Ok(StoredRow::Session { s, .. }) = serde_json::from_str(&row) {
+                    ids.push(s.hex());
+                }
+            }
+        }
+        if !ids.is_empty() {
+            let key = self.keys.l.clone();
+            self.step.zprefetch(&key, &ids)?;
+        }
+        Ok(())
     }
 
     fn minima(&mut self) -> R<Minima> {

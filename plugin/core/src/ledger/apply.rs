@@ -167,6 +167,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
 
     fn apply_batch(&mut self, batch: Batch) -> Res<Outcome, S> {
         let mut out = Outcome::default();
+        self.store.prefetch(&batch.ops)?;
         for op in batch.ops {
             if let Err(e) = self.apply(op, 0, &mut out) {
                 out.log.push(format!("op failed: {e}"));

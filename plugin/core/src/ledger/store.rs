@@ -143,6 +143,13 @@ pub trait LedgerStore {
     /// Forgets batches applied before `before`; how many.
     fn forget_applied_before(&mut self, before: u64) -> Result<u64, Self::Error>;
 
+    /// A batch's ops before they are applied, for a store whose reads are round
+    /// trips (Redis) to fetch what they will read in one go. Changes nothing;
+    /// the default does nothing.
+    fn prefetch(&mut self, _ops: &[super::wire::Op]) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
     // For the alarm and operators.
     fn minima(&mut self) -> Result<Minima, Self::Error>;
     fn rows(&mut self) -> Result<Rows, Self::Error>;
