@@ -170,12 +170,17 @@ impl RedisLedger {
         }
     }
 
+    /// An idle connection that still answers, or a new one. A pooled connection
+    /// may have died with its server (a restart, a failover): it is checked
+    /// (`PING`) before a step trusts it, so the step does not fail for it.
     fn take(&self) -> Result<Conn, StoreError> {
         let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
-        match idle {
-            Some(c) => Ok(c),
-            None => Ok(self.target.connect()?),
+        if let Some(mut c) = idle {
+            if c.check_connection() {
+                return Ok(c);
+            }
         }
+        Ok(self.target.connect()?)
     }
 
     fn give_back(&self, con: Conn) {

@@ -8,6 +8,7 @@
     reason = "an integration-test crate: a failed unwrap is a failed test"
 )]
 
+mod fleet;
 mod ledger;
 mod servers;
 mod service;

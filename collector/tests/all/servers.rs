@@ -83,6 +83,20 @@ impl Redis {
         }
     }
 
+    /// Shuts the server down as an operator would (`SHUTDOWN`: the append-only
+    /// file is written out), then starts it again on the same port and folder.
+    pub fn restart(&mut self, aof: bool) {
+        if let Some(mut c) = self.child.take() {
+            let client = redis::Client::open(self.url()).unwrap();
+            if let Ok(mut con) = client.get_connection() {
+                // The server closes the connection as it exits: no reply is expected.
+                let _ = redis::cmd("SHUTDOWN").query::<()>(&mut con);
+            }
+            let _ = c.wait();
+        }
+        self.spawn(aof, &[]);
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
