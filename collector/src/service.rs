@@ -77,6 +77,15 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
     serde_json::from_slice(body).map_err(|e| Answer::error(400, &format!("bad request body: {e}")))
 }
 
+/// The answer of `$body` run with `$l` a `Ledger` on shard `$shard` of `$app`.
+macro_rules! ledger_answer {
+    ($c:expr, $app:expr, $shard:expr, $here:expr, |$l:ident| $body:expr) => {
+        Answer::of(on_shard!(&$c.store, $app, $shard, &$c.cfg, $here, |$l| {
+            $body
+        }))
+    };
+}
+
 impl Collector {
     /// Routes one operation to its `handle_*` method.
     pub fn handle(&self, app: &AppName, shard: u32, op: &str, body: &[u8]) -> Answer {
@@ -114,44 +123,22 @@ impl Collector {
             return Ok(Answer::error(503, &e));
         }
         let here = self.here(shard, batch.shards);
-        let cfg = &self.cfg;
-        Ok(Answer::of(on_shard!(
-            &self.store,
-            app,
-            shard,
-            cfg,
-            here,
-            |l| l.batch(batch.clone()).map(|out| out.reply)
-        )))
+        Ok(ledger_answer!(self, app, shard, here, |l| l
+            .batch(batch.clone())
+            .map(|out| out.reply)))
     }
 
     fn handle_resolve(&self, app: &AppName, shard: u32, body: &[u8]) -> Result<Answer, Answer> {
         let q: Resolve = parse(body)?;
         Self::check_place(shard, q.shard, q.shards)?;
         let here = Here::new(shard, q.shards, q.now);
-        let cfg = &self.cfg;
-        Ok(Answer::of(on_shard!(
-            &self.store,
-            app,
-            shard,
-            cfg,
-            here,
-            |l| l.resolve(q.hash, q.id)
-        )))
+        Ok(ledger_answer!(self, app, shard, here, |l| l.resolve(q.hash, q.id)))
     }
 
     fn handle_stats(&self, app: &AppName, shard: u32, body: &[u8]) -> Result<Answer, Answer> {
         let q: StatsQuery = parse(body)?;
         let here = Here::new(0, 1, q.now);
-        let cfg = &self.cfg;
-        Ok(Answer::of(on_shard!(
-            &self.store,
-            app,
-            shard,
-            cfg,
-            here,
-            |l| l.stats()
-        )))
+        Ok(ledger_answer!(self, app, shard, here, |l| l.stats()))
     }
 
     /// The cookie hash key every node of the app uses (shard 0 keeps it).
@@ -161,44 +148,29 @@ impl Collector {
             return Answer::error(503, &format!("no randomness: {e}"));
         }
         let here = self.here(0, 1);
-        let cfg = &self.cfg;
-        Answer::of(on_shard!(&self.store, app, 0, cfg, here, |l| l.secret(random)))
+        ledger_answer!(self, app, 0, here, |l| l.secret(random))
     }
 
     fn handle_revoke(&self, app: &AppName, shard: u32, body: &[u8]) -> Result<Answer, Answer> {
         let q: RevokeQuery = parse(body)?;
         Self::check_place(shard, q.shard, q.shards)?;
         let here = self.here(shard, q.shards);
-        let (cfg, by): (&Config, Option<Actor>) = (&self.cfg, q.by.clone());
-        Ok(Answer::of(on_shard!(
-            &self.store,
-            app,
-            shard,
-            cfg,
-            here,
-            |l| l.revoke(q.id, by.clone()).map(|(reply, _)| reply)
-        )))
+        let by: Option<Actor> = q.by.clone();
+        Ok(ledger_answer!(self, app, shard, here, |l| l
+            .revoke(q.id, by.clone())
+            .map(|(reply, _)| reply)))
     }
 
     fn handle_revoked(&self, app: &AppName, shard: u32, body: &[u8]) -> Result<Answer, Answer> {
         let q: RevokedAdd = parse(body)?;
         Self::check_place(shard, q.shard, q.shards)?;
         let here = self.here(shard, q.shards);
-        let cfg = &self.cfg;
-        Ok(Answer::of(on_shard!(
-            &self.store,
-            app,
-            shard,
-            cfg,
-            here,
-            |l| l.revoked_add(q.clone())
-        )))
+        Ok(ledger_answer!(self, app, shard, here, |l| l.revoked_add(q.clone())))
     }
 
     fn handle_feed(&self, app: &AppName) -> Answer {
         let here = self.here(0, 1);
-        let cfg = &self.cfg;
-        Answer::of(on_shard!(&self.store, app, 0, cfg, here, |l| l.feed()))
+        ledger_answer!(self, app, 0, here, |l| l.feed())
     }
 }
 

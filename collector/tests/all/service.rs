@@ -113,39 +113,30 @@ fn flags_and_the_fleet_token_are_required_and_refusals_name_what() {
     ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--bogus"), "{err}");
-    let no_fleet = config_file(r#"{"admin_token": "an-admin-token"}"#);
-    let (code, err) = run_collector(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory",
-        "--config",
-        no_fleet.0.to_str().unwrap(),
-    ]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("`fleet`"), "{err}");
-    let bad = config_file(r#"{"fleet": {"cluster": "c", "token": "short"}}"#);
-    let (code, err) = run_collector(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory",
-        "--config",
-        bad.0.to_str().unwrap(),
-    ]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("`fleet.token`"), "{err}");
-    let good = config_file(CONFIG);
-    let (code, err) = run_collector(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "postgres://x",
-        "--config",
-        good.0.to_str().unwrap(),
-    ]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("--store"), "{err}");
+    // A config without `fleet`, a bad `fleet`, a store that is neither: each named.
+    let cases = [
+        (r#"{"admin_token": "an-admin-token"}"#, "memory", "`fleet`"),
+        (
+            r#"{"fleet": {"cluster": "c", "token": "short"}}"#,
+            "memory",
+            "`fleet.token`",
+        ),
+        (CONFIG, "postgres://x", "--store"),
+    ];
+    for (config, store, named) in cases {
+        let file = config_file(config);
+        let path = file.0.to_str().unwrap();
+        let (code, err) = run_collector(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store,
+            "--config",
+            path,
+        ]);
+        assert_eq!(code, Some(2), "{config} {store}");
+        assert!(err.contains(named), "{named}: {err}");
+    }
 }
 
 #[test]
