@@ -89,6 +89,9 @@ pub struct Overlay<'c, C: ConnectionLike> {
     whole: HashSet<String>,
     zsets: HashMap<String, HashMap<String, Member>>,
     strings: HashMap<String, Field>,
+    /// Sizes of sorted sets as Redis has them (fixed for the step: any commit
+    /// that changed them moves the generation, and this step then runs again).
+    cards: HashMap<String, u64>,
     /// Redis round trips so far (for the benchmark and the tests).
     pub trips: u64,
 }
@@ -150,6 +153,7 @@ impl<'c, C: ConnectionLike> Overlay<'c, C> {
             whole: HashSet::new(),
             zsets: HashMap::new(),
             strings: HashMap::new(),
+            cards: HashMap::new(),
             trips: 0,
         };
         o.gen = o.read_gen()?;
@@ -435,10 +439,16 @@ impl<'c, C: ConnectionLike> Overlay<'c, C> {
 
     /// How many members, with this step's changes.
     pub fn zcard(&mut self, key: &str) -> R<u64> {
-        let base = self.query(redis::cmd("ZCARD").arg(key))?;
-        let base = match base {
-            Value::Int(n) => u64::try_from(n).unwrap_or(0),
-            other => return Err(StoreError(format!("ZCARD: unexpected {other:?}"))),
+        let base = match self.cards.get(key) {
+            Some(n) => *n,
+            None => {
+                let n = match self.query(redis::cmd("ZCARD").arg(key))? {
+                    Value::Int(n) => u64::try_from(n).unwrap_or(0),
+                    other => return Err(StoreError(format!("ZCARD: unexpected {other:?}"))),
+                };
+                self.cards.insert(key.to_string(), n);
+                n
+            }
         };
         let unknown: Vec<String> = self
             .zsets

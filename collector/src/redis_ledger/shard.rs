@@ -556,13 +556,37 @@ impl<C: ConnectionLike> LedgerStore for RedisShard<'_, '_, C> {
     /// Touches read their session's last activity (or their cookie's row):
     /// one round trip for all of a batch's, instead of one each.
     fn prefetch(&mut self, ops: &[Op]) -> R<()> {
-        let (mut ids, mut cookies) = (Vec::new(), Vec::new());
+        let (mut ids, mut cookies, mut logins) = (Vec::new(), Vec::new(), Vec::new());
         for op in ops {
             match op {
                 Op::TouchSession { id, .. } => ids.push(id.hex()),
                 Op::Touch { hash, .. } => cookies.push(hash.hex()),
+                // A login reads whether its session exists, its cookie's row and
+                // the session's cookie list, and counts the sessions (the cap).
+                Op::Login { session } | Op::Bearer { session } => {
+                    ids.push(session.id.hex());
+                    logins.push(session.id.hex());
+                    cookies.push(session.cookie.hex());
+                }
+                // The cookie index's ops read the row and the session's list.
+                Op::Index { hash, id, .. }
+                | Op::Shorten { hash, id, .. }
+                | Op::Unindex { hash, id } => {
+                    cookies.push(hash.hex());
+                    logins.push(id.hex());
+                }
                 _ => {}
             }
+        }
+        if !logins.is_empty() {
+            let (s, sc) = (self.keys.s.clone(), self.keys.sc.clone());
+            if ops
+                .iter()
+                .any(|op| matches!(op, Op::Login { .. } | Op::Bearer { .. }))
+            {
+                self.step.hmget(&s, &logins)?;
+            }
+            self.step.hmget(&sc, &logins)?;
         }
         if !cookies.is_empty() {
             // The sessions these cookies lead to, when they are kept here too.
