@@ -170,17 +170,13 @@ impl RedisLedger {
         }
     }
 
-    /// An idle connection that still answers, or a new one. A pooled connection
-    /// may have died with its server (a restart, a failover): it is checked
-    /// (`PING`) before a step trusts it, so the step does not fail for it.
-    fn take(&self) -> Result<Conn, StoreError> {
-        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
-        if let Some(mut c) = idle {
-            if c.check_connection() {
-                return Ok(c);
-            }
+    /// An idle connection, or a new one; whether it was idle (it may have died
+    /// with its server since: a restart, a failover).
+    fn take(&self) -> Result<(Conn, bool), StoreError> {
+        match self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            Some(c) => Ok((c, true)),
+            None => Ok((self.target.connect()?, false)),
         }
-        Ok(self.target.connect()?)
     }
 
     fn give_back(&self, con: Conn) {
@@ -192,8 +188,18 @@ impl RedisLedger {
     }
 
     fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut con = self.take()?;
-        let out = cmd.query(&mut con);
+        let (mut con, pooled) = self.take()?;
+        let mut out = cmd.query(&mut con);
+        if pooled
+            && out
+                .as_ref()
+                .is_err_and(|e| e.is_io_error() || !con.is_open())
+        {
+            // A pooled connection that died: these commands write nothing twice
+            // (reads, and a sweep claim that failed to arrive), so ask again.
+            con = self.target.connect()?;
+            out = cmd.query(&mut con);
+        }
         if con.is_open() {
             self.give_back(con);
         }
@@ -255,9 +261,10 @@ impl RedisLedger {
         mut f: impl FnMut(&mut RedisShard<'_, '_, Conn>) -> Result<T, E>,
     ) -> Result<Stepped<T>, E> {
         let prefix = shard::prefix(app, shard);
-        let mut con = self.take()?;
+        let (con, pooled) = self.take()?;
+        let (mut con, mut gen) = self.begin(con, pooled, &prefix)?;
         for attempt in 1..=MAX_ATTEMPTS {
-            let result = self.attempt(&mut con, &prefix, &mut f);
+            let result = self.attempt(&mut con, &prefix, gen.take(), &mut f);
             match result {
                 Ok(Some((value, trips))) => {
                     self.give_back(con);
@@ -283,14 +290,41 @@ impl RedisLedger {
         .into())
     }
 
+    /// Reads the shard's generation, the first command of a step, which writes
+    /// nothing: a pooled connection that died with its server (a restart, a
+    /// failover) shows it there and is replaced, so a restarted Redis does not
+    /// fail the step. The generation read is the first attempt's own.
+    fn begin(
+        &self,
+        mut con: Conn,
+        pooled: bool,
+        prefix: &str,
+    ) -> Result<(Conn, Option<String>), StoreError> {
+        let gen_key = format!("{prefix}g");
+        match Overlay::read_generation(&mut con, &gen_key) {
+            Ok(gen) => Ok((con, Some(gen))),
+            Err(_) if pooled => {
+                let mut con = self.target.connect()?;
+                let gen = Overlay::read_generation(&mut con, &gen_key)?;
+                Ok((con, Some(gen)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// One attempt: `None` if it lost the race.
     fn attempt<T, E: From<StoreError>>(
         &self,
         con: &mut Conn,
         prefix: &str,
+        gen: Option<String>,
         f: &mut impl FnMut(&mut RedisShard<'_, '_, Conn>) -> Result<T, E>,
     ) -> Result<Option<(T, u64)>, E> {
-        let mut step = Overlay::begin(con, format!("{prefix}g"))?;
+        let gen_key = format!("{prefix}g");
+        let mut step = match gen {
+            Some(gen) => Overlay::with_generation(con, gen_key, gen),
+            None => Overlay::begin(con, gen_key)?,
+        };
         let value = f(&mut RedisShard::new(&mut step, prefix))?;
         let trips = step.trips + 1;
         Ok(match step.commit()? {

@@ -145,19 +145,29 @@ fn pairs(v: Value) -> R<Vec<(String, f64)>> {
 impl<'c, C: ConnectionLike> Overlay<'c, C> {
     /// Begins a step on the shard whose generation key is `gen_key`.
     pub fn begin(con: &'c mut C, gen_key: String) -> R<Overlay<'c, C>> {
-        let mut o = Overlay {
+        let gen = Self::read_generation(con, &gen_key)?;
+        Ok(Self::with_generation(con, gen_key, gen))
+    }
+
+    /// The shard's generation ("" before its first commit).
+    pub fn read_generation(con: &mut C, gen_key: &str) -> R<String> {
+        let v = con.req_command(redis::cmd("GET").arg(gen_key))?;
+        Ok(text(&v)?.unwrap_or_default())
+    }
+
+    /// Begins a step whose generation was just read (`read_generation`).
+    pub fn with_generation(con: &'c mut C, gen_key: String, gen: String) -> Overlay<'c, C> {
+        Overlay {
             con,
             gen_key,
-            gen: String::new(),
+            gen,
             hashes: HashMap::new(),
             whole: HashSet::new(),
             zsets: HashMap::new(),
             strings: HashMap::new(),
             cards: HashMap::new(),
-            trips: 0,
-        };
-        o.gen = o.read_gen()?;
-        Ok(o)
+            trips: 1,
+        }
     }
 
     fn query(&mut self, cmd: &redis::Cmd) -> R<Value> {
