@@ -170,6 +170,20 @@ impl<'c, C: ConnectionLike> Overlay<'c, C> {
         }
     }
 
+    /// `command key item...` in one round trip (`HMGET`, `ZMSCORE`): one value
+    /// per item, in order.
+    fn multi(&mut self, command: &str, key: &str, items: &[String]) -> R<Vec<Value>> {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(key);
+        items.iter().for_each(|i| {
+            cmd.arg(i.as_str());
+        });
+        match self.query(&cmd)? {
+            Value::Array(values) if values.len() == items.len() => Ok(values),
+            other => Err(StoreError(format!("{command}: unexpected {other:?}"))),
+        }
+    }
+
     fn query(&mut self, cmd: &redis::Cmd) -> R<Value> {
         self.trips += 1;
 
@@ -203,15 +217,8 @@ impl<'c, C: ConnectionLike> Overlay<'c, C> {
             .filter(|f| known.is_none_or(|h| !h.contains_key(*f)))
             .collect();
         if !missing.is_empty() && !self.whole.contains(key) {
-            let mut cmd = redis::cmd("HMGET");
-            cmd.arg(key);
-            missing.iter().for_each(|f| {
-                cmd.arg(f.as_str());
-            });
-            let Value::Array(values) = self.query(&cmd)? else {
-                return Err(StoreError("HMGET: expected an array".into()));
-            };
             let missing: Vec<String> = missing.into_iter().cloned().collect();
+            let values = self.multi("HMGET", key, &missing)?;
             for (f, v) in missing.iter().zip(values.iter()) {
                 let v = text(v)?;
                 self.remember(key, f, v);
@@ -295,15 +302,8 @@ impl<'c, C: ConnectionLike> Overlay<'c, C> {
         if missing.is_empty() {
             return Ok(());
         }
-        let mut cmd = redis::cmd("ZMSCORE");
-        cmd.arg(key);
-        missing.iter().for_each(|m| {
-            cmd.arg(m.as_str());
-        });
-        let Value::Array(scores) = self.query(&cmd)? else {
-            return Err(StoreError("ZMSCORE: expected an array".into()));
-        };
         let missing: Vec<String> = missing.into_iter().cloned().collect();
+        let scores = self.multi("ZMSCORE", key, &missing)?;
         let z = self.zsets.entry(key.to_string()).or_default();
         for (m, s) in missing.into_iter().zip(scores.iter()) {
             let s = score(s)?;
@@ -471,14 +471,7 @@ impl<'c, C: ConnectionLike> Overlay<'c, C> {
             })
             .unwrap_or_default();
         if !unknown.is_empty() {
-            let mut cmd = redis::cmd("ZMSCORE");
-            cmd.arg(key);
-            unknown.iter().for_each(|m| {
-                cmd.arg(m.as_str());
-            });
-            let Value::Array(scores) = self.query(&cmd)? else {
-                return Err(StoreError("ZMSCORE: expected an array".into()));
-            };
+            let scores = self.multi("ZMSCORE", key, &unknown)?;
             let z = self.zsets.entry(key.to_string()).or_default();
             for (m, s) in unknown.iter().zip(scores.iter()) {
                 let present = score(s)?.is_some();
