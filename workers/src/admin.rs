@@ -121,10 +121,18 @@ async fn data_route(
         }
     }
     let cfg = &setup.cfg;
+    let url = req.url()?;
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
     let answer = match route {
         AdminRoute::Stats => match flush::gather(env, setup, now).await {
             Ok(g) => {
-                let body = stats::report(g.sessions, g.traffic.figures(now), now, cfg).to_json();
+                let limit = stats::listed_limit(path.as_bytes());
+                let figures = g.traffic.figures(now);
+                let report = stats::report_listing(g.sessions, figures, now, cfg, limit);
+                let body = report.to_json();
                 let mut resp = respond(Answer::json(200, body))?;
                 if setup.debug {
                     let debug = format!(
@@ -148,16 +156,9 @@ async fn data_route(
         AdminRoute::History => flush::feed(env, setup)
             .await
             .map(|feed| Answer::history(&feed.history, now)),
-        AdminRoute::Events => {
-            let url = req.url()?;
-            let path = match url.query() {
-                Some(q) => format!("{}?{q}", url.path()),
-                None => url.path().to_string(),
-            };
-            flush::feed(env, setup)
-                .await
-                .map(|feed| Answer::events(&feed.events, path.as_bytes()))
-        }
+        AdminRoute::Events => flush::feed(env, setup)
+            .await
+            .map(|feed| Answer::events(&feed.events, path.as_bytes())),
         AdminRoute::Metrics => {
             let (gathered, feed) =
                 futures::join!(flush::gather(env, setup, now), flush::feed(env, setup));

@@ -321,7 +321,10 @@ fn follow_bearer(setup: &Setup, req: &Request, incoming: &Incoming, who: &Identi
     };
     let first = flush::known(key).is_none();
     let pushed = with_buffer(|b| {
-        let pushed = b.push(Op::Bearer { session });
+        let pushed = b.push(Op::Bearer {
+            session,
+            requests: 0,
+        });
         b.urgent |= pushed && first;
         pushed
     });
@@ -659,27 +662,13 @@ fn settle_whoami(
             flush::log_lost("whoami's cookie rotation");
         }
     }
-    let op = match flow::settle(&setup.cfg, answer.who, fallback) {
-        Some((user_id, username, role)) => Op::Identify {
-            id,
-            user_id,
-            username,
-            role,
-        },
-        None => {
-            console_warn!(
-                "headcount: login names nobody (whoami and the other sources); followed unnamed"
-            );
-            Op::Event {
-                kind: Kind::Unnamed(headcount_core::typed::Unnamed::NoIdentity),
-                at: now,
-                id,
-                username: String::new(),
-                role: setup.cfg.default_role.clone(),
-                by: None,
-            }
-        }
-    };
+    let who = flow::settle(&setup.cfg, answer.who, fallback);
+    if who.is_none() {
+        console_warn!(
+            "headcount: login names nobody (whoami and the other sources); followed unnamed"
+        );
+    }
+    let op = Op::settled_login(id, who, &setup.cfg.default_role, now);
     if !b.push(op) {
         flush::log_lost("whoami's answer");
     }

@@ -186,7 +186,7 @@ mod tests {
         let s = Setup::parse(Some(r#"{"app": "shop"}"#), Some("http://a"), None, None).unwrap();
         assert_eq!(s.app.as_str(), "shop");
         assert!(err(r#"{"app": "a/b"}"#, "http://a", "1").contains("`app`"));
-        let fleet = r#"{"fleet": {"cluster": "c", "token": "0123456789abcdef"}}"#;
+        let fleet = r#"{"fleet": {"cluster": "c", "token": "0123456789abcdef"}, "cookie_hash_secret": "0123456789abcdef"}"#;
         assert!(err(fleet, "http://a", "1").contains("`fleet`"));
     }
 }

@@ -269,7 +269,10 @@ pub async fn ask_unknown(env: &Env, setup: &Setup) {
                 session.role,
                 session.uuid()
             );
-            if b.push(Op::Bearer { session }) {
+            if b.push(Op::Bearer {
+                session,
+                requests: 0,
+            }) {
                 b.urgent = true;
                 b.resend(touch);
             } else {

@@ -563,7 +563,7 @@ impl<C: ConnectionLike> LedgerStore for RedisShard<'_, '_, C> {
                 Op::Touch { hash, .. } => cookies.push(hash.hex()),
                 // A login reads whether its session exists, its cookie's row and
                 // the session's cookie list, and counts the sessions (the cap).
-                Op::Login { session } | Op::Bearer { session } => {
+                Op::Login { session } | Op::Bearer { session, .. } => {
                     ids.push(session.id.hex());
                     logins.push(session.id.hex());
                     cookies.push(session.cookie.hex());

@@ -13,7 +13,7 @@ use headcount_core::AppName;
 
 const TOKEN: &str = "fleet-token-0123456789";
 const SHARDS: u32 = 4;
-const CONFIG: &str = r#"{"fleet": {"cluster": "collectors", "token": "fleet-token-0123456789", "shards": 4},
+const CONFIG: &str = r#"{"fleet": {"cluster": "collectors", "token": "fleet-token-0123456789", "shards": 4}, "cookie_hash_secret": "fleet-secret-0123456789",
     "active_window_seconds": 600, "idle_timeout_seconds": 1200}"#;
 
 fn now() -> u64 {

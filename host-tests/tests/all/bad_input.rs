@@ -286,10 +286,10 @@ fn bad_configurations_are_refused_with_the_field_named() {
         (r#"{"session_cookie": ""}"#, "session_cookie"),
         (r#"{"route_prefix": "/"}"#, "route_prefix"),
         (r#"{"trusted_hops": 0}"#, "trusted_hops"),
-        // Fleet mode is not in the filter yet: said at load, never silently single-node.
+        // A fleet node needs the fleet's cookie hash key.
         (
             r#"{"fleet": {"cluster": "collectors", "token": "0123456789abcdef"}}"#,
-            "fleet",
+            "cookie_hash_secret",
         ),
         (r#"[1, 2]"#, "config"),
         (r#"{"admin_token": "#, "config"),

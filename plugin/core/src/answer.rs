@@ -88,6 +88,12 @@ impl Answer {
         Answer::error(503, "headcount data unavailable")
     }
 
+    /// Fleet mode: the collectors (or their store) could not answer; `reason`
+    /// says which way (no answer, a status), never a secret.
+    pub fn ledger_unavailable(reason: &str) -> Answer {
+        Answer::error(503, &format!("headcount ledger unavailable: {reason}"))
+    }
+
     /// A request with a revoked session's cookie or token (`enforce_revocation`).
     pub fn session_revoked() -> Answer {
         Answer::error(401, "session revoked")

@@ -531,6 +531,13 @@ impl Config {
         {
             return Err(err("max_sessions_per_user", "must be between 1 and 1000"));
         }
+        let fleet = raw.fleet.map(crate::fleet::Fleet::from_raw).transpose()?;
+        if fleet.is_some() && raw.cookie_hash_secret.is_none() {
+            return Err(err(
+                "cookie_hash_secret",
+                "is required with `fleet`: every node must hash cookies with the same key",
+            ));
+        }
         let token_scheme = raw.token_scheme.unwrap_or(d.token_scheme);
         token("token_scheme", &token_scheme)?;
         Ok(Config {
@@ -548,7 +555,7 @@ impl Config {
             anonymize_ip: raw.anonymize_ip.unwrap_or(d.anonymize_ip),
             reduce_user_agent: raw.reduce_user_agent.unwrap_or(d.reduce_user_agent),
             whoami,
-            fleet: raw.fleet.map(crate::fleet::Fleet::from_raw).transpose()?,
+            fleet,
             jwt: raw
                 .jwt
                 .map(crate::bearer::BearerConfig::from_raw)

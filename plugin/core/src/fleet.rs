@@ -88,7 +88,8 @@ mod tests {
 
     #[test]
     fn fields_are_checked_and_named() {
-        let ok = r#"{"fleet": {"cluster": "collectors", "token": "0123456789abcdef"}}"#;
+        let ok = r#"{"fleet": {"cluster": "collectors", "token": "0123456789abcdef"},
+            "cookie_hash_secret": "0123456789abcdef"}"#;
         let c = Config::from_json(ok.as_bytes()).unwrap();
         let f = c.fleet.unwrap();
         assert_eq!((f.timeout_ms, f.shards), (1000, 16));
@@ -125,11 +126,18 @@ mod tests {
             field_of(r#"{"fleet": {"cluster": "c", "token": "0123456789abcdef", "x": 1}}"#),
             "fleet.x"
         );
+        // Every node must hash cookies with the same key.
+        assert_eq!(
+            field_of(r#"{"fleet": {"cluster": "c", "token": "0123456789abcdef"}}"#),
+            "cookie_hash_secret"
+        );
     }
 
     #[test]
     fn only_the_token_is_admitted() {
-        let c = Config::from_json(br#"{"fleet": {"cluster": "c", "token": "0123456789abcdef"}}"#)
+        let c = Config::from_json(
+            br#"{"fleet": {"cluster": "c", "token": "0123456789abcdef"}, "cookie_hash_secret": "0123456789abcdef"}"#,
+        )
             .unwrap();
         let f = c.fleet.unwrap();
         assert!(f.admits(Some(b"Bearer 0123456789abcdef")));

@@ -171,9 +171,27 @@ pub fn counts(sessions: &[Session], now: u64, cfg: &Config) -> Counts {
 
 /// The full report over owned sessions, listing up to `DEFAULT_LISTED`.
 pub fn report(sessions: Vec<Session>, traffic: TrafficFigures, now: u64, cfg: &Config) -> Stats {
-    let mut c = Collector::new(cfg, now, DEFAULT_LISTED);
+    report_listing(sessions, traffic, now, cfg, DEFAULT_LISTED)
+}
+
+/// The report over owned sessions, listing up to `limit` (`listed_limit`).
+pub fn report_listing(
+    sessions: Vec<Session>,
+    traffic: TrafficFigures,
+    now: u64,
+    cfg: &Config,
+    limit: usize,
+) -> Stats {
+    let mut c = Collector::new(cfg, now, limit);
     sessions.iter().for_each(|s| c.visit(&s.as_ref()));
     c.report(traffic)
+}
+
+/// How many sessions the stats route lists: its `limit` query parameter
+/// (0: the counts alone), else `DEFAULT_LISTED`; at most `MAX_LISTED`.
+pub fn listed_limit(path: &[u8]) -> usize {
+    crate::gateway::query_param(path, "limit")
+        .map_or(DEFAULT_LISTED, |n| usize::try_from(n).unwrap_or(MAX_LISTED))
 }
 
 impl Stats {

@@ -209,12 +209,39 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         Ok(())
     }
 
+    /// Requests of a session made at `last_ms` (the latest): authenticated if
+    /// the session was live then. One that had expired by then (idle or past
+    /// its lifetime, not yet swept) is ended now, as the sweep would, and its
+    /// requests are nobody's.
+    fn touch_session(
+        &mut self,
+        id: SessionId,
+        (hash, last_ms, requests, retry): (CookieHash, u64, u64, bool),
+        out: &mut Outcome,
+    ) -> Res<Vec<Op>, S> {
+        let expired = match self.store.session(&id)? {
+            Some(s) => s.is_expired(last_ms, self.cfg),
+            None => false,
+        };
+        if expired {
+            let (_, ops) = self.end(id, None, Kind::Expiry, out)?;
+            unknown_touch(hash, last_ms, requests, true, out);
+            return Ok(ops);
+        }
+        if self.store.touch(&id, last_ms)? {
+            out.authenticated += requests;
+        } else {
+            unknown_touch(hash, last_ms, requests, retry, out);
+        }
+        Ok(Vec::new())
+    }
+
     /// One op on this shard's rows; returns its follow-ups.
     fn step(&mut self, op: Op, out: &mut Outcome) -> Res<Vec<Op>, S> {
         let now = self.here.now;
         Ok(match op {
             Op::Login { session } => self.login(session, out)?,
-            Op::Bearer { session } => self.bearer(session, out)?,
+            Op::Bearer { session, requests } => self.bearer(session, requests, out)?,
             Op::Touch {
                 hash,
                 last_ms,
@@ -239,14 +266,7 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
                 last_ms,
                 requests,
                 retry,
-            } => {
-                if self.store.touch(&id, last_ms)? {
-                    out.authenticated += requests;
-                } else {
-                    unknown_touch(hash, last_ms, requests, retry, out);
-                }
-                Vec::new()
-            }
+            } => self.touch_session(id, (hash, last_ms, requests, retry), out)?,
             Op::Rotate { from, via, to, at } => self.rotate(from, via, to, at, out)?,
             Op::RotateSession { id, via, to, at } => self.rotate_session(id, &via, to, at)?,
             Op::Logout { hash, .. } => match self.live_cookie(&hash)? {
@@ -384,11 +404,20 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
     /// A verified bearer token's session, on the session's shard: started like a
     /// login unless it is live (the id derives from the token's key, so two nodes
     /// starting it at once write one session) or its key is revoked.
-    fn bearer(&mut self, session: Session, out: &mut Outcome) -> Res<Vec<Op>, S> {
+    fn bearer(&mut self, session: Session, requests: u64, out: &mut Outcome) -> Res<Vec<Op>, S> {
         let id = session.id;
         let existing = self.store.session(&id)?;
         let revoked = self.store.is_revoked(&session.cookie, self.here.now)?;
-        match bearer::start(existing.as_ref(), revoked, self.here.now, self.cfg) {
+        let start = bearer::start(existing.as_ref(), revoked, self.here.now, self.cfg);
+        match start {
+            Start::Revoked => out.anonymous += requests,
+            Start::Live => {
+                self.store.touch(&id, session.last_ms)?;
+                out.authenticated += requests;
+            }
+            Start::New | Start::Restart => out.authenticated += requests,
+        }
+        match start {
             Start::Live => Ok(Vec::new()),
             Start::Revoked => {
                 out.log.push(format!(

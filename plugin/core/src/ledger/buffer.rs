@@ -65,6 +65,12 @@ impl Buffer {
         });
     }
 
+    /// Counts one proxied request that a session op counts at the ledger (a
+    /// token's first sighting, `Op::Bearer { requests }`): its time only.
+    pub fn record_counted(&mut self, start_ms: u64, response_us: Option<u64>) {
+        self.traffic.record(start_ms, response_us);
+    }
+
     /// A touch the session table did not know: sent once more with the next flush.
     pub fn retry(&mut self, op: Op) {
         // Not coalesced with new touches: those still get their own retry.
@@ -145,7 +151,7 @@ impl Buffer {
                 self.urgent = true;
             }
             // Urgent or not is the caller's call (a first sighting is, a re-check is not).
-            Op::Bearer { session } => {
+            Op::Bearer { session, .. } => {
                 self.touch_at.remove(&session.cookie);
                 self.rotation_to.remove(&session.cookie);
             }
@@ -298,7 +304,10 @@ mod tests {
         let session = crate::ledger::testing::session(9, 1);
         let mut b = Buffer::default();
         b.record(Some(h(1)), 1, None);
-        assert!(b.push(Op::Bearer { session }));
+        assert!(b.push(Op::Bearer {
+            session,
+            requests: 0
+        }));
         assert!(!b.urgent, "a re-check rides the timer flush");
         b.record(Some(h(1)), 2, None);
         let (ops, _) = b.take();

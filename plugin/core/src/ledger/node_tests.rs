@@ -265,12 +265,248 @@ fn nothing_newer_for_a_shard_goes_before_its_unanswered_batch() {
         hash: cookie(1, 1),
         at: T0 + 1
     }));
-    // The login is still in flight: the logout waits.
+    // The login is still in flight: the logout waits, and goes as soon as it
+    // is answered (not with the next interval).
     assert!(node.flush(T0 + 2).is_empty());
+    assert!(node.urgent(), "held back, still urgent");
     node.answered(first[0].id, Reply::Unreachable, T0 + 3);
     // Next: the login again (same number), and still not the logout.
     let again = node.flush(T0 + 4);
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].batch.seq, first[0].batch.seq);
     assert!(matches!(again[0].batch.ops[..], [Op::Login { .. }]));
+}
+
+/// Delivers `call` to its shard and hands the answer to `node`; whether it
+/// brought follow-ups.
+fn answer(shards: &mut [MemoryLedger], cfg: &Config, node: &mut Node, call: Call) -> bool {
+    let shard = call.batch.shard;
+    let here = Here::new(shard, shards.len() as u32, T0);
+    let reply = Ledger::new(&mut shards[shard as usize], cfg, here)
+        .batch(call.batch)
+        .unwrap()
+        .reply;
+    let follow_ups = !reply.forward.is_empty();
+    node.answered(call.id, Reply::Batch(reply), T0);
+    follow_ups
+}
+
+#[test]
+fn a_login_and_its_follow_ups_are_urgent_touches_are_not() {
+    let cfg = Config::default();
+    let mut shards: Vec<MemoryLedger> = (0..16).map(|_| MemoryLedger::default()).collect();
+    let mut node = Node::new(16, false, Some(NodeId([5; 16])));
+    node.buffer.record(Some(cookie(9, 9)), T0, None);
+    assert!(!node.urgent(), "a touch waits for the interval");
+    let mut forwarded = 0;
+    for n in 1..=8 {
+        assert!(node.buffer.push(Op::Login {
+            session: user_session(n, T0)
+        }));
+        assert!(node.urgent(), "a login goes at once");
+        let mut follow_ups = false;
+        for call in node.flush(T0) {
+            follow_ups |= answer(&mut shards, &cfg, &mut node, call);
+        }
+        forwarded += usize::from(follow_ups);
+        assert_eq!(node.urgent(), follow_ups, "follow-ups go at once");
+        // Whatever followed is sent now and answered; nothing is left to hurry.
+        loop {
+            let calls = node.flush(T0);
+            if calls.is_empty() {
+                break;
+            }
+            for call in calls {
+                answer(&mut shards, &cfg, &mut node, call);
+            }
+        }
+        assert!(!node.urgent());
+    }
+    assert!(forwarded > 0, "no login had a follow-up for another shard");
+}
+
+#[test]
+fn a_revocation_is_refused_here_at_once_and_told_to_every_shard() {
+    use super::wire::RevokeReply;
+    let cfg = Config::default();
+    let session = user_session(7, T0);
+    let value = session.cookie;
+    let reply = |forward| RevokeReply {
+        session: Some(session.clone()),
+        forward,
+    };
+    let mut node = Node::new(4, true, Some(NodeId([6; 16])));
+    let forward = vec![Op::Logout {
+        hash: value,
+        at: T0,
+    }];
+    let (ended, adds) = node.revoked_session(reply(forward), &cfg, T0).unwrap();
+    assert_eq!(ended.id, session.id);
+    assert!(node.revoked.is_revoked(&value, T0 + 1));
+    let shards: Vec<u32> = adds.iter().map(|a| a.shard).collect();
+    assert_eq!(shards, vec![0, 1, 2, 3]);
+    assert!(adds.iter().all(|a| a.hashes == vec![value]));
+    assert!(node.urgent(), "the follow-ups go at once");
+
+    let mut lax = Node::new(4, false, Some(NodeId([7; 16])));
+    let (_, adds) = lax.revoked_session(reply(Vec::new()), &cfg, T0).unwrap();
+    assert!(adds.is_empty() && !lax.revoked.is_revoked(&value, T0 + 1));
+    let none = RevokeReply {
+        session: None,
+        forward: Vec::new(),
+    };
+    assert!(lax.revoked_session(none, &cfg, T0).is_none());
+}
+
+#[test]
+fn a_login_settles_once_its_batch_and_follow_ups_are_answered_whatever_came_after() {
+    let cfg = Config::default();
+    let mut shards: Vec<MemoryLedger> = (0..16).map(|_| MemoryLedger::default()).collect();
+    let mut answer = |node: &mut Node, call: Call| {
+        let shard = call.batch.shard;
+        let here = Here::new(shard, 16, T0);
+        let reply = Ledger::new(&mut shards[shard as usize], &cfg, here)
+            .batch(call.batch)
+            .unwrap()
+            .reply;
+        let forwards = !reply.forward.is_empty();
+        node.answered(call.id, Reply::Batch(reply), T0);
+        forwards
+    };
+    // A session whose cookie index lives on another shard: its login has a follow-up.
+    let split = |n: u32| {
+        let mut s = user_session(n, T0);
+        s.cookie = cookie(n + 1, 1);
+        s
+    };
+    let n = (1..=64)
+        .find(|&n| split(n).id.shard(16) != split(n).cookie.shard(16))
+        .unwrap();
+    let mut node = Node::new(16, false, Some(NodeId([8; 16])));
+    assert!(node.buffer.push(Op::Login { session: split(n) }));
+    let mine = node.epoch() + 1;
+    assert!(!node.settled(mine), "not sent yet");
+    let first = node.flush(T0);
+    assert_eq!(first.len(), 1);
+    assert!(!node.settled(mine), "in flight");
+    // Someone else's login goes out meanwhile and stays unanswered.
+    assert!(node.buffer.push(Op::Login {
+        session: user_session(n + 100, T0)
+    }));
+    let later = node.flush(T0);
+    assert!(!later.is_empty());
+    for call in first {
+        assert!(answer(&mut node, call), "the login had a follow-up");
+    }
+    assert!(
+        !node.settled(mine),
+        "its cookie index entry is not written yet"
+    );
+    let follow_ups = node.flush(T0);
+    assert!(!follow_ups.is_empty());
+    for call in follow_ups {
+        answer(&mut node, call);
+    }
+    assert!(
+        node.settled(mine),
+        "a later, unanswered batch does not hold it"
+    );
+    assert!(
+        !node.settled(node.epoch()),
+        "the later login has not landed"
+    );
+}
+
+#[test]
+fn with_ask_unknown_first_misses_go_to_the_host_and_second_tries_stay_here() {
+    let cfg = Config::default();
+    let mut shard = MemoryLedger::default();
+    let mut node = Node::new(1, false, Some(NodeId([9; 16])));
+    node.ask_unknown = true;
+    node.buffer.record(Some(cookie(5, 5)), T0, None);
+    let deliver = |node: &mut Node, shard: &mut MemoryLedger| {
+        let mut missed = Vec::new();
+        for call in node.flush(T0) {
+            let reply = Ledger::new(shard, &cfg, Here::new(0, 1, T0))
+                .batch(call.batch)
+                .unwrap()
+                .reply;
+            missed.extend(node.answered(call.id, Reply::Batch(reply), T0).missed);
+        }
+        missed
+    };
+    let missed = deliver(&mut node, &mut shard);
+    assert!(
+        matches!(missed[..], [Op::Touch { hash, .. }] if hash == cookie(5, 5)),
+        "{missed:?}"
+    );
+    assert!(node.is_idle(), "held by the host, not retried here");
+    // The host gives it back (nobody to ask): its second try stays with the node.
+    node.buffer.retry(missed.into_iter().next().unwrap());
+    assert!(deliver(&mut node, &mut shard).is_empty());
+    assert!(node.is_idle());
+}
+
+#[test]
+fn an_idle_enforcing_node_learns_a_revocation_from_its_heartbeat() {
+    use super::wire::RevokedAdd;
+    let cfg = Config::default();
+    let mut shard = MemoryLedger::default();
+    let here = || Here::new(0, 1, T0);
+    let value = cookie(3, 3);
+    Ledger::new(&mut shard, &cfg, here())
+        .revoked_add(RevokedAdd {
+            id: SessionId([3; 16]),
+            hashes: vec![value],
+            until: T0 + 60_000,
+            shard: 0,
+            shards: 1,
+        })
+        .unwrap();
+    let mut idle = Node::new(1, true, Some(NodeId([10; 16])));
+    assert!(idle.flush(T0).is_empty(), "nothing to send");
+    let call = idle.heartbeat(T0).expect("an enforcing node asks anyway");
+    assert!(call.batch.ops.is_empty() && call.batch.seq == 0);
+    assert!(idle.heartbeat(T0).is_none(), "one at a time");
+    let reply = Ledger::new(&mut shard, &cfg, here())
+        .batch(call.batch)
+        .unwrap()
+        .reply;
+    idle.answered(call.id, Reply::Batch(reply), T0);
+    assert!(idle.revoked.is_revoked(&value, T0 + 1));
+    assert!(Node::new(1, false, None).heartbeat(T0).is_none());
+}
+
+#[test]
+fn a_long_queue_goes_in_bounded_batches_one_after_another_and_all_lands() {
+    use super::node::MAX_NODE_BATCH;
+    let cfg = Config::default();
+    let mut shard = MemoryLedger::default();
+    let mut node = Node::new(1, false, Some(NodeId([11; 16])));
+    let logins = 3 * MAX_NODE_BATCH as u32 + 5;
+    for n in 1..=logins {
+        assert!(node.buffer.push(Op::Login {
+            session: user_session(n, T0)
+        }));
+    }
+    let mut sent = 0;
+    while !node.is_idle() {
+        let calls = node.flush(T0);
+        assert!(calls.len() <= 1, "one batch in flight per shard");
+        for call in calls {
+            assert!(call.batch.ops.len() <= MAX_NODE_BATCH);
+            sent += 1;
+            let reply = Ledger::new(&mut shard, &cfg, Here::new(0, 1, T0))
+                .batch(call.batch)
+                .unwrap()
+                .reply;
+            node.answered(call.id, Reply::Batch(reply), T0);
+        }
+    }
+    assert!(sent >= 4, "{sent} batches");
+    let stored = Ledger::new(&mut shard, &cfg, Here::new(0, 1, T0))
+        .stats()
+        .unwrap()
+        .stored_sessions;
+    assert_eq!(stored, u64::from(logins));
 }

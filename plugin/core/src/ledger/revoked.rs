@@ -64,6 +64,11 @@ impl RevokedSet {
         self.add(list.entries, now);
     }
 
+    /// Every value held, with until when.
+    pub fn entries(&self) -> impl Iterator<Item = (CookieHash, u64)> + '_ {
+        self.until.iter().map(|(h, t)| (*h, *t))
+    }
+
     /// Revoked values held.
     pub fn len(&self) -> usize {
         self.until.len()

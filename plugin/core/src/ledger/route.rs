@@ -42,7 +42,9 @@ impl Known {
     /// Learns cookie -> session from an op a shard returned or the node sends.
     pub fn learn(&mut self, op: &Op) {
         match op {
-            Op::Login { session } | Op::Bearer { session } => self.put(session.cookie, session.id),
+            Op::Login { session } | Op::Bearer { session, .. } => {
+                self.put(session.cookie, session.id)
+            }
             Op::TouchSession { id, hash, .. } | Op::Index { hash, id, .. } => self.put(*hash, *id),
             Op::RotateSession { id, via, to, .. } => {
                 via.iter()

@@ -174,6 +174,31 @@ fn a_login_is_followed_through_touches_on_every_shard_count() {
 }
 
 #[test]
+fn a_request_after_the_sessions_lifetime_is_nobodys_and_ends_it_before_the_sweep() {
+    for shards in [1, 4] {
+        let cfg = r#"{"max_lifetime_seconds": 60, "active_window_seconds": 30}"#;
+        let mut c = Cluster::new(shards, cfg);
+        c.send(vec![login(1, 11, "1", T0)]);
+        // Busy within its lifetime: authenticated; past it (not yet swept): nobody's.
+        c.now = T0 + 61_000;
+        c.send(vec![touch(11, T0 + 30_000)]);
+        c.send(vec![touch(11, T0 + 60_500)]);
+        let g = c.gather();
+        assert_eq!(g.traffic.authenticated_today, 1, "{shards} shards");
+        assert_eq!(g.traffic.anonymous_today, 1, "{shards} shards");
+        assert!(c.missing.is_empty(), "not retried: it is known to be over");
+        assert_eq!(g.stored_sessions, 0, "ended without waiting for the sweep");
+        assert_eq!(
+            c.events(),
+            vec![
+                (Kind::Login, SessionId([1; 16])),
+                (Kind::Expiry, SessionId([1; 16]))
+            ]
+        );
+    }
+}
+
+#[test]
 fn rotations_keep_the_newest_aliases_and_shorten_the_rest() {
     let mut c = Cluster::new(4, "{}");
     c.send(vec![login(1, 10, "1", T0)]);
@@ -278,14 +303,18 @@ fn a_bearer_session_starts_once_and_a_revoked_one_never_again() {
     let Op::Login { session: token } = login(5, 50, "5", T0) else {
         unreachable!()
     };
+    // Its sighting requests are counted with it: started, then live.
     c.send(vec![Op::Bearer {
         session: token.clone(),
+        requests: 1,
     }]);
     c.send(vec![Op::Bearer {
         session: token.clone(),
+        requests: 2,
     }]);
     assert_eq!(c.gather().stored_sessions, 1);
     assert_eq!(c.events().len(), 1, "one login");
+    assert_eq!(c.gather().traffic.authenticated_today, 3);
     // Revoked: phase 1 on the session's shard, phase 2 on every shard.
     let shard = s(5).shard(2);
     let (reply, _) = c.ledger(shard).revoke(s(5), None).unwrap();
@@ -301,8 +330,16 @@ fn a_bearer_session_starts_once_and_a_revoked_one_never_again() {
         };
         assert!(!c.ledger(shard).revoked_add(q).unwrap().is_empty());
     }
-    c.send(vec![Op::Bearer { session: token }]);
+    c.send(vec![Op::Bearer {
+        session: token,
+        requests: 1,
+    }]);
     assert_eq!(c.gather().stored_sessions, 0, "never restarted");
+    assert_eq!(
+        c.gather().traffic.anonymous_today,
+        1,
+        "a revoked token's request"
+    );
     // A node with an old revision of the list is sent the new one.
     let mut b = Batch::new(0, 2, c.now, Vec::new());
     b.revoked_rev = Some(0);

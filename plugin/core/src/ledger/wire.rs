@@ -48,7 +48,14 @@ pub enum Op {
     /// A verified bearer token's session (its key in `session.cookie`, its id
     /// derived from the key): started like a `Login` unless it is live already
     /// (so nodes starting it at once write one session) or the key is revoked.
-    Bearer { session: Session },
+    /// `requests`: the requests that sighted it, counted here (authenticated,
+    /// or anonymous if revoked) instead of by a touch that could land after the
+    /// session was evicted (0 from nodes that send the touch; absent before).
+    Bearer {
+        session: Session,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        requests: u64,
+    },
     /// `requests` requests carried this cookie, the last one at `last_ms`.
     /// `retry`: the second attempt for a cookie that was unknown the first time.
     Touch {
@@ -145,7 +152,7 @@ impl Op {
     /// the per-user index.
     pub fn key(&self) -> [u8; 16] {
         *match self {
-            Op::Login { session } | Op::Bearer { session } => session.id.bytes(),
+            Op::Login { session } | Op::Bearer { session, .. } => session.id.bytes(),
             Op::Touch { hash, .. }
             | Op::Logout { hash, .. }
             | Op::Index { hash, .. }
@@ -169,6 +176,33 @@ impl Op {
     }
 
     /// The feed event for `kind` happening to `s` at `at`.
+    /// What a login whose name whoami settled (`flow::settle`: `who`) tells
+    /// its session's shard: its identity, or, naming nobody, the unnamed-login
+    /// event (the session is followed unnamed).
+    pub fn settled_login(
+        id: SessionId,
+        who: Option<(String, String, String)>,
+        default_role: &str,
+        at: u64,
+    ) -> Op {
+        match who {
+            Some((user_id, username, role)) => Op::Identify {
+                id,
+                user_id,
+                username,
+                role,
+            },
+            None => Op::Event {
+                kind: Kind::Unnamed(crate::typed::Unnamed::NoIdentity),
+                at,
+                id,
+                username: String::new(),
+                role: default_role.to_string(),
+                by: None,
+            },
+        }
+    }
+
     pub fn event(kind: Kind, s: &Session, at: u64) -> Op {
         Op::Event {
             kind,
@@ -179,6 +213,10 @@ impl Op {
             by: None,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Traffic counted on a node since its last flush, before the ledger tells which
@@ -347,6 +385,21 @@ mod tests {
     }
 
     #[test]
+    fn a_settled_login_names_its_session_or_reports_it_unnamed() {
+        let who = Some(("7".to_string(), "ann".to_string(), "admin".to_string()));
+        let named = Op::settled_login(s(1), who, "student", 5);
+        assert!(matches!(&named, Op::Identify { id, username, role, .. }
+            if *id == s(1) && username == "ann" && role == "admin"));
+        let nobody = Op::settled_login(s(1), None, "student", 5);
+        assert!(
+            matches!(&nobody, Op::Event { kind: Kind::Unnamed(_), role, at: 5, .. }
+            if role == "student")
+        );
+        assert_eq!(named.key(), [1; 16], "to the session's shard");
+        assert_eq!(nobody.key(), FEED_KEY, "to the feed's");
+    }
+
+    #[test]
     fn ops_go_to_their_shards() {
         let user = crate::session::user_key("3");
         let add = Op::UserAdd {
@@ -360,10 +413,12 @@ mod tests {
         // A bearer session goes to its session's shard (the id), not its key's.
         let op = Op::Bearer {
             session: crate::ledger::testing::session(5, 6),
+            requests: 0,
         };
         assert_eq!(op.key(), [5; 16]);
         let json = serde_json::to_string(&op).unwrap();
         assert!(json.contains("\"op\":\"bearer\""), "{json}");
+        assert!(!json.contains("requests"), "as older nodes sent it: {json}");
         assert!(json.contains(&"05".repeat(16)), "ids are hex: {json}");
         assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), op);
         let event = Op::Event {
