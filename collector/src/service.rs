@@ -216,6 +216,11 @@ async fn ledger_call(
     let Some((app, shard, op)) = address::parse_collector_path(uri.path()) else {
         return respond(Answer::error(404, "no such path"));
     };
+    // A config that names its app serves that app alone: a tenant's nodes
+    // (and its fleet token) reach no other app's ledger.
+    if c.cfg.app.as_ref().is_some_and(|only| *only != app) {
+        return respond(Answer::error(404, "this collector serves another app"));
+    }
     if method != axum::http::Method::POST {
         return respond(Answer::error(405, "POST only"));
     }

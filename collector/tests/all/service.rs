@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "fleet-token-0123456789";
-const CONFIG: &str = r#"{"fleet": {"cluster": "collectors", "token": "fleet-token-0123456789", "shards": 2},
+const CONFIG: &str = r#"{"fleet": {"cluster": "collectors", "token": "fleet-token-0123456789", "shards": 2}, "cookie_hash_secret": "fleet-secret-0123456789",
     "sweep_interval_seconds": 1, "active_window_seconds": 1, "idle_timeout_seconds": 2}"#;
 
 fn now() -> u64 {
@@ -137,6 +137,22 @@ fn flags_and_the_fleet_token_are_required_and_refusals_name_what() {
         assert_eq!(code, Some(2), "{config} {store}");
         assert!(err.contains(named), "{named}: {err}");
     }
+}
+
+#[test]
+fn a_collector_whose_config_names_an_app_serves_that_app_alone() {
+    let only_shop = CONFIG.replacen('{', r#"{"app": "shop", "#, 1);
+    let c = Collector::start("memory", &only_shop);
+    assert!(stats(&c).is_empty(), "shop is served");
+    let other = AppName::parse("app", "blog").unwrap();
+    let url = format!("{}{}", c.url, address::collector_path(&other, 0, "/stats"));
+    let refused = ureq::post(&url)
+        .set("authorization", &format!("Bearer {TOKEN}"))
+        .send_json(serde_json::json!({"now": now()}));
+    assert!(
+        matches!(refused, Err(ureq::Error::Status(404, _))),
+        "{refused:?}"
+    );
 }
 
 #[test]
