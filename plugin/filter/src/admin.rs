@@ -3,6 +3,7 @@
 //! admin token or an admin-role session (`gateway::authorize`). The answers are
 //! the core's (`answer::Answer`); this file finds the data in shared data.
 
+use crate::fleet_admin::{Asked, Gather, Step};
 use crate::host;
 use crate::vm::Vm;
 use headcount_core::answer::Answer;
@@ -28,6 +29,30 @@ pub struct AdminRequest<'a> {
     /// routes never start one).
     pub bearer_admin: Option<Identity>,
     pub now: u64,
+}
+
+/// The answer to a request for the plugin's routes or, in fleet mode, the
+/// collectors' answers a data route waits for.
+pub fn decide(vm: &Vm, req: AdminRequest<'_>) -> Step {
+    let (cfg, route, now) = (&vm.cfg, req.route, req.now);
+    let Some(fleet) = vm
+        .fleet
+        .as_ref()
+        .filter(|_| Answer::without_data(cfg, route).is_none())
+    else {
+        return Step::Answer(answer(vm, req));
+    };
+    let asked = Asked {
+        route,
+        path: req.path,
+        authorization: req.authorization,
+        site: req.site,
+        cookie: req.cookie,
+        transient: req
+            .bearer_admin
+            .and_then(|who| bearer::transient_session(cfg, who, now)),
+    };
+    Gather::start(fleet, cfg, asked, now)
 }
 
 /// The answer to a request for the plugin's routes.
@@ -91,9 +116,7 @@ fn data(
             Answer::metrics(vm.app(), &counts, &ev)
         }
         _ => {
-            let limit = gateway::query_param(path, "limit").map_or(stats::DEFAULT_LISTED, |n| {
-                usize::try_from(n).unwrap_or(stats::MAX_LISTED)
-            });
+            let limit = stats::listed_limit(path);
             let traffic = traffic::load(store).map_err(s)?;
             let report = vm
                 .snapshot

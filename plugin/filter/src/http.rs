@@ -3,6 +3,7 @@
 
 use crate::activity::Requester;
 use crate::admin::{self, AdminRequest};
+use crate::fleet_admin::{Gather, Step};
 use crate::host;
 use crate::vm::Vm;
 use headcount_core::answer::Answer;
@@ -12,12 +13,14 @@ use headcount_core::flow::{self, Accepted, Carried, Change, LoginAttempt, Upstre
 use headcount_core::gateway::{self, AdminRoute, Route};
 use headcount_core::identity::{self, BodyCopy, CookieChange, Identity};
 use headcount_core::ids::TokenKey;
+use headcount_core::ledger::wire::Op;
 use headcount_core::typed::{self, Typed};
 use headcount_core::whoami::lookups::Candidate;
 use headcount_core::whoami::Credential;
 use headcount_core::{CookieHash, Session};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
+use std::cell::Cell;
 use std::rc::Rc;
 
 pub struct Stream {
@@ -42,6 +45,17 @@ pub struct Stream {
     bearer_admin: Option<Identity>,
     /// `cookie` is a verified bearer token's session key.
     bearer: bool,
+    /// Fleet mode: this request was counted already (before its logout or
+    /// rotation was queued, so it counts for the session it had).
+    recorded: bool,
+    /// Fleet mode: this request is counted by its session op (`Op::Bearer`).
+    counted: Cell<bool>,
+    /// Fleet mode, a data route: the collectors' answers it waits for.
+    gather: Option<Box<Gather>>,
+    /// This stream's context id (fleet mode resumes it from the root context).
+    context: u32,
+    /// Fleet mode: a session op was queued; the response waits until it lands.
+    hold: Cell<bool>,
 }
 
 /// An accepted login, before its response body: the cookie it set or kept, and
@@ -71,7 +85,7 @@ struct PendingLogin {
 }
 
 impl Stream {
-    pub fn new(vm: Rc<Vm>) -> Self {
+    pub fn new(vm: Rc<Vm>, context: u32) -> Self {
         Stream {
             vm,
             route: Route::App,
@@ -84,6 +98,11 @@ impl Stream {
             ended: false,
             bearer_admin: None,
             bearer: false,
+            recorded: false,
+            counted: Cell::new(false),
+            gather: None,
+            context,
+            hold: Cell::new(false),
         }
     }
 
@@ -107,6 +126,26 @@ impl Stream {
         headers: &host::Headers,
         now: u64,
     ) -> bool {
+        if let Some(f) = &self.vm.fleet {
+            // The ledger starts the token's session unless it is live or revoked.
+            let cfg = &self.vm.cfg;
+            let ip = self.client_ip(headers);
+            let ua = identity::clean_user_agent(headers.user_agent().unwrap_or_default());
+            let hasher = &self.vm.hasher;
+            let Some(session) = bearer::start_session(cfg, hasher, key, who, ip, ua, now) else {
+                return false;
+            };
+            // Its request counts with it (a touch might land after a cap evicted it).
+            if !f.push(Op::Bearer {
+                session,
+                requests: 1,
+            }) {
+                return false;
+            }
+            self.counted.set(true);
+            self.vm.tokens.borrow_mut().confirm(&token, now);
+            return true;
+        }
         let (table, cfg) = (self.vm.table(), &self.vm.cfg);
         let existing = match table.resolve(&key, now) {
             Ok(s) => s,
@@ -155,8 +194,24 @@ impl Stream {
         }
     }
 
-    /// Stores a new session and reports it (metrics, event, log line).
+    /// Stores a new session and reports it (metrics, event, log line). In fleet
+    /// mode the login is queued for the collectors, which keep the event.
     fn record_login(&self, session: Session, now: u64) -> bool {
+        if let Some(f) = &self.vm.fleet {
+            let line = format!(
+                "login {} as {} ({})",
+                session.name(),
+                session.role,
+                session.uuid()
+            );
+            if !f.push(Op::Login { session }) {
+                return false;
+            }
+            self.hold.set(true);
+            host::add_counter(self.vm.metrics.logins, 1);
+            host::info(&line);
+            return true;
+        }
         match self.vm.table().insert(session.clone(), &self.vm.cfg) {
             Ok(evicted) => {
                 if !evicted.is_empty() {
@@ -185,8 +240,59 @@ impl Stream {
         }
     }
 
+    /// Fleet mode: counts this request for the session it had, then queues the
+    /// logout or rotation its answer means.
+    fn apply_fleet(&mut self, f: &crate::fleet::Fleet, change: Change, now: u64) {
+        let Some(old) = self.cookie else { return };
+        let op = match change {
+            Change::Logout => Op::Logout { hash: old, at: now },
+            Change::Rotate(to) => Op::Rotate {
+                from: old,
+                via: Vec::new(),
+                to,
+                at: now,
+            },
+            _ => return,
+        };
+        f.record(Some(old), self.start_us / 1000, self.response_us);
+        self.recorded = true;
+        match op {
+            Op::Logout { .. } => {
+                self.ended = true;
+                host::add_counter(self.vm.metrics.logouts, 1);
+            }
+            Op::Rotate { to, .. } => self.cookie = Some(to),
+            _ => {}
+        }
+        if f.push(op) {
+            self.hold.set(true);
+        }
+    }
+
+    /// The end of a response phase: `Pause` if this stream queued a session
+    /// op in fleet mode and holds the response until it lands (the root
+    /// context resumes it, `fleet::Fleet::release`), else `Continue`.
+    fn go_on(&self) -> Action {
+        let held = self.hold.replace(false)
+            && self
+                .vm
+                .fleet
+                .as_ref()
+                .is_some_and(|f| f.hold(self.context, host::now_ms()));
+        if held {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
     /// Applies what the upstream's answer means for the session.
     fn apply(&mut self, change: Change, now: u64) {
+        let vm = self.vm.clone();
+        if let Some(f) = &vm.fleet {
+            self.apply_fleet(f, change, now);
+            return;
+        }
         let table = self.vm.table();
         match change {
             Change::Login(_) | Change::TokenLogin(_) | Change::None => {}
@@ -242,9 +348,15 @@ impl Stream {
         let cfg = &self.vm.cfg;
         let accepted = attempt.finish(cfg, cookie, accept.from_headers, body, now, random);
         // A login over an existing session replaces it, also when the app kept
-        // the session's cookie through the login.
-        if self.cookie.is_some() {
-            self.apply(Change::Logout, now);
+        // the session's cookie through the login (in fleet mode the ledger's
+        // login does that: a logout of the kept value would outlive it).
+        match (&self.vm.fleet, self.cookie) {
+            (None, Some(_)) => self.apply(Change::Logout, now),
+            (Some(f), Some(old)) if old != cookie => {
+                host::add_counter(self.vm.metrics.logouts, 1);
+                f.push(Op::Logout { hash: old, at: now });
+            }
+            _ => {}
         }
         if self.record_login(accepted.session.clone(), now) {
             // The login request itself is the new session's first activity.
@@ -304,6 +416,7 @@ impl Stream {
                 hash,
                 credential,
                 authority,
+                touch: None,
             };
             if let Err(lookup) = self.vm.whoami.borrow_mut().queue(lookup) {
                 host::warn("whoami queue full; the login's other sources name it");
@@ -313,8 +426,14 @@ impl Stream {
         if let Some(why) = unnamed {
             host::warn(&flow::unnamed_line(why, &session));
             host::add_counter(self.vm.metrics.unnamed, 1);
-            self.vm
-                .events(Kind::Unnamed(why), std::slice::from_ref(&session), now);
+            match &self.vm.fleet {
+                Some(f) => {
+                    f.push(Op::event(Kind::Unnamed(why), &session, now));
+                }
+                None => self
+                    .vm
+                    .events(Kind::Unnamed(why), std::slice::from_ref(&session), now),
+            }
         }
     }
 }
@@ -405,7 +524,11 @@ impl Stream {
     #[inline(always)]
     fn refuse_revoked(&mut self, key: Option<CookieHash>, now: u64) -> bool {
         let applies = self.vm.cfg.enforce_revocation && !matches!(self.route, Route::Admin(_));
-        if !(applies && key.is_some_and(|h| self.vm.table().is_revoked(&h, now).unwrap_or(false))) {
+        let revoked = |h: &CookieHash| match &self.vm.fleet {
+            Some(f) => f.is_revoked(h, now),
+            None => self.vm.table().is_revoked(h, now).unwrap_or(false),
+        };
+        if !(applies && key.is_some_and(|h| revoked(&h))) {
             return false;
         }
         self.route = Route::Admin(AdminRoute::NotFound);
@@ -469,7 +592,26 @@ impl Stream {
     }
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    /// Runs when a collector answers one of this stream's calls (fleet mode's
+    /// data routes): answers the request once every call has.
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let vm = self.vm.clone();
+        let (Some(g), Some(fleet)) = (self.gather.take(), vm.fleet.as_ref()) else {
+            return;
+        };
+        match g.answered(fleet, &vm.cfg, token_id, body_size, host::now_ms()) {
+            Step::Wait(g) => self.gather = Some(g),
+            Step::Answer(answer) => host::respond(&answer),
+        }
+    }
+}
 
 impl HttpContext for Stream {
     /// Runs when the request headers arrive. Strips client-sent identity headers,
@@ -512,8 +654,10 @@ impl HttpContext for Stream {
                     bearer_admin: self.bearer_admin.take(),
                     now,
                 };
-                let answer = admin::answer(&self.vm, request);
-                host::respond(&answer);
+                match admin::decide(&self.vm, request) {
+                    Step::Answer(answer) => host::respond(&answer),
+                    Step::Wait(g) => self.gather = Some(g),
+                }
                 Action::Pause
             }
             Route::Login(_) if !self.ignored => {
@@ -618,7 +762,7 @@ impl HttpContext for Stream {
                 self.apply(other, now);
             }
         }
-        Action::Continue
+        self.go_on()
     }
 
     /// Runs per response body chunk. Only an accepted login's body is read: copied
@@ -635,7 +779,7 @@ impl HttpContext for Stream {
             let body = std::mem::take(&mut attempt.response_body).finish();
             self.finish_login(body.as_deref(), host::now_ms());
         }
-        Action::Continue
+        self.go_on()
     }
 
     /// Runs once the stream is done (also after resets). Counts the request in the
@@ -647,6 +791,16 @@ impl HttpContext for Stream {
             }
         }
         if matches!(self.route, Route::Admin(_)) {
+            return;
+        }
+        if let Some(f) = &self.vm.fleet {
+            // The ledger tells a live session's requests from anonymous ones.
+            let start_ms = self.start_us / 1000;
+            if self.counted.get() {
+                f.record_counted(start_ms, self.response_us);
+            } else if !self.recorded {
+                f.record(self.cookie, start_ms, self.response_us);
+            }
             return;
         }
         let who = match (self.ended, self.cookie) {

@@ -3,6 +3,8 @@
 
 mod activity;
 mod admin;
+mod fleet;
+mod fleet_admin;
 mod host;
 mod http;
 mod vm;
@@ -14,12 +16,13 @@ use std::rc::Rc;
 
 proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| host::log(LogLevel::Critical, &format!("{info}"))));
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { vm: None }) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, vm: None }) });
 }}
 
 /// One per VM (Envoy worker thread): holds the validated config and this VM's
 /// not-yet-flushed activity.
 struct Root {
+    id: u32,
     vm: Option<Rc<vm::Vm>>,
 }
 
@@ -34,7 +37,12 @@ impl Context for Root {
         _num_trailers: usize,
     ) {
         if let Some(vm) = &self.vm {
-            whoami::answered(vm, token_id, body_size, host::now_ms());
+            let now = host::now_ms();
+            let fleet = vm.fleet.as_ref();
+            match fleet.and_then(|f| Some((f, f.answered(token_id, body_size, now)?))) {
+                Some((f, missed)) => whoami::missed(vm, f, missed, now),
+                None => whoami::answered(vm, token_id, body_size, now),
+            }
         }
     }
 }
@@ -56,6 +64,9 @@ impl RootContext for Root {
                         "no tick ({s:?}); activity is flushed on the stats route only"
                     ));
                 }
+                if let Some(f) = &vm.fleet {
+                    f.set_root(self.id);
+                }
                 self.vm = Some(Rc::new(vm));
                 true
             }
@@ -63,6 +74,14 @@ impl RootContext for Root {
                 host::error(&message);
                 false
             }
+        }
+    }
+
+    /// Runs when this VM's fleet wake-up queue has items (a stream queued a
+    /// login or logout): sends it to the collectors now.
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Some(f) = self.vm.as_ref().and_then(|vm| vm.fleet.as_ref()) {
+            f.woken(queue_id, host::now_ms());
         }
     }
 
@@ -75,9 +94,9 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let vm = self.vm.clone()?;
-        Some(Box::new(http::Stream::new(vm)))
+        Some(Box::new(http::Stream::new(vm, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

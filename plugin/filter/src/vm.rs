@@ -67,20 +67,14 @@ pub struct Vm {
     ticks: Cell<u64>,
     /// `whoami` lookups, queued by streams and sent by the root context.
     pub whoami: RefCell<crate::whoami::Calls>,
+    /// Fleet mode: the node side of the collectors' ledger (no table here).
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 impl Vm {
     /// Validates the config and prepares shared state. The error is the log line.
     pub fn configure(raw: &[u8]) -> Result<Vm, String> {
         let mut cfg = Config::from_json(raw).map_err(|e| format!("{e}"))?;
-        if cfg.fleet.is_some() {
-            return Err(
-                "invalid headcount config: `fleet`: this version of the filter keeps its \
-                        table in Envoy's shared data and cannot run as a fleet node yet; remove \
-                        `fleet` (the collector reads it)"
-                    .into(),
-            );
-        }
         let plugin_name =
             host::property(&["plugin_name"]).map(|n| String::from_utf8_lossy(&n).into_owned());
         let app = AppName::choose(cfg.app.as_ref(), plugin_name.as_deref())
@@ -129,6 +123,17 @@ impl Vm {
         let Some(cache_key) = host::random16() else {
             return Err("the host gave no randomness for the cookie cache key".into());
         };
+        let cfg_fleet = cfg.fleet.clone().map(|f| {
+            let ask = cfg.whoami.as_ref().is_some_and(|w| w.begin_unknown);
+            let lost = counter("headcount_fleet_lost_ops_total");
+            let revoked = gauge("headcount_fleet_revoked_values");
+            crate::fleet::Fleet::new(
+                f,
+                app.clone(),
+                (cfg.enforce_revocation, ask),
+                (lost, revoked),
+            )
+        });
         Ok(Vm {
             hasher: CookieHasher::new(&secret),
             cookie_cache: RefCell::new(CookieCache::new(cache_key, COOKIE_CACHE_SLOTS)),
@@ -141,6 +146,7 @@ impl Vm {
             sweep_cursor: Cell::new(0),
             ticks: Cell::new(0),
             whoami: RefCell::new(crate::whoami::Calls::default()),
+            fleet: cfg_fleet,
         })
     }
 
@@ -174,6 +180,18 @@ impl Vm {
     pub fn tick(&self, now: u64) {
         let tick = self.ticks.get();
         self.ticks.set(tick.wrapping_add(1));
+        if let Some(f) = &self.fleet {
+            // The collectors sweep; a node sends what it has once per interval
+            // (sooner if something is urgent and no wake-up got through).
+            let interval = tick % FLUSH_SLICES == 0;
+            if interval || f.urgent() {
+                f.flush_with(now, interval);
+            } else {
+                f.release(now);
+            }
+            crate::whoami::send(self, now);
+            return;
+        }
         self.flush_slice(now, Some(tick % FLUSH_SLICES));
         crate::whoami::send(self, now);
         if self.claim_sweep(now) {

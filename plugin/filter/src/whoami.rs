@@ -9,6 +9,7 @@
 //!   `lookups_per_second` per node (a window in shared data, so every worker
 //!   counts against one allowance) and `max_in_flight` per VM.
 
+use crate::fleet::Fleet;
 use crate::host;
 use crate::vm::Vm;
 use headcount_core::bearer::{self, Start};
@@ -16,6 +17,7 @@ use headcount_core::events::{Events, Kind, EVENTS_KEY};
 use headcount_core::flow;
 use headcount_core::identity::{self, CookieChange, Identity};
 use headcount_core::ids::{CookieHash, SessionId};
+use headcount_core::ledger::wire::Op;
 use headcount_core::record;
 use headcount_core::typed::Unnamed;
 use headcount_core::whoami::lookups::{self, Candidate, Counts, Verdict, Window};
@@ -48,6 +50,9 @@ pub struct Lookup {
     pub credential: Option<Credential>,
     /// The request's `:authority`, unless configured.
     pub authority: Vec<u8>,
+    /// Fleet mode: the unknown credential's touch, held until the answer
+    /// (sent after the session it begins, or tried once more).
+    pub touch: Option<Box<Op>>,
 }
 
 impl Lookup {
@@ -61,6 +66,7 @@ impl Lookup {
             hash,
             credential: Some(c.credential),
             authority: c.authority,
+            touch: None,
         }
     }
 }
@@ -108,6 +114,9 @@ pub fn send(vm: &Vm, now: u64) {
             let busy = vm.whoami.borrow().unknown_in_flight >= w.max_in_flight;
             if busy || !admit(vm, now, w.lookups_per_second) {
                 counts.throttled += 1;
+                if let (Some(f), Some(t)) = (&vm.fleet, lookup.touch.take()) {
+                    f.retry(*t);
+                }
                 continue;
             }
         }
@@ -211,7 +220,15 @@ pub fn answered(vm: &Vm, token: u32, body_size: usize, now: u64) {
     let finished = finish(vm, lookup, answer, now);
     if let (Some(CookieChange::Set(value)), Some(from)) = (rotated, finished) {
         let to = vm.hasher.hash(&value);
-        if to != from {
+        if let Some(f) = vm.fleet.as_ref().filter(|_| to != from) {
+            let rotate = Op::Rotate {
+                from,
+                via: Vec::new(),
+                to,
+                at: now,
+            };
+            f.push(rotate);
+        } else if to != from {
             if let Err(e) = vm.table().rotate(&from, &to, now, &vm.cfg) {
                 host::warn(&format!("whoami's cookie rotation not followed: {e}"));
             }
@@ -234,7 +251,83 @@ fn finish(vm: &Vm, lookup: Lookup, answer: Option<Identity>, now: u64) -> Option
         Asking::Unknown { ip, user_agent } => {
             let facts = (ip, user_agent);
             let v = lookups::verdict(&vm.cfg, &vm.hasher, lookup.hash, facts, answer, now);
-            begin(vm, lookup.hash, v, now)
+            match &vm.fleet {
+                Some(f) => fleet_begin(vm, f, lookup.hash, v, lookup.touch, now),
+                None => begin(vm, lookup.hash, v, now),
+            }
+        }
+    }
+}
+
+/// Fleet mode: the touches a batch's shard did not know (first misses). Those
+/// with a kept credential are held and asked about; the rest are tried once
+/// more, as without `begin_unknown`.
+pub fn missed(vm: &Vm, fleet: &Fleet, missed: Vec<Op>, now: u64) {
+    let mut calls = vm.whoami.borrow_mut();
+    for op in missed {
+        let Op::Touch { hash, .. } = &op else {
+            fleet.retry(op);
+            continue;
+        };
+        let hash = *hash;
+        let c = calls
+            .candidates
+            .take(&hash)
+            .filter(|_| !calls.nobody.holds(&hash, now));
+        let Some(c) = c else {
+            fleet.retry(op);
+            continue;
+        };
+        let lookup = Lookup {
+            touch: Some(Box::new(op)),
+            ..Lookup::unknown(hash, c)
+        };
+        if let Err(mut lookup) = calls.queue(lookup) {
+            lookup
+                .touch
+                .take()
+                .into_iter()
+                .for_each(|t| fleet.retry(*t));
+        }
+    }
+    calls.candidates.prune(now, |_| false);
+}
+
+/// Fleet mode: begins the session of an unknown credential the app named (an
+/// `Op::Bearer`: the ledger starts it unless it is live or revoked), the held
+/// touch after it; or remembers that it named nobody.
+fn fleet_begin(
+    vm: &Vm,
+    fleet: &Fleet,
+    hash: CookieHash,
+    verdict: Verdict,
+    touch: Option<Box<Op>>,
+    now: u64,
+) -> Option<CookieHash> {
+    match verdict {
+        Verdict::Begin(session) => {
+            host::info(&format!(
+                "whoami: session of {} as {} begins ({})",
+                session.username,
+                session.role,
+                session.uuid()
+            ));
+            if !fleet.push(Op::Bearer {
+                session,
+                requests: 0,
+            }) {
+                touch.into_iter().for_each(|t| fleet.retry(*t));
+                return None;
+            }
+            touch.into_iter().for_each(|t| fleet.resend(*t));
+            count(vm, Counts::BEGUN);
+            Some(hash)
+        }
+        Verdict::Nobody { until } => {
+            vm.whoami.borrow_mut().nobody.remember(hash, until, now);
+            touch.into_iter().for_each(|t| fleet.retry(*t));
+            count(vm, Counts::NOBODY);
+            None
         }
     }
 }
@@ -243,6 +336,15 @@ fn finish(vm: &Vm, lookup: Lookup, answer: Option<Identity>, now: u64) -> Option
 /// is counted as an unnamed login.
 fn name_login(vm: &Vm, id: SessionId, who: Option<(String, String, String)>, now: u64) {
     let cfg = &vm.cfg;
+    if let Some(f) = &vm.fleet {
+        if who.is_none() {
+            host::warn("login names nobody (whoami and the other sources); followed unnamed");
+            host::add_counter(vm.metrics.unnamed, 1);
+        }
+        let op = Op::settled_login(id, who, &cfg.default_role, now);
+        f.push(op);
+        return;
+    }
     let Some(who) = who else {
         host::warn("login names nobody (whoami and the other sources); followed unnamed");
         host::add_counter(vm.metrics.unnamed, 1);
@@ -329,12 +431,16 @@ fn count(vm: &Vm, counts: Counts) {
     host::add_counter(vm.metrics.whoami_begun, counts.begun);
     host::add_counter(vm.metrics.whoami_nobody, counts.nobody);
     host::add_counter(vm.metrics.whoami_throttled, counts.throttled);
-    let added = record::update(&vm.store, EVENTS_KEY, |ev: &mut Events| {
-        ev.whoami.add(counts);
-        (true, ())
-    });
-    if let Err(e) = added {
-        host::warn(&format!("whoami counts not recorded: {e}"));
+    if let Some(f) = &vm.fleet {
+        f.push(Op::Counts { whoami: counts });
+    } else {
+        let added = record::update(&vm.store, EVENTS_KEY, |ev: &mut Events| {
+            ev.whoami.add(counts);
+            (true, ())
+        });
+        if let Err(e) = added {
+            host::warn(&format!("whoami counts not recorded: {e}"));
+        }
     }
     if counts.throttled > 0 {
         host::warn(&format!(
