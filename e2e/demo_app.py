@@ -30,12 +30,14 @@ class DemoApp(Server):
 
 
 @contextmanager
-def running_demo_app(artifacts: Path) -> Iterator[DemoApp]:
-    """The demo Flask app on a free port, healthy; its log goes to artifacts/demo_app.log."""
+def running_demo_app(artifacts: Path, crowd: int = 0) -> Iterator[DemoApp]:
+    """The demo Flask app on a free port, healthy; its log goes to artifacts/demo_app.log. ``crowd``:
+    that many more users: ``member<i>``, role ``("student", "teacher", "admin")[i % 3]``."""
     port = free_port()
-    env = dict(os.environ, DEMO_SECRET_KEY=secrets.token_hex(32), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, DEMO_SECRET_KEY=secrets.token_hex(32), PYTHONUNBUFFERED="1", DEMO_CROWD=str(crowd))
+    log_name = "demo_app.log" if not crowd else f"demo_app_crowd{crowd}.log"
     proc, log_path, log_file = launch([sys.executable, str(DEMO_APP), "--port", str(port)], artifacts,
-                                      "demo_app.log", env=env, cwd=REPO)
+                                      log_name, env=env, cwd=REPO)
     app = DemoApp(proc=proc, dir=artifacts, log_path=log_path, _log_file=log_file, port=port)
     try:
         healthy = lambda: requests.get(app.url + "/healthz", timeout=1).status_code == 200  # noqa: E731

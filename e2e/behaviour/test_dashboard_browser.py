@@ -76,7 +76,7 @@ def test_token_form_then_logins_and_logouts_show_live(start_gateway, open_page):
     e(page.get_by_test_id("headline")).to_have_text(headline(0), timeout=8000)
     e(page.get_by_test_id("status")).to_have_text("Live")
     # The page names the app it counts (Envoy: the plugin's `name`; the Worker: `default`).
-    app = {"envoy": "headcount", "worker": "default"}[gw.kind]
+    app = {"envoy": "headcount", "fleet": "headcount", "worker": "default"}[gw.kind]
     e(page.get_by_test_id("app")).to_have_text(f"· {app}")
     assert page.title() == f"Headcount · {app}"
     e(page.get_by_role("button", name="Forget token")).to_be_visible()
@@ -365,6 +365,7 @@ def test_an_admin_signs_a_session_out_from_the_dashboard_after_confirming(start_
     e(page.locator("#sessions tbody [data-col=username]")).to_have_text(["admin_user"])
     snap = wait_stats(base, lambda x: x["active_sessions"] == 1)
     assert [s["username"] for s in snap["sessions"]] == ["admin_user"], summary(snap)
+    gw.revocation_reached_every_node()
     r = student.get(base + "/api/v1/me", timeout=TIMEOUT)
     assert r.status_code == 401 and r.json() == REVOKED and "x-demo-app" not in r.headers
 

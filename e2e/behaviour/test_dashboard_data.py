@@ -93,7 +93,7 @@ def test_prometheus_metrics_are_exact(gateway):
     lines = set(text.splitlines())
     # Every sample names its app: by default Envoy's plugin `name` (envoy.yaml's is `headcount`);
     # the Worker's `default`.
-    app = {"envoy": "headcount", "worker": "default"}[gateway.kind]
+    app = {"envoy": "headcount", "fleet": "headcount", "worker": "default"}[gateway.kind]
     for want in [
         f'headcount_active_users{{app="{app}"}} 3',
         f'headcount_active_sessions{{app="{app}"}} 4',

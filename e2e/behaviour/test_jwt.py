@@ -149,6 +149,7 @@ def test_a_revoked_token_is_answered_401_at_the_edge(start_gateway):
     sid = snap["sessions"][0]["session_id"]
     r = requests.post(f"{base}{PREFIX}/sessions/{sid}/revoke", headers=bearer(), timeout=TIMEOUT)
     assert r.status_code == 200, r.text
+    gw.revocation_reached_every_node()
     for path in ("/api/v1/me", "/api/v1/courses", "/healthz", "/api/v1/auth/login"):
         r = get(path)
         assert r.status_code == 401 and r.json() == {"error": "session revoked"}, (path, r.status_code)

@@ -4,7 +4,7 @@ routes under the prefix are answered locally (404/405), never proxied."""
 import requests
 
 import helpers
-from helpers import ADMIN_TOKEN, STATS_PATH, TIMEOUT, bearer, login, stats_response, summary, wait_stats
+from helpers import ADMIN_TOKEN, STATS_PATH, TIMEOUT, bearer, login, stats_response, summary, ua, wait_stats
 
 
 def _plugin_json(r, status):
@@ -36,7 +36,7 @@ def test_correct_bearer_is_200(gateway):
     assert set(body) == {"app", "active_users", "active_sessions", "window_seconds", "by_role", "sessions",
                          "traffic", "generated_at"}, body
     # The app counted: by default Envoy's plugin `name` (envoy.yaml's `headcount`), the Worker's `default`.
-    assert body["app"] == {"envoy": "headcount", "worker": "default"}[gateway.kind], body
+    assert body["app"] == {"envoy": "headcount", "fleet": "headcount", "worker": "default"}[gateway.kind], body
     assert set(body["traffic"]) == {"current_rps", "avg_response_time_ms", "requests_today",
                                     "authenticated_requests_today", "anonymous_requests_today"}
 
@@ -107,3 +107,17 @@ def test_custom_route_prefix(start_gateway):
     # The default prefix is now just a path of the app.
     r = requests.get(gw.url + STATS_PATH, headers=bearer(), timeout=TIMEOUT)
     assert r.status_code == 404 and r.headers.get("x-demo-app") == "1", r.status_code
+
+
+def test_limit_lists_fewer_sessions_and_zero_gives_the_counts_alone(gateway):
+    base = gateway.url
+    for name in ("student1", "student2", "teacher1"):
+        login(base, name, user_agent=ua(f"limit-{name}"))
+    full = wait_stats(base, lambda x: x["active_sessions"] == 3)
+    assert len(full["sessions"]) == 3, summary(full)
+    for limit, listed in ((1, 1), (0, 0)):
+        r = requests.get(f"{base}{STATS_PATH}?limit={limit}", headers=bearer(), timeout=TIMEOUT)
+        body = _plugin_json(r, 200)
+        assert len(body["sessions"]) == listed, (limit, summary(body))
+        assert (body["active_users"], body["active_sessions"], body["by_role"]) == (
+            3, 3, {"admin": 0, "teacher": 1, "student": 2}), (limit, summary(body))

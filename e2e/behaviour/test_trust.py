@@ -40,6 +40,7 @@ def test_revocation_blocks_every_value_of_the_session_at_the_edge(start_gateway)
     r = revoke(base, sid, headers=bearer())
     assert r.status_code == 200 and r.json() == {"revoked": True, "session_id": sid}, r.text
     assert r.headers.get("cache-control") == "no-store"
+    gw.revocation_reached_every_node()
 
     # Every value the session ever had is refused before the app: current, aliases, the first.
     r = victim.get(base + "/api/v1/me", timeout=TIMEOUT)
@@ -88,6 +89,7 @@ def test_admin_session_may_revoke_and_the_app_never_sees_the_revoked_cookie(star
     r = admin.post(f"{base}{PREFIX}/sessions/{sid}/revoke", headers={"X-Headcount-Request": "1"},
                    timeout=TIMEOUT)
     assert r.status_code == 200 and r.json()["revoked"] is True, r.text
+    gw.revocation_reached_every_node()
     # The event names the admin who revoked it, and their session.
     admin_sid = session_of(base, "admin_user")["session_id"]
     revoked = [e for e in events_of(base)["events"] if e["kind"] == "revocation"]

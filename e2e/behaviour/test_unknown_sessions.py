@@ -84,7 +84,8 @@ def test_a_flood_of_forged_cookies_stays_within_the_lookup_budget(start_gateway,
     assert seen["nobody"] + seen["throttled"] == 40 and seen["begun"] == 0, seen
     asked = calls() - before
     assert asked == seen["nobody"], (asked, seen)
-    assert 1 <= asked <= 2 * (int(elapsed) + 2), (asked, elapsed, seen)
+    # The allowance is per node (a fleet's nodes each have their own).
+    assert 1 <= asked <= 2 * gw.node_count * (int(elapsed) + 2), (asked, elapsed, seen)
     assert seen["throttled"] >= 1, seen
     snap = wait_stats(base, lambda x: x["traffic"]["anonymous_requests_today"] == 40)
     assert snap["active_sessions"] == 0, summary(snap)

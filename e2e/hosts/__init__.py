@@ -2,12 +2,12 @@
 ``KIND`` and ``start(ctx, plugin_config, **knobs) -> Gateway``; registering it in ``STARTERS``
 runs the whole behaviour suite on it (e.g. a future ``fleet``)."""
 
-from hosts import envoy, worker
+from hosts import envoy, fleet, worker
 
-STARTERS = {module.KIND: module.start for module in (envoy, worker)}
+STARTERS = {module.KIND: module.start for module in (envoy, worker, fleet)}
 # ``start_apps(ctx, {app: plugin_config}, **knobs) -> {app: Gateway}``: one gateway fronting
 # several apps, each with its own Headcount.
-APP_STARTERS = {module.KIND: module.start_apps for module in (envoy, worker)}
+APP_STARTERS = {module.KIND: module.start_apps for module in (envoy, worker, fleet)}
 KINDS = list(STARTERS)
 
 

@@ -131,6 +131,15 @@ class Gateway(Server):
     host: str = "127.0.0.1"  # the URL's host name (a gateway telling apps apart by name uses others)
 
     @property
+    def node_count(self) -> int:
+        """Nodes that each keep their own per-node allowances (whoami's lookups_per_second)."""
+        return 1
+
+    def revocation_reached_every_node(self) -> None:
+        """Returns once a revocation answered 200 is enforced wherever a request may go. One node
+        (Envoy, the Worker's isolate) enforces it at once; a fleet waits for its other nodes."""
+
+    @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 

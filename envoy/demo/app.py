@@ -52,6 +52,10 @@ USERS = {
     "student2": {"id": 4, "username": "student2", "role": "student"},
     "student3": {"id": 5, "username": "student3", "role": "student"},
 }
+# Tests of many people at once (DEMO_CROWD=N): N more users, member1..memberN, ids 1001.., roles in turn.
+for _i in range(1, int(os.environ.get("DEMO_CROWD", "0")) + 1):
+    USERS[f"member{_i}"] = {"id": 1000 + _i, "username": f"member{_i}",
+                            "role": ("student", "teacher", "admin")[_i % 3]}
 USERS_BY_ID = {u["id"]: u for u in USERS.values()}
 PASSWORD = "password"
 
