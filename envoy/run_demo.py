@@ -4,6 +4,7 @@
 Used by `./dev demo` (after it has built the filter). Run from anywhere:
 
     python envoy/run_demo.py
+    python envoy/run_demo.py --fleet [--check]   # many Envoy nodes, one count: fleet_demo.py
 
 This process stays in the foreground as the parent of both the app and Envoy, and waits on
 them; Ctrl-C (or SIGTERM) stops both cleanly. If either one exits, the other is stopped too.
@@ -107,7 +108,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envoy-log-level", default="warning",
                         help="Envoy's log level (the plugin's own lines are shown at info)")
+    parser.add_argument("--fleet", action="store_true",
+                        help="fleet mode instead (envoy/fleet_demo.py): Redis, collectors, two Envoy nodes "
+                             "and a round-robin front Envoy, all on free ports")
+    parser.add_argument("--collectors", type=int, choices=(1, 2), default=2,
+                        help="with --fleet: how many headcount-collectors (default 2)")
+    parser.add_argument("--check", action="store_true",
+                        help="with --fleet: start, log one user in through the front, read the stats "
+                             "from the other node, print the result and exit (0 if the user is counted)")
     args = parser.parse_args(argv)
+    if args.fleet:
+        import fleet_demo  # envoy/, next to this file
+
+        return fleet_demo.main(check_only=args.check, collectors=args.collectors,
+                               log_level=args.envoy_log_level)
+    if args.check:
+        parser.error("--check needs --fleet")
 
     if not WASM.is_file():
         print(f"missing {WASM.relative_to(REPO)}\n"
