@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Headcount in a real Envoy: what the filter costs per request, and what its table costs.
 
-    .venv/bin/python bench/run.py            # full run (~10 min on 2 cores)
-    .venv/bin/python bench/run.py --quick    # smoke run (~2 min)
+    .venv/bin/python bench/run.py            # full run (~20 min on 2 cores)
+    .venv/bin/python bench/run.py --quick    # smoke run (~4 min)
     .venv/bin/python bench/run.py --nice -10 # on a shared machine (see --help)
 
 Prints figures; it is not a test and never fails on a missed target (it prints PASS/GAP).
@@ -36,6 +36,13 @@ Parts (see bench/README.md):
 4. Profile (full runs, or --profile): perf samples of Envoy under B and C load, split
    by where the time goes: Wasm code, each proxy-wasm hostcall, V8 entry/exit, the rest
    of Envoy (bench/hostprof.py), and the long calls of the timer.
+5. Fleet mode (issue 15): B, C and F interleaved B C F B C F ... under the same load,
+   where F is one Envoy node whose filter runs in fleet mode against one
+   headcount-collector on one redis-server (both started here, on 127.0.0.1). Besides
+   F's req/s and Envoy CPU per request (paired ratios F/B, F/C): Redis commands and
+   bytes per authenticated request, the collector's (and Redis's) CPU per 1,000 req/s,
+   Redis memory per live session, login latency through F, idle cost, and the stats
+   route (?limit=0) with 100k sessions in Redis.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -68,6 +75,7 @@ import hostprof  # noqa: E402  (bench/hostprof.py)
 WASM_DIR = REPO / "target" / "wasm32-wasip1" / "release"
 HEADCOUNT_WASM = WASM_DIR / "headcount.wasm"
 NOOP_WASM = WASM_DIR / "headcount_noop.wasm"
+COLLECTOR_BIN = REPO / "target" / "release" / "headcount-collector"
 NGINX_TEMPLATE = HERE / "nginx.conf"
 LOAD_LUA = HERE / "load.lua"
 
@@ -76,6 +84,17 @@ HEADCOUNT_CONFIG = {"admin_token": ADMIN_TOKEN}
 # Short timeouts for the expiry check: sessions end 3 s after their last request.
 EXPIRY_CONFIG = {"admin_token": ADMIN_TOKEN, "active_window_seconds": 2,
                  "idle_timeout_seconds": 3, "sweep_interval_seconds": 1}
+# Fleet mode (issue 15): the nodes' plugin config, which the collector reads too.
+FLEET_CLUSTER = "collectors"
+FLEET_TOKEN = "bench-fleet-token-0123456789"
+FLEET_SHARDS = 16  # the default of `fleet.shards`
+# max_sessions above the default (100,000): the fleet splits the cap into per-shard shares
+# (ledger::apply::shard_cap), so with 100,000 logins over 16 shards the fuller shards would
+# evict before the total reaches the cap, and the stats level would not be 100,000.
+FLEET_CONFIG = {"admin_token": ADMIN_TOKEN, "cookie_hash_secret": "bench-cookie-hash-secret-0123",
+                "max_sessions": 1_000_000,
+                "fleet": {"cluster": FLEET_CLUSTER, "token": FLEET_TOKEN, "shards": FLEET_SHARDS,
+                          "timeout_ms": 1000}}
 # The browser a login comes from: stored with the session (at most 160 bytes).
 LOGIN_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
             "Chrome/126.0.0.0 Safari/537.36")
@@ -118,6 +137,13 @@ class Plan:
     idle_s: int = 5  # Envoy CPU with no traffic (ticks: flush + sweep), per configuration
     profile: bool = True
     profile_s: int = 8
+    fleet_stats_sessions: int = 100_000  # sessions in Redis for the fleet's stats latency
+    fleet_stats_gets: int = 50
+    # Logins through the fleet node go over this many connections: each one holds its
+    # response until its op has landed, which under a stream of logins takes up to a tick
+    # (see the README), so filling Redis needs many logins in flight.
+    fleet_login_connections: int = 512
+
 
     @classmethod
     def make(cls, quick: bool, profile: bool | None) -> "Plan":
@@ -129,7 +155,8 @@ class Plan:
             p = cls(quick=True, rounds=3, duration_s=2, warmup_s=0, split_by_kind=False,
                     load_sessions=2_000, max_reruns=0, stats_levels=(1_000, 10_000),
                     stats_gets={1_000: 50, 10_000: 20}, expiry_sessions=2_000,
-                    expiry_cycles=3, idle_s=2, profile=False)
+                    expiry_cycles=3, idle_s=2, profile=False, fleet_stats_sessions=10_000,
+                    fleet_stats_gets=20)
         if profile is not None:
             p.profile = profile
         return p
@@ -150,10 +177,14 @@ def banner(msg: str) -> None:
 
 # --------------------------------------------------------------------------- setup
 
-def ensure_tools(need_perf: bool) -> None:
-    """wrk and nginx from Debian if missing (perf only checked: linux-perf is optional)."""
-    missing = [pkg for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light"))
-               if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists()]
+def ensure_tools(need_perf: bool, need_redis: bool = False) -> None:
+    """wrk and nginx (and redis-server for the fleet part) from Debian if missing (perf only
+    checked: linux-perf is optional)."""
+    tools = [("wrk", "wrk"), ("nginx", "nginx-light")]
+    if need_redis:
+        tools += [("redis-server", "redis-server"), ("redis-cli", "redis-tools")]
+    missing = list(dict.fromkeys(pkg for tool, pkg in tools
+                                 if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists()))
     if missing:
         say(f"installing {' '.join(missing)} with apt-get")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -214,13 +245,24 @@ def ensure_filters(rebuild: bool) -> None:
                         "-p", "headcount", "-p", "headcount-noop"], cwd=REPO, check=True)
 
 
-def snapshot_wasm(out: Path) -> dict[str, dict[str, Any]]:
-    """Copies the modules into the run's folder: a rebuild during the run changes nothing."""
+def ensure_collector(rebuild: bool) -> None:
+    if rebuild or not COLLECTOR_BIN.is_file():
+        say("building the collector (cargo build --release -p headcount-collector)")
+        subprocess.run(["cargo", "build", "--release", "-p", "headcount-collector"], cwd=REPO, check=True)
+
+
+def snapshot_wasm(out: Path, collector: bool = False) -> dict[str, dict[str, Any]]:
+    """Copies the modules (and the collector) into the run's folder: a rebuild during the
+    run changes nothing."""
     info = {}
-    for name, src in (("headcount", HEADCOUNT_WASM), ("noop", NOOP_WASM)):
+    files = [("headcount", HEADCOUNT_WASM), ("noop", NOOP_WASM)]
+    if collector:
+        files.append(("collector", COLLECTOR_BIN))
+    for name, src in files:
         data = src.read_bytes()
         dst = out / src.name
         dst.write_bytes(data)
+        dst.chmod(src.stat().st_mode & 0o777)
         info[name] = {"path": str(dst), "bytes": len(data),
                       "sha256": hashlib.sha256(data).hexdigest()[:16],
                       "built": datetime.fromtimestamp(src.stat().st_mtime).isoformat(timespec="seconds")}
@@ -444,7 +486,7 @@ class Envoy:
 
 
 def envoy_config(*, port: int, admin_port: int, upstream_port: int, wasm: Path | None,
-                 vm_id: str, plugin_config: dict | None) -> dict:
+                 vm_id: str, plugin_config: dict | None, collectors: list[int] | None = None) -> dict:
     http_filters: list[dict] = []
     if wasm is not None:
         http_filters.append({
@@ -465,6 +507,20 @@ def envoy_config(*, port: int, admin_port: int, upstream_port: int, wasm: Path |
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     })
+    clusters = [{
+        "name": "app", "type": "STATIC", "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": upstream_port}}}}]}]},
+    }]
+    if collectors:
+        # A fleet node: the cluster its filter sends the ledger's calls to (as e2e/hosts/fleet.py).
+        clusters.append({
+            "name": FLEET_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": FLEET_CLUSTER, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+                for p in collectors]}]},
+        })
     # Same shape as envoy/envoy.yaml, with the filter list varying.
     return {
         "static_resources": {
@@ -486,12 +542,7 @@ def envoy_config(*, port: int, admin_port: int, upstream_port: int, wasm: Path |
                     },
                 }]}],
             }],
-            "clusters": [{
-                "name": "app", "type": "STATIC", "connect_timeout": "2s",
-                "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [{
-                    "endpoint": {"address": {"socket_address": {
-                        "address": "127.0.0.1", "port_value": upstream_port}}}}]}]},
-            }],
+            "clusters": clusters,
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "overload_manager": {"resource_monitors": [{
@@ -503,7 +554,8 @@ def envoy_config(*, port: int, admin_port: int, upstream_port: int, wasm: Path |
 
 
 def start_envoy(out: Path, label: str, concurrency: int, upstream: Upstream,
-                wasm: Path | None, vm_id: str = "", plugin_config: dict | None = None) -> Envoy:
+                wasm: Path | None, vm_id: str = "", plugin_config: dict | None = None,
+                collectors: list[int] | None = None) -> Envoy:
     d = out / f"envoy-{label}-c{concurrency}"
     n = 1
     while d.exists():
@@ -514,7 +566,7 @@ def start_envoy(out: Path, label: str, concurrency: int, upstream: Upstream,
     while admin_port == port:
         admin_port = free_port()
     cfg = envoy_config(port=port, admin_port=admin_port, upstream_port=upstream.port, wasm=wasm,
-                       vm_id=vm_id, plugin_config=plugin_config)
+                       vm_id=vm_id, plugin_config=plugin_config, collectors=collectors)
     (d / "envoy.json").write_text(json.dumps(cfg, indent=2))
     cmd = [envoy_binary(), "-c", str(d / "envoy.json"), "--concurrency", str(concurrency),
            "--disable-hot-restart", "--log-level", "warn"]
@@ -635,17 +687,23 @@ class Run:
     rerun: bool = False
     p999_ms: float = 0.0
     max_ms: float = 0.0
+    share: float = 0.0  # share of requests with a cookie (load.lua's AUTH_SHARE)
+    extra: dict[str, float] = field(default_factory=dict)  # the probe's counters over the run
 
 
 def measure(ep: Envoy, label: str, share: float, plan: Plan, cookie_file: Path, rnd: int,
-            out: Path, rerun: bool = False) -> Run:
+            out: Path, rerun: bool = False, probe: Callable[[], dict[str, float]] | None = None) -> Run:
+    """One measured wrk run. `probe`, if given, is read just before and just after it
+    (counters of other processes: Redis, the collector); the differences go to Run.extra."""
     noise = noise_check(0.3 if plan.quick else 0.5)
     if plan.warmup_s > 0:
         wrk(ep.port, plan.warmup_s, cookie_file, share, plan.connections)
+    p0 = probe() if probe else {}
     c0, (b0, _), own0 = cpu_ns(ep.pid), machine_busy_ns(), _own_cpu_ns()
     res = wrk(ep.port, plan.duration_s, cookie_file, share, plan.connections,
               log=out / f"wrk-c{ep.concurrency}-{label}-r{rnd}{'-rerun' if rerun else ''}.txt")
     c1, (b1, _), own1 = cpu_ns(ep.pid), machine_busy_ns(), _own_cpu_ns()
+    p1 = probe() if probe else {}
     secs = res["duration_us"] / 1e6
     n = max(1, res["requests"])
     errors = sum(res["errors"].values())
@@ -654,7 +712,8 @@ def measure(ep: Envoy, label: str, share: float, plan: Plan, cookie_file: Path, 
               p50_ms=res["latency_us"]["p50"] / 1000, p99_ms=res["latency_us"]["p99"] / 1000,
               cpu_us=(c1 - c0) / 1000 / n, requests=res["requests"], errors=errors,
               foreign_pct=foreign, load=noise["load"], heavy=noise["heavy"], rerun=rerun,
-              p999_ms=res["latency_us"]["p999"] / 1000, max_ms=res["latency_us"]["max"] / 1000)
+              p999_ms=res["latency_us"]["p999"] / 1000, max_ms=res["latency_us"]["max"] / 1000,
+              share=share, extra={k: p1[k] - p0[k] for k in p0 if k in p1})
     note = f"  WARNING busy: {', '.join(noise['heavy'])}" if noise["heavy"] else ""
     if errors:
         note += f"  ERRORS {res['errors']}"
@@ -787,6 +846,16 @@ def paired_ratios(runs: list[Run], conc: int) -> dict[str, float]:
         "cpu_C_B": med(lambda rs: rs["C"].cpu_us / rs["B"].cpu_us),
         "cpu_B_A": med(lambda rs: rs["B"].cpu_us / rs["A"].cpu_us),
     }
+
+
+def load_rows(w, table) -> None:
+    """The rows of a load table (medians per concurrency and configuration)."""
+    w("| concurrency | config | req/s | p50 ms | p99 ms | p99.9 ms | Envoy CPU us/req | rounds | spread req/s | others' CPU | errors |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for conc, rows in table.items():
+        for label, s in rows.items():
+            w(f"| {conc} | {label} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s.get('p999_ms', 0):.2f} | "
+              f"{s['cpu_us']:.1f} | {s['rounds']} | {s['spread_rps']:.0%} | {s['foreign_pct']:.0f}% | {s['errors']} |")
 
 
 def summarize_load(runs: list[Run]) -> dict[int, dict[str, dict[str, float]]]:
@@ -1105,7 +1174,473 @@ def expiry_phase(plan: Plan, out: Path, upstream: Upstream, wasm: dict, results:
     results["expiry"] = {"rss_start_mb": rss0 / 2**20, "cycles": cycles}
 
 
+# --------------------------------------------------------------------------- part 5: fleet mode
+
+@dataclass
+class Redis:
+    proc: subprocess.Popen
+    port: int
+
+    def info(self, section: str) -> dict[str, str]:
+        """`redis-cli -p PORT INFO section` as a dict (the call itself counts as one command)."""
+        r = subprocess.run(["redis-cli", "-p", str(self.port), "INFO", section],
+                           capture_output=True, text=True, timeout=30)
+        out = {}
+        for line in r.stdout.splitlines():
+            k, sep, v = line.strip().partition(":")
+            if sep:
+                out[k] = v
+        return out
+
+    def stats(self) -> dict[str, float]:
+        i = self.info("stats")
+        return {"redis_commands": float(i["total_commands_processed"]),
+                "redis_in_bytes": float(i["total_net_input_bytes"]),
+                "redis_out_bytes": float(i["total_net_output_bytes"])}
+
+    def used_memory(self) -> int:
+        return int(self.info("memory")["used_memory"])
+
+
+@dataclass
+class Collector:
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def start_redis(out: Path, name: str) -> Redis:
+    d = out / name
+    d.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no", "--dir", str(d)], d / "redis.log", d)
+    deadline = time.monotonic() + 15
+    while not port_accepts(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"redis-server did not start; see {d / 'redis.log'}")
+        time.sleep(0.05)
+    return Redis(proc, port)
+
+
+def start_collector(out: Path, name: str, binary: Path, redis: Redis, config: Path) -> Collector:
+    d = out / name
+    d.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [str(binary), "--listen", f"127.0.0.1:{port}", "--store", f"redis://127.0.0.1:{redis.port}",
+           "--config", str(config)]
+    (d / "cmdline").write_text(" ".join(cmd) + "\n")
+    proc = spawn(cmd, d / "collector.log", d)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"headcount-collector exited with {proc.returncode}; see {d / 'collector.log'}")
+        try:
+            with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=2)) as conn:
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"headcount-collector not healthy after 30 s; see {d / 'collector.log'}")
+        time.sleep(0.1)
+    return Collector(proc, port, d / "collector.log")
+
+
+def log_lines(path: Path, skip: re.Pattern | None = None) -> list[str]:
+    """Non-empty lines of a log, less those matching `skip`."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return [l for l in lines if l.strip() and not (skip and skip.search(l))]
+
+
+def fleet_phase(plan: Plan, out: Path, upstream: Upstream, wasm: dict, results: dict) -> None:
+    """B (no-op), C (single node) and F (a fleet node -> one collector -> one redis-server),
+    interleaved like the load part, plus what F costs outside Envoy: Redis commands and bytes
+    and the collector's CPU per request, Redis memory per session, the stats route at scale."""
+    runs: list[Run] = results.setdefault("fleet_runs", [])
+    fleet: dict[str, Any] = results.setdefault("fleet", {})
+    config_path = out / "fleet-config.json"
+    config_path.write_text(json.dumps(FLEET_CONFIG, indent=2))
+    collector_bin = Path(wasm["collector"]["path"])
+    for conc in plan.concurrencies:
+        banner(f"Fleet: Envoy --concurrency {conc}, rounds of B C F ({plan.duration_s} s each, "
+               f"{plan.connections} connections); F -> 1 collector -> 1 redis-server, {FLEET_SHARDS} shards")
+        row: dict[str, Any] = {"shards": FLEET_SHARDS}
+        fleet[str(conc)] = row
+        # A fresh Redis and collector per concurrency: the counts and memory are F's alone.
+        redis = start_redis(out, f"redis-c{conc}")
+        coll = start_collector(out, f"collector-c{conc}", collector_bin, redis, config_path)
+        envoys: dict[str, Envoy] = {}
+        try:
+            envoys["B"] = start_envoy(out, "B", conc, upstream, Path(wasm["noop"]["path"]), "noop", {})
+            envoys["C"] = start_envoy(out, "C", conc, upstream, Path(wasm["headcount"]["path"]), "headcount",
+                                      HEADCOUNT_CONFIG)
+            envoys["F"] = start_envoy(out, "F", conc, upstream, Path(wasm["headcount"]["path"]), "headcount",
+                                      FLEET_CONFIG, collectors=[coll.port])
+            f = envoys["F"]
+            say(f"redis-server on 127.0.0.1:{redis.port} (pid {redis.proc.pid}), headcount-collector on "
+                f"127.0.0.1:{coll.port} (pid {coll.pid}), F on 127.0.0.1:{f.port} (pid {f.pid})")
+            cookies_c, took = login_many(envoys["C"].port, plan.load_sessions)
+            cookie_c = out / f"cookies-fleet-C-c{conc}.txt"
+            cookie_c.write_text("\n".join(cookies_c) + "\n")
+            say(f"C: {len(cookies_c)} logins in {took:.1f} s ({len(cookies_c) / took:.0f}/s)")
+
+            # F's sessions: Redis memory before and after them (the first login creates the
+            # shards' fixed keys too; over thousands of sessions that is amortized).
+            wrk(f.port, 1, out / "no-cookies.txt", 0.0, 4)  # every worker's VM is up
+            time.sleep(1.5)
+            mem0 = redis.used_memory()
+            login_probe = fleet_probe(redis, coll, f)
+            p0 = login_probe()
+            cookies_f, took = login_many(f.port, plan.load_sessions, plan.fleet_login_connections)
+            p1 = login_probe()
+            time.sleep(1.5)  # the next ticks flush the logins' activity
+            mem1 = redis.used_memory()
+            cookie_f = out / f"cookies-fleet-F-c{conc}.txt"
+            cookie_f.write_text("\n".join(cookies_f) + "\n")
+            live = fleet_active(f)
+            n = max(1, len(cookies_f))
+            row["logins"] = {
+                "sessions": len(cookies_f), "seconds": took, "connections": plan.fleet_login_connections, "per_s": len(cookies_f) / took if took else 0.0,
+                "envoy_cpu_us": (p1["envoy_ns"] - p0["envoy_ns"]) / 1000 / n,
+                "collector_cpu_us": (p1["collector_ticks"] - p0["collector_ticks"]) / CLK_TCK * 1e6 / n,
+                "redis_cpu_us": (p1["redis_ticks"] - p0["redis_ticks"]) / CLK_TCK * 1e6 / n,
+                "redis_commands": (p1["redis_commands"] - p0["redis_commands"]) / n,
+                "redis_in_bytes": (p1["redis_in_bytes"] - p0["redis_in_bytes"]) / n,
+                "redis_out_bytes": (p1["redis_out_bytes"] - p0["redis_out_bytes"]) / n,
+                "active_after": live,
+            }
+            row["memory"] = [{"sessions": len(cookies_f), "used_memory_before": mem0,
+                              "used_memory_after": mem1, "bytes_per_session": (mem1 - mem0) / n}]
+            lg = row["logins"]
+            say(f"F: {len(cookies_f)} logins in {took:.1f} s ({lg['per_s']:.0f}/s; per login: Envoy "
+                f"{lg['envoy_cpu_us']:.0f} us, collector {lg['collector_cpu_us']:.0f} us, Redis "
+                f"{lg['redis_cpu_us']:.0f} us CPU, {lg['redis_commands']:.1f} Redis commands); "
+                f"stats route reports {live} active sessions; Redis used_memory {mem0 / 2**20:.2f} -> "
+                f"{mem1 / 2**20:.2f} MiB = {(mem1 - mem0) / n:.0f} B per session")
+            if live != len(cookies_f):
+                say(f"warning: {len(cookies_f)} logins through F, its stats route says {live} active sessions")
+
+            for label, ep in envoys.items():  # first warm-up
+                wrk(ep.port, 1 if plan.quick else 3, cookie_f if label == "F" else cookie_c,
+                    plan.auth_share, plan.connections)
+            row["idle"] = [fleet_idle(plan, envoys, redis, coll, len(cookies_f))]
+
+            probe = fleet_probe(redis, coll, f)
+
+            def one_round(rnd: int, rerun: bool = False) -> list[Run]:
+                return [measure(envoys["B"], "B", plan.auth_share, plan, cookie_c, rnd, out, rerun),
+                        measure(envoys["C"], "C", plan.auth_share, plan, cookie_c, rnd, out, rerun),
+                        measure(f, "F", plan.auth_share, plan, cookie_f, rnd, out, rerun, probe=probe)]
+
+            rounds = {r: one_round(r) for r in range(1, plan.rounds + 1)}
+            for r in rounds.values():
+                say("   F round {}: {}".format(r[2].round, fleet_run_line(fleet_run_figures(r[2]))))
+            for _ in range(plan.max_reruns):
+                bad = deviating_rounds(rounds)
+                if not bad:
+                    break
+                rnd, (dev, why) = max(bad.items(), key=lambda kv: kv[1][0])
+                say(f"round {rnd} deviates > {DEVIATION:.0%} from the others ({why}): running it again")
+                rounds[rnd] = one_round(rnd, rerun=True)
+                say("   F round {}: {}".format(rnd, fleet_run_line(fleet_run_figures(rounds[rnd][2]))))
+            bad = deviating_rounds(rounds)
+            if bad:
+                say(f"note: rounds still deviating > {DEVIATION:.0%}: "
+                    + "; ".join(f"round {k}: {why}" for k, (_, why) in bad.items()))
+            row["still_deviating"] = {k: why for k, (_, why) in bad.items()}
+            for rs in rounds.values():
+                runs.extend(rs)
+            row["active_after_load"] = fleet_active(f)
+
+            if conc == plan.concurrencies[0]:
+                have = len(cookies_f) + fleet_login_latency(f, row)
+                fleet_stats(plan, f, redis, coll, row, have=have)
+                row["idle"].append(fleet_idle(plan, envoys, redis, coll, row["stats"]["sessions"]))
+            row["rss_mb"] = {k: round(rss_bytes(ep.pid) / 2**20, 1) for k, ep in envoys.items()}
+            row["collector_rss_mb"] = round(rss_bytes(coll.pid) / 2**20, 1)
+            row["redis_used_memory_end"] = redis.used_memory()
+        finally:
+            for ep in envoys.values():
+                stop(ep.proc)
+            stop(coll.proc)
+            stop(redis.proc)
+        # What the fleet's processes said: Envoy F logs at warn level, so any line is news;
+        # the collector's startup line is not.
+        logs = {"envoy-F": log_lines(envoys["F"].dir / "envoy.log", re.compile(r"caught ENVOY_SIGTERM"))
+                if "F" in envoys else [],
+                "collector": log_lines(coll.log, re.compile(r"listening on"))}
+        row["log_lines"] = {k: {"count": len(v), "first": v[:5]} for k, v in logs.items()}
+        for k, v in logs.items():
+            if v:
+                say(f"{k} logged {len(v)} lines, first: {v[0][:300]}")
+
+
+def fleet_probe(redis: Redis, coll: Collector, f: Envoy) -> Callable[[], dict[str, float]]:
+    """Counters read around each F run: Redis INFO stats, the CPU of the collector and of
+    redis-server (utime + stime of every thread, /proc/<pid>/stat) and of Envoy F."""
+    def probe() -> dict[str, float]:
+        d = redis.stats()
+        d["collector_ticks"] = float(stat_cpu_ticks(coll.pid))
+        d["redis_ticks"] = float(stat_cpu_ticks(redis.proc.pid))
+        # The same from schedstat (ns; live threads only): a cross-check for short runs.
+        d["collector_ns"] = float(cpu_ns(coll.pid))
+        d["redis_ns"] = float(cpu_ns(redis.proc.pid))
+        d["envoy_ns"] = float(cpu_ns(f.pid))
+        return d
+    return probe
+
+
+def fleet_active(f: Envoy) -> int:
+    with closing(http.client.HTTPConnection("127.0.0.1", f.port, timeout=60)) as conn:
+        _, body = stats_get(conn, "?limit=0")
+    return int(json.loads(body)["active_sessions"])
+
+
+def fleet_run_figures(run: Run) -> dict[str, float]:
+    """Per F run: Redis commands and bytes per authenticated request, and the collector's and
+    Redis's CPU normalised to CPU-seconds per second at 1,000 requests/s.
+
+    Authenticated requests = wrk's request total x the share load.lua sends with a cookie:
+    load.lua adds the share to an accumulator per request and sends a cookie each time it
+    reaches 1, so of n requests floor(n x share) carry one (wrk counts completed requests;
+    the few in flight at the end, at most one per connection, are the error)."""
+    e = run.extra
+    auth = max(1.0, run.requests * run.share)
+    secs = run.requests / run.rps if run.rps else 0.0
+    per_krps = 1000 / run.requests if run.requests else float("nan")  # (cpu_s / secs) / (rps / 1000)
+    coll_s = e.get("collector_ticks", 0.0) / CLK_TCK
+    redis_s = e.get("redis_ticks", 0.0) / CLK_TCK
+    return {
+        "auth_requests": auth, "seconds": secs,
+        "redis_commands_per_auth": e.get("redis_commands", 0.0) / auth,
+        "redis_in_per_auth": e.get("redis_in_bytes", 0.0) / auth,
+        "redis_out_per_auth": e.get("redis_out_bytes", 0.0) / auth,
+        "collector_cpu_per_krps": coll_s * per_krps,
+        "redis_cpu_per_krps": redis_s * per_krps,
+        "collector_cpu_per_krps_schedstat": e.get("collector_ns", 0.0) / 1e9 * per_krps,
+        "redis_cpu_per_krps_schedstat": e.get("redis_ns", 0.0) / 1e9 * per_krps,
+        # Everything F's requests cost on this machine: Envoy F + collector + Redis.
+        "total_cpu_us": run.cpu_us + (coll_s + redis_s) * 1e6 / max(1, run.requests),
+    }
+
+
+def fleet_run_line(x: dict[str, float]) -> str:
+    return (f"{x['auth_requests']:.0f} authenticated requests; per authenticated request "
+            f"{x['redis_commands_per_auth']:.3f} Redis commands, {x['redis_in_per_auth']:.1f} B in, "
+            f"{x['redis_out_per_auth']:.1f} B out; collector {x['collector_cpu_per_krps'] * 1000:.1f} and Redis "
+            f"{x['redis_cpu_per_krps'] * 1000:.1f} ms of CPU per second at 1,000 req/s (schedstat: "
+            f"{x['collector_cpu_per_krps_schedstat'] * 1000:.1f} and {x['redis_cpu_per_krps_schedstat'] * 1000:.1f}); "
+            f"F + collector + Redis "
+            f"{x['total_cpu_us']:.1f} us CPU/request")
+
+
+FLEET_IDLE_MIN_S = 6  # > the collector's sweep interval (5 s by default): one sweep at least
+
+
+def fleet_idle(plan: Plan, envoys: dict[str, Envoy], redis: Redis, coll: Collector, sessions: int) -> dict:
+    """No traffic: what F's ticks, the collector's sweeps and Redis cost, with `sessions` in Redis."""
+    time.sleep(1.5)
+    secs = max(plan.idle_s, FLEET_IDLE_MIN_S)
+    probe = fleet_probe(redis, coll, envoys["F"])
+    c0 = {k: cpu_ns(ep.pid) for k, ep in envoys.items()}
+    p0 = probe()
+    time.sleep(secs)
+    p1 = probe()
+    cpu = {f"{k} Envoy": (cpu_ns(ep.pid) - c0[k]) / 1e6 / secs for k, ep in envoys.items()}
+    cpu["collector"] = (p1["collector_ticks"] - p0["collector_ticks"]) / CLK_TCK * 1000 / secs
+    cpu["redis-server"] = (p1["redis_ticks"] - p0["redis_ticks"]) / CLK_TCK * 1000 / secs
+    idle = {"sessions": sessions, "seconds": secs, "cpu_ms_per_s": cpu,
+            "redis_commands_per_s": (p1["redis_commands"] - p0["redis_commands"]) / secs,
+            "redis_in_bytes_per_s": (p1["redis_in_bytes"] - p0["redis_in_bytes"]) / secs,
+            "redis_out_bytes_per_s": (p1["redis_out_bytes"] - p0["redis_out_bytes"]) / secs}
+    say(f"idle with {sessions:,} sessions in Redis, no traffic, {secs} s (ms of CPU per second): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + "; " + fleet_idle_redis(idle))
+    return idle
+
+
+def fleet_idle_redis(idle: dict) -> str:
+    return (f"Redis {idle['redis_commands_per_s']:.1f} commands/s, {idle['redis_in_bytes_per_s'] / 1024:.1f} KiB/s in, "
+            f"{idle['redis_out_bytes_per_s'] / 1024:.1f} KiB/s out")
+
+
+def fleet_login_latency(f: Envoy, row: dict, alone: int = 20, conns: int = 48, stream: int = 240) -> int:
+    """A login through F holds its response until its op has landed: its latency alone
+    (sequential logins), then the rate over `conns` connections (mean latency = conns / rate).
+    Returns the sessions it made."""
+    times = []
+    for _ in range(alone):
+        t = time.perf_counter()
+        c, _ = login_many(f.port, 1, 1)
+        times.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.05)
+    cookies, took = login_many(f.port, stream, conns)
+    rate = len(cookies) / took if took else 0.0
+    row["login_latency"] = {"alone": alone, "alone_p50_ms": percentile(times, 50),
+                            "alone_p99_ms": percentile(times, 99), "stream_logins": len(cookies),
+                            "stream_connections": conns, "stream_per_s": rate,
+                            "stream_mean_ms": conns / rate * 1000 if rate else float("nan")}
+    say(f"F login latency alone: p50 {percentile(times, 50):.1f} ms, p99 {percentile(times, 99):.1f} ms "
+        f"({alone} sequential logins); {len(cookies)} logins over {conns} connections: {rate:.0f}/s "
+        f"(~{row['login_latency']['stream_mean_ms']:.0f} ms each)")
+    return alone + len(cookies)
+
+
+def fleet_stats(plan: Plan, f: Envoy, redis: Redis, coll: Collector, row: dict, have: int) -> None:
+    """Fills Redis to plan.fleet_stats_sessions sessions through F, then sequential GETs of
+    F's /__headcount/stats?limit=0 (answered from the collectors)."""
+    target = plan.fleet_stats_sessions
+    if target > have:
+        mem0 = redis.used_memory()
+        probe = fleet_probe(redis, coll, f)
+        p0 = probe()
+        cookies, took = login_many(f.port, target - have, plan.fleet_login_connections)
+        p1 = probe()
+        time.sleep(1.5)
+        mem1 = redis.used_memory()
+        n = max(1, len(cookies))
+        row["memory"].append({"sessions": fleet_active(f), "used_memory_before": mem0,
+                              "used_memory_after": mem1, "bytes_per_session": (mem1 - mem0) / n,
+                              "added": len(cookies)})
+        row["logins_bulk"] = {"sessions": len(cookies), "seconds": took, "per_s": len(cookies) / took,
+                              "connections": plan.fleet_login_connections,
+                              "envoy_cpu_us": (p1["envoy_ns"] - p0["envoy_ns"]) / 1000 / n,
+                              "collector_cpu_us": (p1["collector_ticks"] - p0["collector_ticks"]) / CLK_TCK * 1e6 / n,
+                              "redis_cpu_us": (p1["redis_ticks"] - p0["redis_ticks"]) / CLK_TCK * 1e6 / n,
+                              "redis_commands": (p1["redis_commands"] - p0["redis_commands"]) / n}
+        say(f"F: {len(cookies):,} more logins in {took:.1f} s ({len(cookies) / took:.0f}/s); Redis used_memory "
+            f"{mem0 / 2**20:.1f} -> {mem1 / 2**20:.1f} MiB = {(mem1 - mem0) / n:.0f} B per session")
+    gets = plan.fleet_stats_gets
+    times = []
+    body = b""
+    with closing(http.client.HTTPConnection("127.0.0.1", f.port, timeout=120)) as conn:
+        stats_get(conn, "?limit=0")  # first one not counted
+        for _ in range(gets):
+            t, body = stats_get(conn, "?limit=0")
+            times.append(t * 1000)
+    answer = json.loads(body)
+    live = int(answer["active_sessions"])
+    # ?limit=0 asks for the counts only; a single node lists no session then.
+    listed = len(answer.get("sessions") or [])
+    row["stats"] = {"sessions": live, "expected": max(have, target), "gets": gets,
+                    "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99),
+                    "max_ms": max(times), "bytes": len(body), "sessions_listed": listed}
+    say(f"F stats route ?limit=0 with {live:,} sessions in Redis: p50 {percentile(times, 50):.1f} ms, "
+        f"p99 {percentile(times, 99):.1f} ms, max {max(times):.1f} ms ({gets} sequential GETs, "
+        f"{len(body)} B answer listing {listed} sessions)")
+    if listed:
+        say(f"note: F's answer to ?limit=0 lists {listed} sessions (a single node lists none)")
+    if live != max(have, target):
+        say(f"warning: expected {max(have, target):,} active sessions, F's stats route says {live:,}")
+
+
 # --------------------------------------------------------------------------- report
+
+def paired(runs: list[Run], conc: int, num: str, den: str, metric: str) -> float:
+    """Median over rounds of num's metric / den's metric within the round."""
+    by_round: dict[int, dict[str, Run]] = {}
+    for r in runs:
+        if r.concurrency == conc:
+            by_round.setdefault(r.round, {})[r.label] = r
+    vals = [getattr(rs[num], metric) / getattr(rs[den], metric) for rs in by_round.values()
+            if num in rs and den in rs and getattr(rs[den], metric)]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def fleet_report(results: dict, w: Callable[[str], None]) -> None:
+    runs = [Run(**r) if isinstance(r, dict) else r for r in results.get("fleet_runs", [])]
+    table = summarize_load(runs)
+    results["fleet_summary"] = table
+    w("")
+    w("## Fleet mode (B no-op, C single node, F fleet node -> 1 headcount-collector -> 1 redis-server; "
+      "medians of the rounds)")
+    w("")
+    load_rows(w, table)
+    w("")
+    ratios: dict[str, dict[str, float]] = {}
+    for conc, rows in table.items():
+        if not all(k in rows for k in "BCF"):
+            continue
+        b, c, f = rows["B"], rows["C"], rows["F"]
+        pr = {f"{m}_F_{d}": paired(runs, conc, "F", d, attr)
+              for d in "BC" for m, attr in (("rps", "rps"), ("cpu", "cpu_us"), ("p99", "p99_ms"))}
+        ratios[str(conc)] = pr
+        w(f"concurrency {conc}: paired within each round (median over rounds): req/s F/B {pr['rps_F_B']:.3f}, "
+          f"F/C {pr['rps_F_C']:.3f}; Envoy CPU/request F/B {pr['cpu_F_B']:.3f}, F/C {pr['cpu_F_C']:.3f}; "
+          f"p99 F/B {pr['p99_F_B']:.2f}, F/C {pr['p99_F_C']:.2f}. From the medians: req/s F/B {f['rps'] / b['rps']:.3f}, "
+          f"F/C {f['rps'] / c['rps']:.3f}; CPU/request F/B {f['cpu_us'] / b['cpu_us']:.3f}, F/C {f['cpu_us'] / c['cpu_us']:.3f}")
+    results["fleet_paired_ratios"] = ratios
+    per_conc: dict[int, list[dict[str, float]]] = {}
+    for r in runs:
+        if r.label == "F" and r.extra:
+            per_conc.setdefault(r.concurrency, []).append(fleet_run_figures(r))
+    if per_conc:
+        w("")
+        w("What F's load costs outside Envoy (medians over F's runs; authenticated requests = wrk's "
+          "request total x the share with a cookie, 0.5; CPU from utime+stime in /proc/<pid>/stat, all threads, "
+          "as milliseconds of CPU per second at 1,000 req/s, i.e. CPU-ms per 1,000 requests):")
+        w("")
+        w("| concurrency | authenticated req/run | Redis commands / auth req | Redis bytes in / auth req | "
+          "Redis bytes out / auth req | collector CPU ms/s at 1,000 req/s (stat / schedstat) | "
+          "redis-server CPU ms/s at 1,000 req/s (stat / schedstat) | "
+          "F + collector + Redis CPU us/req |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        med = {}
+        for conc, xs in sorted(per_conc.items()):
+            m = {k: statistics.median(x[k] for x in xs) for k in xs[0]}
+            med[str(conc)] = m
+            w(f"| {conc} | {m['auth_requests']:.0f} | {m['redis_commands_per_auth']:.3f} | {m['redis_in_per_auth']:.1f} | "
+              f"{m['redis_out_per_auth']:.1f} | {m['collector_cpu_per_krps'] * 1000:.2f} / "
+              f"{m['collector_cpu_per_krps_schedstat'] * 1000:.2f} | {m['redis_cpu_per_krps'] * 1000:.2f} / "
+              f"{m['redis_cpu_per_krps_schedstat'] * 1000:.2f} | "
+              f"{m['total_cpu_us']:.1f} |")
+        results["fleet_cost"] = med
+    fl = results.get("fleet", {})
+    for conc, row in fl.items():
+        w("")
+        lg = row.get("logins")
+        if lg:
+            w(f"c{conc} logins through F: {lg['sessions']:,} in {lg['seconds']:.1f} s ({lg['per_s']:.0f}/s, "
+              f"{lg.get('connections', 48)} connections); per login Envoy {lg['envoy_cpu_us']:.0f} us, collector {lg['collector_cpu_us']:.0f} us, "
+              f"Redis {lg['redis_cpu_us']:.0f} us CPU, {lg['redis_commands']:.1f} Redis commands, "
+              f"{lg['redis_in_bytes']:.0f} B in / {lg['redis_out_bytes']:.0f} B out")
+        bl = row.get("logins_bulk")
+        if bl:
+            w(f"c{conc} more logins through F (to fill Redis): {bl['sessions']:,} in {bl['seconds']:.1f} s "
+              f"({bl['per_s']:.0f}/s, {bl.get('connections', 48)} connections); per login Envoy {bl['envoy_cpu_us']:.0f} us, collector "
+              f"{bl['collector_cpu_us']:.0f} us, Redis {bl['redis_cpu_us']:.0f} us CPU, "
+              f"{bl['redis_commands']:.1f} Redis commands")
+        for m in row.get("memory", []):
+            w(f"c{conc} Redis used_memory per live session: {m['bytes_per_session']:.0f} B "
+              f"({m['used_memory_before'] / 2**20:.2f} -> {m['used_memory_after'] / 2**20:.2f} MiB, "
+              f"{m.get('added', m['sessions']):,} sessions added, {m['sessions']:,} in Redis)")
+        st = row.get("stats")
+        if st:
+            w(f"c{conc} F's stats route (?limit=0, bearer token) with {st['sessions']:,} sessions in Redis: "
+              f"p50 {st['p50_ms']:.1f} ms, p99 {st['p99_ms']:.1f} ms, max {st['max_ms']:.1f} ms "
+              f"({st['gets']} sequential GETs, {st['bytes']} B answer listing {st.get('sessions_listed', '?')} sessions)")
+        ll = row.get("login_latency")
+        if ll:
+            w(f"c{conc} login latency through F: alone p50 {ll['alone_p50_ms']:.1f} ms, p99 {ll['alone_p99_ms']:.1f} ms "
+              f"({ll['alone']} sequential); {ll['stream_logins']} logins over {ll['stream_connections']} connections "
+              f"{ll['stream_per_s']:.0f}/s, i.e. ~{ll['stream_mean_ms']:.0f} ms each")
+        for idle in row.get("idle", []):
+            w(f"c{conc} idle with {idle['sessions']:,} sessions in Redis, no traffic, {idle['seconds']} s "
+              "(ms of CPU per second): " + ", ".join(f"{k} {v:.2f}" for k, v in idle["cpu_ms_per_s"].items())
+              + "; " + fleet_idle_redis(idle))
+        for k, v in row.get("log_lines", {}).items():
+            if v["count"]:
+                w(f"c{conc} {k} log: {v['count']} lines, first: `{v['first'][0][:240]}`")
+
+
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "GAP "
@@ -1119,12 +1654,7 @@ def report(plan: Plan, results: dict, out: Path) -> str:
     results["load_summary"] = table
     w("## Load (medians of the rounds)")
     w("")
-    w("| concurrency | config | req/s | p50 ms | p99 ms | p99.9 ms | Envoy CPU us/req | rounds | spread req/s | others' CPU | errors |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for conc, rows in table.items():
-        for label, s in rows.items():
-            w(f"| {conc} | {label} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s.get('p999_ms', 0):.2f} | "
-              f"{s['cpu_us']:.1f} | {s['rounds']} | {s['spread_rps']:.0%} | {s['foreign_pct']:.0f}% | {s['errors']} |")
+    load_rows(w, table)
     w("")
     if results.get("idle_cpu_ms_per_s"):
         w("idle Envoy CPU, no traffic (ms of CPU per second): " + ", ".join(
@@ -1246,6 +1776,8 @@ def report(plan: Plan, results: dict, out: Path) -> str:
                             f"RSS after expiry, cycle {ref['cycle']} -> {cyc[-1]['cycle']}: "
                             f"{ref['rss_after_mb']:.1f} -> {cyc[-1]['rss_after_mb']:.1f} MiB ({growth:+.1f} MiB; "
                             f"one cycle's sessions add {swing:.1f} MiB at peak); every session expired: {all_gone}"))
+    if results.get("fleet_runs") or results.get("fleet"):
+        fleet_report(results, w)
     w("")
     w("## Targets")
     w("")
@@ -1266,7 +1798,7 @@ def main() -> int:
     ap.add_argument("--profile", dest="profile", action="store_true", default=None,
                     help="perf profile of B and C (default in full runs)")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
-    ap.add_argument("--only", choices=["load", "stats", "expiry"], action="append",
+    ap.add_argument("--only", choices=["load", "stats", "expiry", "fleet"], action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--rounds", type=int, help="rounds of A B C (at least 3)")
     ap.add_argument("--duration", type=int, help="seconds per measured run")
@@ -1296,19 +1828,21 @@ def main() -> int:
         plan.expiry_cycles = max(2, args.expiry_cycles)
     if args.concurrency:
         plan.concurrencies = tuple(args.concurrency)
-    parts = args.only or ["load", "stats", "expiry"]
+    parts = args.only or ["load", "stats", "expiry", "fleet"]
 
     out = HERE / "out" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     (out / "no-cookies.txt").write_text("")
     banner(f"Headcount Envoy benchmark ({'quick' if plan.quick else 'full'}) -> {out.relative_to(REPO)}")
-    ensure_tools(plan.profile)
+    ensure_tools(plan.profile, need_redis="fleet" in parts)
     ensure_filters(args.rebuild)
-    wasm = snapshot_wasm(out)
+    if "fleet" in parts:
+        ensure_collector(args.rebuild)
+    wasm = snapshot_wasm(out, collector="fleet" in parts)
     envoy_version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout.strip()
     say(f"envoy: {envoy_version.split('version: ')[-1]}")
     for k, v in wasm.items():
-        say(f"{k}.wasm: {v['bytes']:,} bytes, sha256 {v['sha256']}..., built {v['built']}")
+        say(f"{Path(v['path']).name}: {v['bytes']:,} bytes, sha256 {v['sha256']}..., built {v['built']}")
     noise = noise_check(1.0)
     say(f"machine: {NCPU} CPUs, load {noise['load']}, busiest others: {', '.join(noise['top']) or '-'}")
     if noise["heavy"]:
@@ -1333,9 +1867,12 @@ def main() -> int:
             stats_phase(plan, out, upstream, wasm, results)
         if "expiry" in parts:
             expiry_phase(plan, out, upstream, wasm, results)
+        if "fleet" in parts:
+            fleet_phase(plan, out, upstream, wasm, results)
     finally:
         stop_all()
         results["runs"] = [r.__dict__ if isinstance(r, Run) else r for r in results.get("runs", [])]
+        results["fleet_runs"] = [r.__dict__ if isinstance(r, Run) else r for r in results.get("fleet_runs", [])]
         results["finished"] = datetime.now().isoformat(timespec="seconds")
         text = report(plan, results, out)
         results["runs"] = [r.__dict__ if isinstance(r, Run) else r for r in results.get("runs", [])]
