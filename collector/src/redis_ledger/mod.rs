@@ -18,6 +18,16 @@ use std::sync::Mutex;
 /// node's batch is answered 503 and sent again later).
 pub const MAX_ATTEMPTS: u32 = 64;
 
+/// How long a step that lost a race waits before its next attempt: a random
+/// time up to 100 µs times the attempt, at most 5 ms (full jitter).
+fn backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let cap_us = (100 * u64::from(attempt)).min(5_000);
+    std::time::Duration::from_micros(h.finish() % (cap_us + 1))
+}
+
 /// The apps nodes have sent to, with their shard counts: the sweeps' work list.
 pub const APPS_KEY: &str = "hc:{apps}";
 
@@ -274,7 +284,13 @@ impl RedisLedger {
                         attempts: attempt,
                     });
                 }
-                Ok(None) => continue,
+                Ok(None) => {
+                    // Lost a race: wait a little, at random, before the next
+                    // attempt, so racing collectors spread out instead of
+                    // colliding again and again.
+                    std::thread::sleep(backoff(attempt));
+                    continue;
+                }
                 Err(e) => {
                     if con.is_open() {
                         self.give_back(con);
