@@ -258,6 +258,16 @@ impl<C: ConnectionLike> LedgerStore for RedisShard<'_, '_, C> {
         Ok(())
     }
 
+    /// From the sorted sets the touch and the sweep read anyway (prefetched
+    /// for a batch's touches), not the session's JSON.
+    fn times(&mut self, id: &SessionId) -> R<Option<(u64, u64)>> {
+        let hex = id.hex();
+        let (l, i) = (self.keys.l.clone(), self.keys.i.clone());
+        let last = self.step.zscore(&l, &hex)?;
+        let login = self.step.zscore(&i, &hex)?;
+        Ok(login.zip(last).map(|(a, b)| (a as u64, b as u64)))
+    }
+
     fn touch(&mut self, id: &SessionId, last_ms: u64) -> R<bool> {
         let hex = id.hex();
         Ok(match self.step.zscore(&self.keys.l, &hex)? {
@@ -598,8 +608,10 @@ impl<C: ConnectionLike> LedgerStore for RedisShard<'_, '_, C> {
             }
         }
         if !ids.is_empty() {
-            let key = self.keys.l.clone();
-            self.step.zprefetch(&key, &ids)?;
+            let (l, i) = (self.keys.l.clone(), self.keys.i.clone());
+            self.step.zprefetch(&l, &ids)?;
+            // A touch also reads the login time (its session may be past its lifetime).
+            self.step.zprefetch(&i, &ids)?;
         }
         Ok(())
     }

@@ -219,10 +219,10 @@ impl<'a, S: LedgerStore> Ledger<'a, S> {
         (hash, last_ms, requests, retry): (CookieHash, u64, u64, bool),
         out: &mut Outcome,
     ) -> Res<Vec<Op>, S> {
-        let expired = match self.store.session(&id)? {
-            Some(s) => s.is_expired(last_ms, self.cfg),
-            None => false,
-        };
+        let expired = self
+            .store
+            .times(&id)?
+            .is_some_and(|(login, last)| crate::session::expired(login, last, last_ms, self.cfg));
         if expired {
             let (_, ops) = self.end(id, None, Kind::Expiry, out)?;
             unknown_touch(hash, last_ms, requests, true, out);

@@ -64,6 +64,11 @@ pub trait LedgerStore {
     /// Moves the session's last activity forward to `last_ms` (never back).
     /// Whether the session exists.
     fn touch(&mut self, id: &SessionId, last_ms: u64) -> Result<bool, Self::Error>;
+    /// A session's login time and last activity (what its expiry depends on).
+    /// Stores that keep them apart from the session override this.
+    fn times(&mut self, id: &SessionId) -> Result<Option<(u64, u64)>, Self::Error> {
+        Ok(self.session(id)?.map(|s| (s.login_ms, s.last_ms)))
+    }
     fn delete_session(&mut self, id: &SessionId) -> Result<Option<Session>, Self::Error>;
     fn session_count(&mut self) -> Result<u64, Self::Error>;
     /// The `n` sessions seen longest ago (then longest logged in), other than `keep`.
