@@ -68,9 +68,11 @@ fn sessions_that_come_and_go_leave_no_growth() {
         memory[ROUNDS - 1] <= memory[1] + slack,
         "linear memory kept growing: {memory:?}"
     );
+    // The bound on the whole: about 2.9 MiB is the 1 MiB cookie-hash cache, the code's data
+    // and 1000 live sessions' buffers; fragmentation may add a page pair in any round.
     assert!(
-        memory[ROUNDS - 1] <= 3 << 20,
-        "linear memory above 3 MiB: {memory:?}"
+        memory[ROUNDS - 1] <= 7 << 19,
+        "linear memory above 3.5 MiB: {memory:?}"
     );
     // Shared data is a fixed set of keys (session and cookie-index shards, the secret, the
     // traffic record, the sweep slot, the 2 KB of shard generations): after a sweep only empty
