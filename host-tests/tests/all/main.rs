@@ -26,5 +26,6 @@ mod login;
 mod logout;
 mod memory;
 mod rotation;
+mod singleton;
 mod stats;
 mod traffic;

@@ -7,7 +7,7 @@
 pub const MAX_PENDING: usize = 65_536;
 
 /// Requests one cookie made since the last flush.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pending {
     pub last_ms: u64,
     pub requests: u64,
@@ -29,6 +29,13 @@ impl Pending {
     pub fn add(&mut self, at: u64, requests: u64) {
         self.last_ms = self.last_ms.max(at);
         self.requests += requests;
+    }
+
+    /// Another buffer's activity for the same cookie (a worker's, handed to the
+    /// singleton): a cookie not found once already stays so.
+    pub fn absorb(&mut self, other: Pending) {
+        self.add(other.last_ms, other.requests);
+        self.retried |= other.retried;
     }
 }
 

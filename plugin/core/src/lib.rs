@@ -21,6 +21,7 @@ pub mod events;
 pub mod fleet;
 pub mod flow;
 pub mod gateway;
+pub mod handoff;
 pub mod history;
 pub mod identity;
 pub mod ids;

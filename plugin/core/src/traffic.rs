@@ -20,7 +20,7 @@ pub struct Bucket {
 }
 
 /// What one VM saw since its last flush.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrafficDelta {
     pub authenticated: u64,
     pub anonymous: u64,
@@ -50,6 +50,22 @@ impl TrafficDelta {
 
     pub fn is_empty(&self) -> bool {
         self.authenticated == 0 && self.anonymous == 0 && self.buckets.is_empty()
+    }
+
+    /// Adds another VM's delta to this one (the singleton gathers the workers').
+    pub fn absorb(&mut self, other: &TrafficDelta) {
+        self.authenticated += other.authenticated;
+        self.anonymous += other.anonymous;
+        for o in &other.buckets {
+            match self.buckets.iter_mut().find(|b| b.second == o.second) {
+                Some(b) => {
+                    b.requests += o.requests;
+                    b.response_us += o.response_us;
+                    b.responses += o.responses;
+                }
+                None => self.buckets.push(*o),
+            }
+        }
     }
 }
 

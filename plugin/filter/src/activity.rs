@@ -56,6 +56,22 @@ impl Activity {
         }
     }
 
+    /// Adds activity another VM buffered (the singleton's side of a handoff).
+    /// Past `MAX_PENDING` cookies, the new ones count as anonymous, as when
+    /// recorded.
+    pub fn absorb(&mut self, pending: Vec<(CookieHash, Pending)>, traffic: &TrafficDelta) {
+        self.traffic.absorb(traffic);
+        for (h, p) in pending {
+            if let Some(mine) = self.pending.get_mut(&h) {
+                mine.absorb(p);
+            } else if self.pending.len() < MAX_PENDING {
+                self.pending.insert(h, p);
+            } else {
+                self.traffic.anonymous += p.requests;
+            }
+        }
+    }
+
     /// Whether activity of this cookie waits for a flush.
     pub fn is_pending(&self, hash: &CookieHash) -> bool {
         self.pending.contains_key(hash)

@@ -27,6 +27,15 @@ pub fn app_store(app: headcount_core::AppName) -> headcount_core::Scoped<EnvoySt
     )
 }
 
+/// Shared data outside every app's namespace: only the keys by which worker VMs
+/// and the main-thread singleton find each other (`handoff::BEAT_KEY`,
+/// `handoff::APPS_KEY`), which hold no `/` and so meet no app's key.
+pub fn meeting_store() -> EnvoyStore {
+    EnvoyStore {
+        _only_through_app_store: (),
+    }
+}
+
 impl SharedStore for EnvoyStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         match hostcalls::get_shared_data(key) {
@@ -278,6 +287,19 @@ pub fn body(kind: BufferType, size: usize) -> Option<Vec<u8>> {
 
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// Writes `value` at `key` whatever is there (a CAS retry or two if VMs race).
+pub fn overwrite(store: &impl SharedStore, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    let mut last = StoreError::CasMismatch;
+    for _ in 0..4 {
+        let cas = store.get(key)?.map(|(_, cas)| cas);
+        match store.set(key, value, cas) {
+            Err(StoreError::CasMismatch) => last = StoreError::CasMismatch,
+            other => return other,
+        }
+    }
+    Err(last)
 }
 
 /// Answers the stream from the plugin; the request never reaches the upstream.

@@ -3,8 +3,10 @@
 
 use crate::activity::{Activity, Requester};
 use crate::host::{self, EnvoyStore};
+use headcount_core::activity::Pending;
 use headcount_core::bearer::TokenCache;
 use headcount_core::events::{Actor, Events, Kind, EVENTS_KEY};
+use headcount_core::handoff::Handoff;
 use headcount_core::history::{History, HISTORY_KEY};
 use headcount_core::record;
 use headcount_core::snapshot::Snapshot;
@@ -69,16 +71,43 @@ pub struct Vm {
     pub whoami: RefCell<crate::whoami::Calls>,
     /// Fleet mode: the node side of the collectors' ledger (no table here).
     pub fleet: Option<crate::fleet::Fleet>,
+    /// The main-thread singleton's queue, once resolved.
+    singleton: Cell<Option<u32>>,
 }
 
 impl Vm {
     /// Validates the config and prepares shared state. The error is the log line.
+    /// A worker's app (not in fleet mode) is registered for the main-thread
+    /// singleton, with its config, so that the singleton can do its periodic work.
     pub fn configure(raw: &[u8]) -> Result<Vm, String> {
-        let mut cfg = Config::from_json(raw).map_err(|e| format!("{e}"))?;
+        let cfg = Config::from_json(raw).map_err(|e| format!("{e}"))?;
         let plugin_name =
             host::property(&["plugin_name"]).map(|n| String::from_utf8_lossy(&n).into_owned());
         let app = AppName::choose(cfg.app.as_ref(), plugin_name.as_deref())
             .map_err(|e| format!("{e}"))?;
+        let vm = Vm::build(cfg, app)?;
+        host::info(&format!(
+            "configured for app `{}` (login {} {}, cookie `{}`, window {} s)",
+            vm.app(),
+            vm.cfg.login_method,
+            vm.cfg.login_path,
+            vm.cfg.session_cookie,
+            vm.cfg.active_window_ms / 1000
+        ));
+        if vm.fleet.is_none() {
+            crate::singleton::register(&vm.store, raw);
+        }
+        Ok(vm)
+    }
+
+    /// The singleton's view of an app a worker registered: the same config, the
+    /// same metrics (Envoy keeps one series per name), no requests of its own.
+    pub fn for_app(raw: &[u8], app: AppName) -> Result<Vm, String> {
+        let cfg = Config::from_json(raw).map_err(|e| format!("{e}"))?;
+        Vm::build(cfg, app)
+    }
+
+    fn build(mut cfg: Config, app: AppName) -> Result<Vm, String> {
         let store = host::app_store(app.clone());
         cfg.app = Some(app.clone());
         let secret = match &cfg.cookie_hash_secret {
@@ -113,13 +142,6 @@ impl Vm {
             whoami_nobody: counter("headcount_whoami_nobody_total"),
             whoami_throttled: counter("headcount_whoami_throttled_total"),
         };
-        host::info(&format!(
-            "configured for app `{app}` (login {} {}, cookie `{}`, window {} s)",
-            cfg.login_method,
-            cfg.login_path,
-            cfg.session_cookie,
-            cfg.active_window_ms / 1000
-        ));
         let Some(cache_key) = host::random16() else {
             return Err("the host gave no randomness for the cookie cache key".into());
         };
@@ -147,6 +169,7 @@ impl Vm {
             ticks: Cell::new(0),
             whoami: RefCell::new(crate::whoami::Calls::default()),
             fleet: cfg_fleet,
+            singleton: Cell::new(None),
         })
     }
 
@@ -192,11 +215,81 @@ impl Vm {
             crate::whoami::send(self, now);
             return;
         }
+        if let Some(queue) = crate::singleton::queue(&self.singleton, now) {
+            // The singleton applies, sweeps and counts; this VM only hands over.
+            if tick % FLUSH_SLICES == 0 {
+                self.hand_off(queue, now);
+            }
+            crate::whoami::send(self, now);
+            return;
+        }
         self.flush_slice(now, Some(tick % FLUSH_SLICES));
         crate::whoami::send(self, now);
+        self.housekeep(now);
+    }
+
+    /// Sweeps if this VM wins the sweep slot (the singleton's ticks, or a
+    /// worker's without one).
+    pub fn housekeep(&self, now: u64) {
         if self.claim_sweep(now) {
             self.sweep(now);
         }
+    }
+
+    /// Hands this VM's buffered activity and traffic to the singleton's queue
+    /// (kept for the next tick if the queue refuses it). With `begin_unknown`,
+    /// the credentials kept as candidates are looked up here, read-only: the
+    /// singleton cannot ask the app about them.
+    fn hand_off(&self, queue: u32, now: u64) {
+        let (pending, traffic) = {
+            let mut a = self.activity.borrow_mut();
+            (a.take(None), std::mem::take(&mut a.traffic))
+        };
+        if pending.is_empty() && traffic.is_empty() {
+            return;
+        }
+        self.ask_about_candidates(&pending, now);
+        let handoff = Handoff {
+            app: self.app().clone(),
+            pending,
+            traffic,
+        };
+        let sent = handoff
+            .encode()
+            .is_some_and(|bytes| crate::singleton::enqueue(queue, &bytes));
+        if !sent {
+            let mut a = self.activity.borrow_mut();
+            a.restore(handoff.pending);
+            a.traffic.absorb(&handoff.traffic);
+        }
+    }
+
+    /// The singleton's side of `hand_off`: adds a worker's activity and
+    /// traffic to this app's, written at the next `flush`.
+    pub fn absorb(&self, handoff: Handoff) {
+        self.activity
+            .borrow_mut()
+            .absorb(handoff.pending, &handoff.traffic);
+    }
+
+    /// `begin_unknown` with the singleton: which of the handed-over cookies that
+    /// were kept as candidates lead to no session (asked about) or to one.
+    fn ask_about_candidates(&self, pending: &[(CookieHash, Pending)], now: u64) {
+        if !self.cfg.whoami.as_ref().is_some_and(|w| w.begin_unknown) {
+            return;
+        }
+        let (mut missed, mut known) = (Vec::new(), Vec::new());
+        {
+            let calls = self.whoami.borrow();
+            for (h, _) in pending.iter().filter(|(h, _)| calls.candidates.has(h)) {
+                match self.table().resolve(h, now) {
+                    Ok(Some(_)) => known.push(*h),
+                    Ok(None) => missed.push(*h),
+                    Err(_) => {}
+                }
+            }
+        }
+        self.ask_about(&missed, &known, now);
     }
 
     /// Writes all coalesced activity and traffic now (before answering a data route).

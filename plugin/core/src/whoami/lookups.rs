@@ -72,6 +72,11 @@ impl Candidates {
         }
     }
 
+    /// Whether a request with this credential was kept.
+    pub fn has(&self, hash: &CookieHash) -> bool {
+        self.by_hash.contains_key(hash)
+    }
+
     /// The candidate of a credential the flush found unknown.
     pub fn take(&mut self, hash: &CookieHash) -> Option<Candidate> {
         self.by_hash.remove(hash).map(|(c, _)| c)
