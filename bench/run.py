@@ -112,6 +112,10 @@ TARGET_BYTES_PER_SESSION = 256
 DEVIATION = 0.15
 HEAVY_FOREIGN_PCT = 25.0  # a process not ours using more than this share of a core is "heavy"
 
+# Headcount's Envoys run the main-thread singleton (envoy.yaml's bootstrap_extensions) unless
+# --no-singleton (the fallback, as under Istio's WasmPlugin).
+SINGLETON = True
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
@@ -522,7 +526,7 @@ def envoy_config(*, port: int, admin_port: int, upstream_port: int, wasm: Path |
                 for p in collectors]}]},
         })
     # Same shape as envoy/envoy.yaml, with the filter list varying.
-    return {
+    cfg: dict[str, Any] = {
         "static_resources": {
             "listeners": [{
                 "name": "bench",
@@ -551,6 +555,14 @@ def envoy_config(*, port: int, admin_port: int, upstream_port: int, wasm: Path |
                 "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
                 "max_active_downstream_connections": 10000}}]},
     }
+    if wasm is not None and vm_id == "headcount" and not collectors and SINGLETON:
+        # Headcount's main-thread singleton, as envoy/envoy.yaml ships it.
+        cfg["bootstrap_extensions"] = [{"name": "envoy.bootstrap.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService", "singleton": True,
+            "config": {"name": "headcount_singleton", "root_id": "headcount_singleton",
+                       "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
+                                     "code": {"local": {"filename": str(wasm)}}}}}}]
+    return cfg
 
 
 def start_envoy(out: Path, label: str, concurrency: int, upstream: Upstream,
@@ -1808,6 +1820,8 @@ def main() -> int:
     ap.add_argument("--report", metavar="DIR", type=Path,
                     help="print the tables of an earlier run (bench/out/<timestamp>) again and exit")
     ap.add_argument("--expiry-cycles", type=int, help="login/expire cycles of the memory check")
+    ap.add_argument("--no-singleton", action="store_true",
+                    help="run Headcount's Envoys without the main-thread singleton (the fallback)")
     ap.add_argument("--concurrency", type=int, action="append",
                     help="Envoy worker threads for the load part (repeatable; default 1 and 2)")
     args = ap.parse_args()
@@ -1819,6 +1833,8 @@ def main() -> int:
         return 0
     global NICE
     NICE = args.nice
+    global SINGLETON
+    SINGLETON = not args.no_singleton
     plan = Plan.make(args.quick, args.profile)
     if args.rounds:
         plan.rounds = max(3, args.rounds)

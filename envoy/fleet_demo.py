@@ -94,6 +94,9 @@ def node_config(cfg: dict, *, listener: int, admin: int, app: int, collectors: l
     """envoy/envoy.yaml for one node: its ports, the .wasm by absolute path, the fleet plugin
     configuration, and a STATIC cluster `collectors` listing every collector."""
     text = run_demo.CONFIG.read_text()
+    # A fleet node needs no main-thread singleton: the collectors sweep and count.
+    start, end = text.index("bootstrap_extensions:\n"), text.index("static_resources:\n")
+    text = text[:start] + text[end:]
     replacements = [
         (r"port_value: 10000\b", f"port_value: {listener}"),
         (r"port_value: 9901\b", f"port_value: {admin}"),

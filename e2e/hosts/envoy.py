@@ -29,6 +29,10 @@ ENVOY_TEMPLATE = REPO / "envoy" / "envoy.yaml"
 DEFAULT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "headcount.wasm"
 BUILD_HINT = "build it with: cargo build --release --target wasm32-wasip1 -p headcount"
 STARTUP_TIMEOUT = 30.0
+# Whether Envoys run Headcount's main-thread singleton (envoy.yaml's bootstrap_extensions), as
+# shipped; HEADCOUNT_E2E_SINGLETON=0 runs the suite on the fallback, where the workers do the
+# periodic work themselves (as under Istio's WasmPlugin).
+SINGLETON = os.environ.get("HEADCOUNT_E2E_SINGLETON", "1") != "0"
 
 
 @functools.cache
@@ -62,20 +66,25 @@ def envoy_binary() -> str:
 
 
 def render_envoy_config(plugin_config: dict[str, Any] | str, *, wasm: Path, listener_port: int,
-                        admin_port: int, app_port: int) -> str:
-    """envoy/envoy.yaml with the ports, the .wasm path and the plugin configuration replaced."""
+                        admin_port: int, app_port: int, singleton: bool | None = None) -> str:
+    """envoy/envoy.yaml with the ports, the .wasm path and the plugin configuration replaced;
+    without its singleton if ``singleton`` is false (default: ``SINGLETON``)."""
     text = ENVOY_TEMPLATE.read_text()
     value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
 
-    def sub(pattern: str, repl: str, flags: int = 0) -> None:
+    def sub(pattern: str, repl: str, flags: int = 0, times: int = 1) -> None:
         nonlocal text
         text, n = re.subn(pattern, lambda _m: repl, text, flags=flags)
-        assert n == 1, f"envoy/envoy.yaml changed shape: {pattern!r} matched {n} times"
+        assert n == times, f"envoy/envoy.yaml changed shape: {pattern!r} matched {n} times"
 
     sub(r"port_value: 10000\b", f"port_value: {listener_port}")
     sub(r"port_value: 9901\b", f"port_value: {admin_port}")
     sub(r"port_value: 5000\b", f"port_value: {app_port}")
-    sub(r"filename: target/wasm32-wasip1/release/headcount\.wasm", f"filename: {json.dumps(str(wasm))}")
+    # The filter's and the singleton's (bootstrap_extensions).
+    sub(r"filename: target/wasm32-wasip1/release/headcount\.wasm", f"filename: {json.dumps(str(wasm))}", times=2)
+    if not (SINGLETON if singleton is None else singleton):
+        start, end = text.index("bootstrap_extensions:\n"), text.index("static_resources:\n")
+        text = text[:start] + text[end:]
     # The StringValue holding the plugin JSON: a block scalar in the demo file. A JSON string
     # literal is a valid YAML double-quoted scalar, so any text can go in.
     sub(r"value: \|\n[ \t]+\{\"admin_token\": \"demo-admin-token\"[^\n]*\}\n", f"value: {json.dumps(value)}\n")
@@ -102,12 +111,13 @@ class EnvoyGateway(Gateway):
 
 
 def _launch(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency: int,
-            app_port: int | None, name: str) -> tuple[EnvoyGateway, bool]:
+            app_port: int | None, name: str, singleton: bool | None = None) -> tuple[EnvoyGateway, bool]:
     run_dir = ctx.run_dir(name)
     listener_port, admin_port = free_ports(2)
     config_path = run_dir / "envoy.yaml"
     config_path.write_text(render_envoy_config(plugin_config, wasm=wasm_path(), listener_port=listener_port,
-                                               admin_port=admin_port, app_port=app_port or ctx.demo_app.port))
+                                               admin_port=admin_port, app_port=app_port or ctx.demo_app.port,
+                                               singleton=singleton))
     cmd = [envoy_binary(), "-c", str(config_path), "--concurrency", str(concurrency),
            "--log-level", "info", "--component-log-level", "wasm:debug",
            # Several Envoys may run at once (and the demo too): no shared-memory hot restart.
@@ -121,10 +131,11 @@ def _launch(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency:
 
 
 def start(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency: int = 2,
-          app_port: int | None = None, app: Any = None) -> EnvoyGateway:
+          app_port: int | None = None, app: Any = None, singleton: bool | None = None) -> EnvoyGateway:
     """An Envoy with the filter in front of the demo app (or ``app``, a started app with
-    ``.port``, or ``app_port``), ready."""
-    gw, ready = _launch(ctx, plugin_config, concurrency, app.port if app else app_port, "envoy")
+    ``.port``, or ``app_port``), ready; with the main-thread singleton unless ``singleton`` is
+    false (default: ``SINGLETON``)."""
+    gw, ready = _launch(ctx, plugin_config, concurrency, app.port if app else app_port, "envoy", singleton)
     if not ready:
         raise AssertionError(f"Envoy exited with {gw.proc.returncode} during startup "
                              f"(plugin config {plugin_config!r}); log tail:\n{gw.log_tail()}")
@@ -200,6 +211,12 @@ def render_vhosts_config(configs: dict[str, dict[str, Any]], *, wasm: Path, port
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "stats_config": {"stats_tags": [{"tag_name": t, "regex": r} for t, r in tags]},
     }
+    if SINGLETON:
+        config["bootstrap_extensions"] = [{"name": "envoy.bootstrap.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService", "singleton": True,
+            "config": {"name": "headcount_singleton", "root_id": "headcount_singleton",
+                       "vm_config": {"vm_id": "headcount", "runtime": "envoy.wasm.runtime.v8",
+                                     "code": {"local": {"filename": str(wasm)}}}}}}]
     return json.dumps(config, indent=1)
 
 
