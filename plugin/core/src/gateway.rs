@@ -33,6 +33,13 @@ pub enum AdminRoute {
 
 /// Classifies a request by method and path (the query string is ignored).
 pub fn route(cfg: &Config, method: &[u8], path: &[u8]) -> Route {
+    route_lazy(cfg, || method, path)
+}
+
+/// `route`, asking for the method only when the path is one whose route
+/// depends on it (the plugin's, a login's, the logout's): most requests' is
+/// never read.
+pub fn route_lazy<'m>(cfg: &Config, method: impl FnOnce() -> &'m [u8], path: &[u8]) -> Route {
     let path = path
         .split(|b| *b == b'?' || *b == b'#')
         .next()
@@ -40,42 +47,49 @@ pub fn route(cfg: &Config, method: &[u8], path: &[u8]) -> Route {
     let prefix = cfg.route_prefix.as_bytes();
     if let Some(rest) = path.strip_prefix(prefix) {
         if rest.is_empty() || rest.starts_with(b"/") {
-            if let Some(id) = revoke_target(rest) {
-                let post = method == b"POST";
-                return Route::Admin(if post {
-                    AdminRoute::Revoke(id)
-                } else {
-                    AdminRoute::MethodNotAllowed
-                });
-            }
-            let admin = match rest {
-                b"" | b"/" => AdminRoute::Dashboard,
-                b"/stats" => AdminRoute::Stats,
-                b"/history" => AdminRoute::History,
-                b"/events" => AdminRoute::Events,
-                b"/metrics" => AdminRoute::Metrics,
-                _ => return Route::Admin(AdminRoute::NotFound),
-            };
-            let read = method == b"GET" || method == b"HEAD";
-            return Route::Admin(if read {
-                admin
-            } else {
-                AdminRoute::MethodNotAllowed
-            });
+            return Route::Admin(admin_route(rest, method()));
         }
     }
+    let login = cfg.login_routes.iter().any(|r| path == r.path.as_bytes());
+    let logout = path == cfg.logout_path.as_bytes();
+    if !(login || logout) {
+        return Route::App;
+    }
+    let method = method();
     if let Some(i) = cfg
         .login_routes
         .iter()
         .position(|r| method.eq_ignore_ascii_case(r.method.as_bytes()) && path == r.path.as_bytes())
     {
         Route::Login(i)
-    } else if method.eq_ignore_ascii_case(cfg.logout_method.as_bytes())
-        && path == cfg.logout_path.as_bytes()
-    {
+    } else if logout && method.eq_ignore_ascii_case(cfg.logout_method.as_bytes()) {
         Route::Logout
     } else {
         Route::App
+    }
+}
+
+/// Which of the plugin's routes `rest` (the path after `route_prefix`) is.
+fn admin_route(rest: &[u8], method: &[u8]) -> AdminRoute {
+    if let Some(id) = revoke_target(rest) {
+        return if method == b"POST" {
+            AdminRoute::Revoke(id)
+        } else {
+            AdminRoute::MethodNotAllowed
+        };
+    }
+    let admin = match rest {
+        b"" | b"/" => AdminRoute::Dashboard,
+        b"/stats" => AdminRoute::Stats,
+        b"/history" => AdminRoute::History,
+        b"/events" => AdminRoute::Events,
+        b"/metrics" => AdminRoute::Metrics,
+        _ => return AdminRoute::NotFound,
+    };
+    if method == b"GET" || method == b"HEAD" {
+        admin
+    } else {
+        AdminRoute::MethodNotAllowed
     }
 }
 
@@ -367,6 +381,23 @@ pub fn error_body(message: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_app_path_never_asks_for_the_method() {
+        let cfg = Config::default();
+        let never = || -> &'static [u8] { panic!("method read for an app path") };
+        assert_eq!(route_lazy(&cfg, never, b"/api/items?x=1"), Route::App);
+        let mut asked = false;
+        let post = || {
+            asked = true;
+            &b"POST"[..]
+        };
+        assert_eq!(
+            route_lazy(&cfg, post, b"/api/v1/auth/login"),
+            Route::Login(0)
+        );
+        assert!(asked);
+    }
 
     #[test]
     fn routes() {

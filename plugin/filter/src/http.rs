@@ -108,7 +108,7 @@ impl Stream {
 
     /// The client's address: the configured forwarding header (trusted hops only)
     /// or the peer.
-    fn client_ip(&self, headers: &host::Headers) -> String {
+    fn client_ip(&self, headers: &host::RequestHeaders) -> String {
         let cfg = &self.vm.cfg;
         let forwarded = cfg.client_ip_header.as_deref().and_then(|h| headers.get(h));
         let peer = host::property(&["source", "address"]);
@@ -123,7 +123,7 @@ impl Stream {
         key: CookieHash,
         token: TokenKey,
         who: Identity,
-        headers: &host::Headers,
+        headers: &host::RequestHeaders,
         now: u64,
     ) -> bool {
         if let Some(f) = &self.vm.fleet {
@@ -448,11 +448,24 @@ impl Stream {
     #[inline(always)]
     fn identify(
         &mut self,
-        headers: &host::Headers,
+        headers: &host::RequestHeaders,
         now: u64,
     ) -> (Option<CookieHash>, Option<Bearer>) {
         let cfg = &self.vm.cfg;
-        let cookie_header = headers.cookie();
+        // The first cookie header is read alone; all of them (HTTP/2 may send one
+        // per cookie) only when it lacks the session cookie or a JWT may be in one.
+        let mut cookie_header = headers.cookie();
+        let name = &cfg.session_cookie;
+        let mut session_value = cookie_header
+            .as_deref()
+            .and_then(|c| identity::request_cookie(c, name));
+        let jwt_cookie = cfg.jwt.as_ref().is_some_and(|j| j.cookie.is_some());
+        if cookie_header.is_some() && (jwt_cookie || session_value.is_none()) {
+            cookie_header = headers.all_cookies();
+            session_value = cookie_header
+                .as_deref()
+                .and_then(|c| identity::request_cookie(c, name));
+        }
         let jwt_header = cfg
             .jwt
             .as_ref()
@@ -467,14 +480,13 @@ impl Stream {
             || jwt_header.is_some()
             || authorization.is_some()
             || matches!(self.route, Route::Login(_));
-        let user_agent = headers.user_agent().unwrap_or_default();
-        self.ignored = could_identify && identity::is_ignored_agent(cfg, user_agent);
+        // Read only for a request that could name someone.
+        let user_agent = || headers.user_agent().unwrap_or_default();
+        self.ignored = could_identify && identity::is_ignored_agent(cfg, user_agent());
         let vm = &self.vm;
         // Cookie values and tokens are keyed through the same per-VM cache.
         let hash = |v: &[u8]| vm.cookie_cache.borrow_mut().hash(&vm.hasher, v);
-        let cookie = cookie_header
-            .as_deref()
-            .and_then(|c| identity::request_cookie(c, &cfg.session_cookie).map(hash));
+        let cookie = session_value.map(hash);
         let opaque_raw = flow::opaque_token(cfg, authorization);
         let opaque = opaque_raw.map(hash);
         let bearer = match &cfg.jwt {
@@ -499,10 +511,9 @@ impl Stream {
             // The credential the key is (not a JWT's), kept for a lookup.
             let credential = match (opaque.zip(opaque_raw), cookie) {
                 (Some((h, t)), _) => Some((h, Credential::token(&cfg.token_scheme, t))),
-                (None, Some(h)) => cookie_header
-                    .as_deref()
-                    .and_then(|c| identity::request_cookie(c, &cfg.session_cookie))
-                    .map(|v| (h, Credential::cookie(&cfg.session_cookie, v))),
+                (None, Some(h)) => {
+                    session_value.map(|v| (h, Credential::cookie(&cfg.session_cookie, v)))
+                }
                 (None, None) => None,
             };
             if let Some((h, credential)) = credential.filter(|(h, _)| Some(*h) == key) {
@@ -510,7 +521,7 @@ impl Stream {
                     Some(Candidate {
                         credential,
                         ip: self.client_ip(headers),
-                        user_agent: identity::clean_user_agent(user_agent),
+                        user_agent: identity::clean_user_agent(user_agent()),
                         authority: headers.get(":authority").unwrap_or_default().to_vec(),
                     })
                 });
@@ -541,7 +552,7 @@ impl Stream {
     /// session is started if need be (`bearer_session`), or the request is
     /// anonymous when it cannot be followed.
     #[inline(always)]
-    fn follow_bearer(&mut self, bearer: Option<Bearer>, headers: &host::Headers, now: u64) {
+    fn follow_bearer(&mut self, bearer: Option<Bearer>, headers: &host::RequestHeaders, now: u64) {
         let verified = matches!(bearer, Some(Bearer::Known(_) | Bearer::Unconfirmed { .. }));
         if let Some(Bearer::Unconfirmed {
             key,
@@ -559,7 +570,7 @@ impl Stream {
     }
 
     /// A login request: who the client is and where from, until the answer comes.
-    fn begin_login(&mut self, headers: &host::Headers, path: &[u8]) {
+    fn begin_login(&mut self, headers: &host::RequestHeaders, path: &[u8]) {
         let user_agent = headers.user_agent().unwrap_or_default();
         self.login = Some(PendingLogin {
             attempt: LoginAttempt {
@@ -621,15 +632,15 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.start_us = host::now_us();
         let now = self.start_us / 1000;
-        // One hostcall for the whole map instead of one per header.
-        let headers = host::Headers::read(MapType::HttpRequestHeaders);
+        // Headers are read as needed: an anonymous app request reads `:path` and
+        // finds no `cookie`, and nothing else.
+        let headers = host::RequestHeaders::new();
         for name in self.vm.cfg.trusted_identity_headers() {
-            if headers.get(name).is_some() {
-                host::remove_header(MapType::HttpRequestHeaders, name);
-            }
+            host::remove_header(MapType::HttpRequestHeaders, name);
         }
         let path = headers.path().unwrap_or_default();
-        self.route = gateway::route(&self.vm.cfg, headers.method().unwrap_or_default(), path);
+        let method = || headers.method().unwrap_or_default();
+        self.route = gateway::route_lazy(&self.vm.cfg, method, path);
         let (key, bearer) = self.identify(&headers, now);
         if self.refuse_revoked(key, now) {
             return Action::Pause;
