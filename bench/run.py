@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Headcount in a real Envoy: what the filter costs per request, and what its table costs.
 
-    .venv/bin/python bench/run.py            # full run (~20 min on 2 cores)
-    .venv/bin/python bench/run.py --quick    # smoke run (~4 min)
+    .venv/bin/python bench/run.py            # full run (~28 min on 2 cores)
+    .venv/bin/python bench/run.py --quick    # smoke run (~5 min)
     .venv/bin/python bench/run.py --nice -10 # on a shared machine (see --help)
 
 Prints figures; it is not a test and never fails on a missed target (it prints PASS/GAP).
@@ -26,6 +26,14 @@ Parts (see bench/README.md):
    processes that are not part of the benchmark. A round whose figures deviate > 15 %
    from the other rounds is run again (the worst one, twice at most). Ratios are also
    taken within each round (paired) and the targets use those.
+1b. Open loop (issue 16; --only openloop): B and C (--concurrency 1) at a fixed request rate,
+   half of B's closed-loop capacity, driven by headcount-loadgen (bench/loadgen: request i
+   is due at t0 + i/rate and its latency runs from that time, so a stall counts for every
+   request that should have left meanwhile), 80 % of requests with a cookie, B C B C ...
+   over the rounds: plain; while a thread GETs both Envoys' /__headcount/stats?snapshot=1
+   once a second (a dashboard); the same two at 100k sessions (full runs); and in front of
+   `headcount-loadgen upstream --delay-us 1000` (an app answering in 1 ms) instead of nginx,
+   where C - B is the latency Headcount adds. Paired p99 C/B per round against 1.10.
 2. Stats route latency at 1k, 10k and 100k live sessions (sequential GETs of
    /__headcount/stats and /__headcount/stats?limit=0 with the bearer token), the shared
    data each live session takes (computed from the stored encoding of the sessions the
@@ -60,9 +68,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -76,6 +86,7 @@ WASM_DIR = REPO / "target" / "wasm32-wasip1" / "release"
 HEADCOUNT_WASM = WASM_DIR / "headcount.wasm"
 NOOP_WASM = WASM_DIR / "headcount_noop.wasm"
 COLLECTOR_BIN = REPO / "target" / "release" / "headcount-collector"
+LOADGEN_BIN = REPO / "target" / "release" / "headcount-loadgen"
 NGINX_TEMPLATE = HERE / "nginx.conf"
 LOAD_LUA = HERE / "load.lua"
 
@@ -110,6 +121,13 @@ TARGET_P99_C_OVER_B = 1.10
 TARGET_STATS_P99_MS = {10_000: 5.0, 100_000: 50.0}
 TARGET_BYTES_PER_SESSION = 256
 DEVIATION = 0.15
+# The open-loop part (issue 16): the issue's mix of requests, the generator's connections, the
+# dashboard's poll, and the upstream that answers like a real app.
+OPENLOOP_AUTH_SHARE = 0.8
+OPENLOOP_CONNECTIONS = 64
+OPENLOOP_POLL = "/__headcount/stats?snapshot=1"
+OPENLOOP_POLL_EVERY_S = 1.0
+APP_DELAY_US = 1000
 HEAVY_FOREIGN_PCT = 25.0  # a process not ours using more than this share of a core is "heavy"
 
 # Headcount's Envoys run the main-thread singleton (envoy.yaml's bootstrap_extensions) unless
@@ -147,7 +165,7 @@ class Plan:
     # response until its op has landed, which under a stream of logins takes up to a tick
     # (see the README), so filling Redis needs many logins in flight.
     fleet_login_connections: int = 512
-
+    openloop_big_sessions: int = 100_000  # the open-loop runs at 100k sessions (0: none)
 
     @classmethod
     def make(cls, quick: bool, profile: bool | None) -> "Plan":
@@ -160,7 +178,7 @@ class Plan:
                     load_sessions=2_000, max_reruns=0, stats_levels=(1_000, 10_000),
                     stats_gets={1_000: 50, 10_000: 20}, expiry_sessions=2_000,
                     expiry_cycles=3, idle_s=2, profile=False, fleet_stats_sessions=10_000,
-                    fleet_stats_gets=20)
+                    fleet_stats_gets=20, openloop_big_sessions=0)
         if profile is not None:
             p.profile = profile
         return p
@@ -255,13 +273,21 @@ def ensure_collector(rebuild: bool) -> None:
         subprocess.run(["cargo", "build", "--release", "-p", "headcount-collector"], cwd=REPO, check=True)
 
 
-def snapshot_wasm(out: Path, collector: bool = False) -> dict[str, dict[str, Any]]:
-    """Copies the modules (and the collector) into the run's folder: a rebuild during the
-    run changes nothing."""
+def ensure_loadgen(rebuild: bool) -> None:
+    if rebuild or not LOADGEN_BIN.is_file():
+        say("building the load generator (cargo build --release -p headcount-loadgen)")
+        subprocess.run(["cargo", "build", "--release", "-p", "headcount-loadgen"], cwd=REPO, check=True)
+
+
+def snapshot_wasm(out: Path, collector: bool = False, loadgen: bool = False) -> dict[str, dict[str, Any]]:
+    """Copies the modules (and the collector, the load generator) into the run's folder: a
+    rebuild during the run changes nothing."""
     info = {}
     files = [("headcount", HEADCOUNT_WASM), ("noop", NOOP_WASM)]
     if collector:
         files.append(("collector", COLLECTOR_BIN))
+    if loadgen:
+        files.append(("loadgen", LOADGEN_BIN))
     for name, src in files:
         data = src.read_bytes()
         dst = out / src.name
@@ -888,6 +914,263 @@ def summarize_load(runs: list[Run]) -> dict[int, dict[str, dict[str, float]]]:
                 "spread_rps": (max(r.rps for r in rs) - min(r.rps for r in rs)) / statistics.median(r.rps for r in rs),
             }
     return table
+
+
+# --------------------------------------------------------------------------- part 1b: open loop
+
+@dataclass
+class OpenLoop:
+    """What every open-loop run of a benchmark shares."""
+    plan: Plan
+    out: Path
+    binary: Path  # headcount-loadgen (the run folder's copy)
+    rate: float  # requests per second: half of B's closed-loop capacity
+    seconds: int
+    warmup_s: float
+    runs: list[dict]  # OpenRun dicts, as results.json keeps them
+
+
+@dataclass
+class OpenRun:
+    kind: str  # plain, polled, plain-100k, polled-100k, app-1ms
+    label: str  # B or C
+    round: int
+    sessions: int
+    rate: float
+    achieved_rps: float
+    sent: int
+    completed: int
+    errors: int
+    unsent: int
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    p999_us: float
+    max_us: float
+    mean_us: float
+    lag_p50_us: float  # from due time to sending: the generator's lateness (and, when the
+    lag_p99_us: float  # server falls behind, the wait for a free connection)
+    cpu_us: float  # Envoy CPU per request (warm-up requests included)
+    foreign_pct: float
+    load: str
+    heavy: list[str]
+
+
+def loadgen(binary: Path, port: int, rate: float, seconds: float, warmup_s: float, cookie_file: Path,
+            share: float, log: Path | None = None) -> dict[str, Any]:
+    """One open-loop run of headcount-loadgen; its LOADGEN figures."""
+    cmd = [str(binary), "load", "--addr", f"127.0.0.1:{port}", "--path", "/api/items",
+           "--rate", f"{rate:.0f}", "--duration", str(seconds), "--warmup", str(warmup_s),
+           "--connections", str(OPENLOOP_CONNECTIONS), "--cookies", str(cookie_file),
+           "--auth-share", str(share)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup_s + 60,
+                       start_new_session=bool(NICE), preexec_fn=_nice)
+    if log is not None:
+        log.write_text(" ".join(cmd) + "\n\n" + r.stdout + r.stderr)
+    m = re.search(r"^LOADGEN (.*)$", r.stdout, re.M)
+    if r.returncode != 0 or not m:
+        raise RuntimeError(f"headcount-loadgen failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+    return json.loads(m.group(1))
+
+
+def start_app(out: Path, binary: Path, delay_us: int) -> Upstream:
+    """headcount-loadgen upstream: the app that answers every request after `delay_us`."""
+    d = out / f"app-{delay_us}us"
+    d.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [str(binary), "upstream", "--listen", f"127.0.0.1:{port}", "--delay-us", str(delay_us)]
+    (d / "cmdline").write_text(" ".join(cmd) + "\n")
+    proc = spawn(cmd, d / "upstream.log", d)
+    deadline = time.monotonic() + 10
+    while not port_accepts(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"headcount-loadgen upstream did not start; see {d}")
+        time.sleep(0.05)
+    return Upstream(proc, port)
+
+
+class StatsPoller:
+    """A dashboard: one thread GETs OPENLOOP_POLL with the bearer token on every Envoy given,
+    once a second each, over a kept-alive connection per Envoy, until stopped."""
+
+    def __init__(self, ports: dict[str, int]):
+        self.ports = ports
+        self.stopping = threading.Event()
+        self.ms: dict[str, list[float]] = {k: [] for k in ports}
+        self.outcomes: dict[str, Counter] = {k: Counter() for k in ports}
+        self.bytes: dict[str, int] = {}
+        self.thread = threading.Thread(target=self._run, name="stats-poller", daemon=True)
+
+    def __enter__(self) -> "StatsPoller":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        conns: dict[str, http.client.HTTPConnection] = {}
+        due = time.monotonic()
+        while not self.stopping.is_set():
+            for label, port in self.ports.items():
+                t = time.perf_counter()
+                try:
+                    conn = conns.setdefault(label, http.client.HTTPConnection("127.0.0.1", port, timeout=10))
+                    conn.request("GET", OPENLOOP_POLL, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                    r = conn.getresponse()
+                    body = r.read()
+                    self.ms[label].append((time.perf_counter() - t) * 1000)
+                    self.outcomes[label][str(r.status)] += 1
+                    self.bytes[label] = len(body)
+                except (OSError, http.client.HTTPException) as e:
+                    self.outcomes[label][type(e).__name__] += 1
+                    bad = conns.pop(label, None)
+                    if bad is not None:
+                        bad.close()
+            due += OPENLOOP_POLL_EVERY_S
+            self.stopping.wait(max(0.0, due - time.monotonic()))
+        for conn in conns.values():
+            conn.close()
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        return {k: {"gets": len(v), "p50_ms": percentile(v, 50) if v else None,
+                    "max_ms": max(v) if v else None, "outcomes": dict(self.outcomes[k]),
+                    "bytes": self.bytes.get(k, 0)} for k, v in self.ms.items()}
+
+
+def openloop_measure(ol: OpenLoop, ep: Envoy, kind: str, rnd: int, cookie_file: Path, sessions: int) -> OpenRun:
+    """One open-loop run against one Envoy, with its Envoy CPU and the machine's noise."""
+    noise = noise_check(0.3 if ol.plan.quick else 0.5)
+    c0, (b0, _), own0, t0 = cpu_ns(ep.pid), machine_busy_ns(), _own_cpu_ns(), time.monotonic()
+    res = loadgen(ol.binary, ep.port, ol.rate, ol.seconds, ol.warmup_s, cookie_file, OPENLOOP_AUTH_SHARE,
+                  log=ol.out / f"loadgen-{kind}-{ep.label}-r{rnd}.txt")
+    c1, (b1, _), own1, secs = cpu_ns(ep.pid), machine_busy_ns(), _own_cpu_ns(), time.monotonic() - t0
+    lat, lag = res["latency_us"], res["lag_us"]
+    requests = res["sent"] + round(ol.rate * ol.warmup_s)
+    run = OpenRun(kind=kind, label=ep.label[0], round=rnd, sessions=sessions, rate=ol.rate,
+                  achieved_rps=res["achieved_rps"], sent=res["sent"], completed=res["completed"],
+                  errors=res["errors"], unsent=res["unsent"], p50_us=lat["p50"], p90_us=lat["p90"],
+                  p99_us=lat["p99"], p999_us=lat["p999"], max_us=lat["max"], mean_us=lat["mean"],
+                  lag_p50_us=lag["p50"], lag_p99_us=lag["p99"], cpu_us=(c1 - c0) / 1000 / max(1, requests),
+                  foreign_pct=max(0.0, ((b1 - b0) - (own1 - own0)) / 1e9 / secs * 100),
+                  load=noise["load"], heavy=noise["heavy"])
+    note = f"  WARNING busy: {', '.join(noise['heavy'])}" if noise["heavy"] else ""
+    if run.errors or run.unsent:
+        note += f"  ERRORS {run.errors}, unsent {run.unsent}: {res.get('first_error')}"
+    say(f"{kind:11s} round {rnd} {run.label}  {run.achieved_rps:7.0f} req/s  p50 {run.p50_us:6.0f} us  "
+        f"p99 {run.p99_us:6.0f} us  p99.9 {run.p999_us:6.0f} us  lag p99 {run.lag_p99_us:5.0f} us  "
+        f"Envoy CPU {run.cpu_us:5.1f} us/req  [load {noise['load']}; others {run.foreign_pct:3.0f}% of a core]"
+        + note)
+    return run
+
+
+def openloop_rounds(ol: OpenLoop, kind: str, envoys: dict[str, Envoy], cookie_file: Path, sessions: int) -> None:
+    """Rounds of B C at the same rate; every run goes to ol.runs."""
+    for rnd in range(1, ol.plan.rounds + 1):
+        for label in ("B", "C"):
+            ol.runs.append(asdict(openloop_measure(ol, envoys[label], kind, rnd, cookie_file, sessions)))
+
+
+def openloop_sessions(ep: Envoy, count: int, out: Path, name: str, have: list[str] | None = None) -> Path:
+    """Logs `count` more users in through `ep`; writes every cookie (`have` + the new ones) to a
+    file and checks the stats route's count."""
+    cookies, took = login_many(ep.port, count)
+    every = (have or []) + cookies
+    cookie_file = out / f"cookies-openloop-{name}.txt"
+    cookie_file.write_text("\n".join(every) + "\n")
+    with closing(http.client.HTTPConnection("127.0.0.1", ep.port, timeout=60)) as conn:
+        _, body = stats_get(conn, "?limit=0")
+    live = json.loads(body)["active_sessions"]
+    say(f"{ep.label}: {len(cookies):,} logins in {took:.1f} s ({len(cookies) / took:.0f}/s); "
+        f"stats route reports {live:,} active sessions")
+    if live != len(every):
+        say(f"warning: expected {len(every):,} live sessions, the stats route says {live:,}")
+    return cookie_file
+
+
+def openloop_capacity(plan: Plan, out: Path, envoys: dict[str, Envoy], cookie_file: Path, ol: dict) -> float:
+    """B's (and, for reference, C's) saturated throughput with the load part's closed-loop wrk run;
+    the open-loop rate is half of B's."""
+    runs = {k: measure(envoys[k], f"cap-{k}", OPENLOOP_AUTH_SHARE, plan, cookie_file, 0, out) for k in ("B", "C")}
+    ol["capacity"] = {k: {"rps": r.rps, "p99_ms": r.p99_ms, "cpu_us": r.cpu_us} for k, r in runs.items()}
+    rate = float(round(runs["B"].rps / 2))
+    ol["rate"] = rate
+    say(f"closed-loop capacity (wrk, {plan.connections} connections): B {runs['B'].rps:.0f} req/s, "
+        f"C {runs['C'].rps:.0f} req/s; open-loop rate = half of B's = {rate:.0f} req/s "
+        f"(C then runs at {rate / runs['C'].rps:.0%} of its capacity)")
+    return rate
+
+
+def openloop_phase(plan: Plan, out: Path, upstream: Upstream, wasm: dict, results: dict) -> None:
+    """Issue 16: latency at a fixed rate (half of B's capacity), B C B C ..., plain and while a
+    dashboard polls the stats snapshot, at load_sessions and (full runs) 100k sessions; then
+    in front of an app that answers in 1 ms."""
+    ol_results: dict[str, Any] = results.setdefault("openloop", {})
+    runs: list[dict] = ol_results.setdefault("runs", [])
+    seconds = plan.duration_s if plan.quick else max(plan.duration_s, 10)
+    banner(f"Open loop: Envoy --concurrency 1, rounds of B C at half of B's capacity "
+           f"({seconds} s each, {OPENLOOP_CONNECTIONS} connections, {OPENLOOP_AUTH_SHARE:.0%} with a cookie)")
+    envoys = {
+        "B": start_envoy(out, "B-open", 1, upstream, Path(wasm["noop"]["path"]), "noop", {}),
+        "C": start_envoy(out, "C-open", 1, upstream, Path(wasm["headcount"]["path"]), "headcount",
+                         HEADCOUNT_CONFIG),
+    }
+    try:
+        cookie_file = openloop_sessions(envoys["C"], plan.load_sessions, out, "base")
+        for ep in envoys.values():  # V8 compiles and tiers up; connection pools fill
+            wrk(ep.port, 1 if plan.quick else 3, cookie_file, OPENLOOP_AUTH_SHARE, plan.connections)
+        rate = openloop_capacity(plan, out, envoys, cookie_file, ol_results)
+        ol = OpenLoop(plan, out, Path(wasm["loadgen"]["path"]), rate, seconds,
+                      max(float(plan.warmup_s), 0.5), runs)
+        ol_results.update(seconds=seconds, warmup_s=ol.warmup_s, connections=OPENLOOP_CONNECTIONS,
+                          auth_share=OPENLOOP_AUTH_SHARE, base_sessions=plan.load_sessions)
+        polls = ol_results.setdefault("polls", {})
+        openloop_levels(ol, envoys, cookie_file, plan.load_sessions, "", polls)
+        big = plan.openloop_big_sessions
+        if big > plan.load_sessions:
+            have = [l for l in cookie_file.read_text().splitlines() if l]
+            big_file = openloop_sessions(envoys["C"], big - len(have), out, f"{big // 1000}k", have)
+            openloop_levels(ol, envoys, big_file, big, f"-{big // 1000}k", polls)
+    finally:
+        for ep in envoys.values():
+            stop(ep.proc)
+    openloop_app(ol, wasm)
+
+
+def openloop_levels(ol: OpenLoop, envoys: dict[str, Envoy], cookie_file: Path, sessions: int, suffix: str,
+                    polls: dict) -> None:
+    """The plain runs, then the same while a dashboard polls both Envoys' stats snapshot."""
+    openloop_rounds(ol, f"plain{suffix}", envoys, cookie_file, sessions)
+    with StatsPoller({k: ep.port for k, ep in envoys.items()}) as poller:
+        # The first polls ask the singleton for a snapshot; from then on it keeps one fresh.
+        time.sleep(2 * OPENLOOP_POLL_EVERY_S + 0.5)
+        openloop_rounds(ol, f"polled{suffix}", envoys, cookie_file, sessions)
+    polls[f"polled{suffix}"] = summary = poller.summary()
+    say("stats polls during the polled runs: " + "; ".join(
+        f"{k} {v['gets']} GETs, p50 {v['p50_ms'] or 0:.1f} ms, max {v['max_ms'] or 0:.1f} ms, "
+        f"{v['bytes']:,} B, {v['outcomes']}" for k, v in summary.items()))
+
+
+def openloop_app(ol: OpenLoop, wasm: dict) -> None:
+    """B and C in front of headcount-loadgen upstream (answers after APP_DELAY_US), at the same
+    rate: what Headcount adds to an app's latency."""
+    plan = ol.plan
+    banner(f"Open loop in front of an app answering in {APP_DELAY_US} us: rounds of B C at {ol.rate:.0f} req/s")
+    app = start_app(ol.out, ol.binary, APP_DELAY_US)
+    envoys: dict[str, Envoy] = {}
+    try:
+        envoys["B"] = start_envoy(ol.out, "B-app", 1, app, Path(wasm["noop"]["path"]), "noop", {})
+        envoys["C"] = start_envoy(ol.out, "C-app", 1, app, Path(wasm["headcount"]["path"]), "headcount",
+                                  HEADCOUNT_CONFIG)
+        cookie_file = openloop_sessions(envoys["C"], plan.load_sessions, ol.out, "app")
+        for ep in envoys.values():
+            wrk(ep.port, 1 if plan.quick else 3, cookie_file, OPENLOOP_AUTH_SHARE, plan.connections)
+        openloop_rounds(ol, "app-1ms", envoys, cookie_file, plan.load_sessions)
+    finally:
+        for ep in envoys.values():
+            stop(ep.proc)
+        stop(app.proc)
 
 
 # --------------------------------------------------------------------------- profile
@@ -1654,6 +1937,85 @@ def fleet_report(results: dict, w: Callable[[str], None]) -> None:
 
 
 
+def openloop_report(results: dict, w: Callable[[str], None]) -> list[tuple[str, bool | None, str]]:
+    """The open-loop tables: per kind of run, B and C (medians over rounds), the paired p99
+    ratio C/B per round; the added latency in front of the 1 ms app; the targets."""
+    ol = results["openloop"]
+    runs: list[dict] = ol["runs"]
+    cap = ol.get("capacity", {})
+    w("")
+    w(f"## Open loop (Envoy --concurrency 1; {ol.get('rate', 0):.0f} req/s = half of B's closed-loop capacity "
+      f"{cap.get('B', {}).get('rps', 0):.0f} req/s (C's: {cap.get('C', {}).get('rps', 0):.0f}); "
+      f"{ol.get('auth_share', OPENLOOP_AUTH_SHARE):.0%} of requests with a cookie; headcount-loadgen, "
+      f"{ol.get('connections', OPENLOOP_CONNECTIONS)} connections, {ol.get('seconds', '?')} s per run; "
+      "latency from each request's scheduled time, medians over rounds)")
+    summary: dict[str, dict] = {}
+    targets: list[tuple[str, bool | None, str]] = []
+    for kind in dict.fromkeys(r["kind"] for r in runs):
+        rs = [r for r in runs if r["kind"] == kind]
+        row = openloop_kind(rs)
+        summary[kind] = row
+        w("")
+        w(f"### {kind}: {rs[0]['sessions']:,} sessions" + (", stats snapshot polled every second"
+                                                           if kind.startswith("polled") else "")
+          + (f", app answering in {APP_DELAY_US} us" if kind.startswith("app") else ", nginx upstream"))
+        w("")
+        w("| config | achieved req/s | p50 us | p90 us | p99 us | p99.9 us | max us | Envoy CPU us/req | "
+          "generator lag p99 us | errors | rounds | others' CPU |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for label, s in row["configs"].items():
+            w(f"| {label} | {s['achieved_rps']:.0f} | {s['p50_us']:.0f} | {s['p90_us']:.0f} | {s['p99_us']:.0f} | "
+              f"{s['p999_us']:.0f} | {s['max_us']:.0f} | {s['cpu_us']:.1f} | {s['lag_p99_us']:.0f} | "
+              f"{s['errors'] + s['unsent']} | {s['rounds']} | {s['foreign_pct']:.0f}% |")
+        if row["p99_ratios"]:
+            w("")
+            w("p99 C/B per round: " + ", ".join(f"{x:.2f}" for x in row["p99_ratios"])
+              + f"; median {row['p99_C_B']:.2f} (of the medians: {row['p99_C_B_medians']:.2f})")
+            if kind.startswith("app"):
+                w(f"added latency C − B (paired per round, median): p50 {row['added_p50_us']:+.0f} us, "
+                  f"p99 {row['added_p99_us']:+.0f} us")
+        if kind in ("plain", "polled") and row["p99_ratios"]:
+            targets.append((f"open loop p99(C) <= {TARGET_P99_C_OVER_B} x p99(B) at half capacity, "
+                            f"{rs[0]['sessions']:,} sessions, {kind}",
+                            row["p99_C_B"] <= TARGET_P99_C_OVER_B,
+                            f"paired x{row['p99_C_B']:.2f} per round (medians {row['configs']['C']['p99_us']:.0f} vs "
+                            f"{row['configs']['B']['p99_us']:.0f} us, x{row['p99_C_B_medians']:.2f})"))
+    for kind, polled in ol.get("polls", {}).items():
+        w("")
+        w(f"stats polls during {kind} (GET {OPENLOOP_POLL}, bearer token, every {OPENLOOP_POLL_EVERY_S:g} s): "
+          + "; ".join(f"{k} {v['gets']} GETs, p50 {v['p50_ms'] or 0:.1f} ms, max {v['max_ms'] or 0:.1f} ms, "
+                      f"{v['bytes']:,} B, answers {v['outcomes']}" for k, v in polled.items()))
+    results["openloop_summary"] = summary
+    return targets
+
+
+def openloop_kind(rs: list[dict]) -> dict[str, Any]:
+    """Medians per configuration over the rounds of one kind of run, and paired figures."""
+    configs = {}
+    for label in ("B", "C"):
+        mine = [r for r in rs if r["label"] == label]
+        if mine:
+            configs[label] = {k: statistics.median(r[k] for r in mine) for k in
+                              ("achieved_rps", "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "cpu_us",
+                               "lag_p99_us", "foreign_pct")}
+            configs[label].update(errors=sum(r["errors"] for r in mine), unsent=sum(r["unsent"] for r in mine),
+                                  rounds=len(mine))
+    pairs = [(b, c) for b in rs for c in rs
+             if b["label"] == "B" and c["label"] == "C" and b["round"] == c["round"]]
+    pairs.sort(key=lambda bc: bc[0]["round"])
+    ratios = [c["p99_us"] / b["p99_us"] for b, c in pairs if b["p99_us"]]
+    nan = float("nan")
+    both = "B" in configs and "C" in configs
+    return {
+        "configs": configs,
+        "p99_ratios": ratios,
+        "p99_C_B": statistics.median(ratios) if ratios else nan,
+        "p99_C_B_medians": configs["C"]["p99_us"] / configs["B"]["p99_us"] if both and configs["B"]["p99_us"] else nan,
+        "added_p50_us": statistics.median(c["p50_us"] - b["p50_us"] for b, c in pairs) if pairs else nan,
+        "added_p99_us": statistics.median(c["p99_us"] - b["p99_us"] for b, c in pairs) if pairs else nan,
+    }
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "GAP "
 
@@ -1664,10 +2026,11 @@ def report(plan: Plan, results: dict, out: Path) -> str:
     runs = [Run(**r) if isinstance(r, dict) else r for r in results.get("runs", [])]
     table = summarize_load(runs)
     results["load_summary"] = table
-    w("## Load (medians of the rounds)")
-    w("")
-    load_rows(w, table)
-    w("")
+    if table:  # not with --only of other parts
+        w("## Load (medians of the rounds)")
+        w("")
+        load_rows(w, table)
+        w("")
     if results.get("idle_cpu_ms_per_s"):
         w("idle Envoy CPU, no traffic (ms of CPU per second): " + ", ".join(
             f"{k} {v:.2f}" for k, v in results["idle_cpu_ms_per_s"].items()))
@@ -1788,6 +2151,8 @@ def report(plan: Plan, results: dict, out: Path) -> str:
                             f"RSS after expiry, cycle {ref['cycle']} -> {cyc[-1]['cycle']}: "
                             f"{ref['rss_after_mb']:.1f} -> {cyc[-1]['rss_after_mb']:.1f} MiB ({growth:+.1f} MiB; "
                             f"one cycle's sessions add {swing:.1f} MiB at peak); every session expired: {all_gone}"))
+    if results.get("openloop", {}).get("runs"):
+        targets += openloop_report(results, w)
     if results.get("fleet_runs") or results.get("fleet"):
         fleet_report(results, w)
     w("")
@@ -1810,7 +2175,7 @@ def main() -> int:
     ap.add_argument("--profile", dest="profile", action="store_true", default=None,
                     help="perf profile of B and C (default in full runs)")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
-    ap.add_argument("--only", choices=["load", "stats", "expiry", "fleet"], action="append",
+    ap.add_argument("--only", choices=["load", "openloop", "stats", "expiry", "fleet"], action="append",
                     help="run only these parts (repeatable)")
     ap.add_argument("--rounds", type=int, help="rounds of A B C (at least 3)")
     ap.add_argument("--duration", type=int, help="seconds per measured run")
@@ -1844,7 +2209,7 @@ def main() -> int:
         plan.expiry_cycles = max(2, args.expiry_cycles)
     if args.concurrency:
         plan.concurrencies = tuple(args.concurrency)
-    parts = args.only or ["load", "stats", "expiry", "fleet"]
+    parts = args.only or ["load", "openloop", "stats", "expiry", "fleet"]
 
     out = HERE / "out" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -1854,7 +2219,9 @@ def main() -> int:
     ensure_filters(args.rebuild)
     if "fleet" in parts:
         ensure_collector(args.rebuild)
-    wasm = snapshot_wasm(out, collector="fleet" in parts)
+    if "openloop" in parts:
+        ensure_loadgen(args.rebuild)
+    wasm = snapshot_wasm(out, collector="fleet" in parts, loadgen="openloop" in parts)
     envoy_version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout.strip()
     say(f"envoy: {envoy_version.split('version: ')[-1]}")
     for k, v in wasm.items():
@@ -1879,6 +2246,8 @@ def main() -> int:
     try:
         if "load" in parts:
             load_phase(plan, out, upstream, wasm, results)
+        if "openloop" in parts:
+            openloop_phase(plan, out, upstream, wasm, results)
         if "stats" in parts:
             stats_phase(plan, out, upstream, wasm, results)
         if "expiry" in parts:
