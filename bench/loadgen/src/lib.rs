@@ -8,13 +8,14 @@
 //!   set delay: the application behind Envoy, "answering in about 1 ms".
 //!
 //! Both speak HTTP/1.1 by hand ([`http`]) over tokio's `TcpStream`, only to
-//! loopback addresses, and wait with [`timer`], which is precise to tens of
-//! microseconds where tokio's own timer rounds up to the millisecond.
+//! loopback addresses. Their waits ([`pacer`], [`timer`]) are precise to tens
+//! of microseconds, where tokio's own timer rounds up to the millisecond.
 #![forbid(unsafe_code)]
 
 pub mod args;
 pub mod http;
 pub mod load;
+pub mod pacer;
 pub mod schedule;
 pub mod timer;
 pub mod upstream;

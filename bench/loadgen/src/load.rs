@@ -1,22 +1,24 @@
 //! The open-loop generator: requests at a constant rate, whatever the server does.
 //!
 //! Request `i` is due at `t0 + i / rate`. Each connection task takes the next
-//! index from a shared counter, waits until it is due (if it is not already
-//! late), sends it, reads the answer and records `finish − due`. When the
+//! index from a shared counter once it is due (a permit from the [`pacer`]:
+//! at once if it is already late), sends it, reads the answer and records
+//! `finish − due`. When the
 //! server stalls, every connection is busy, the next requests are taken late
 //! and their wait counts in their latency: a closed-loop tool (wrk) would have
 //! sent fewer requests instead and reported only the few slow ones
 //! ("coordinated omission"; wrk2 corrects it the same way).
 
 use crate::http::{self, Conn};
+use crate::pacer;
 use crate::schedule::{Mix, Schedule};
-use crate::timer::Timer;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// bench/load.lua's browser.
 pub const USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";
@@ -103,20 +105,20 @@ pub async fn run(cfg: &LoadConfig) -> Result<Summary, String> {
     let addr = crate::loopback(cfg.addr)?;
     let schedule = Schedule::new(cfg.rate, cfg.warmup, cfg.duration)?;
     let requests = Requests::build(cfg)?;
-    let timer = Timer::start()?;
     // Every connection is open before the first request is due.
     let mut conns = Vec::with_capacity(cfg.connections);
     for _ in 0..cfg.connections.max(1) {
         conns.push(Some(Conn::connect(addr).await?));
     }
     let t0 = Instant::now() + Duration::from_millis(10);
+    let permits = pacer::start(schedule, t0, conns.len())?;
     let shared = Arc::new(Shared {
         next: AtomicU64::new(0),
         schedule,
         requests,
         t0,
         hard_stop: t0 + schedule.end() + STOP_GRACE,
-        timer,
+        permits,
         timeout: cfg.timeout,
         addr,
     });
@@ -162,7 +164,8 @@ struct Shared {
     requests: Requests,
     t0: Instant,
     hard_stop: Instant,
-    timer: Timer,
+    /// One per request that is due (see `pacer`).
+    permits: Arc<Semaphore>,
     timeout: Duration,
     addr: SocketAddr,
 }
@@ -205,6 +208,11 @@ async fn connection(shared: Arc<Shared>, mut conn: Option<Conn>) -> Result<Tally
     let s = &*shared;
     let mut tally = Tally::new()?;
     loop {
+        // No await between the permit and the index: the k-th permit takes index k.
+        match s.permits.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Ok(tally),
+        }
         let i = s.next.fetch_add(1, Ordering::Relaxed);
         if i >= s.schedule.total {
             return Ok(tally);
@@ -215,7 +223,6 @@ async fn connection(shared: Arc<Shared>, mut conn: Option<Conn>) -> Result<Tally
             continue;
         }
         let due = s.t0 + s.schedule.offset(i);
-        s.timer.sleep_until(due).await;
         let (request, authenticated) = s.requests.get(i);
         let sent = Instant::now();
         let outcome = tokio::time::timeout(s.timeout, exchange(&mut conn, s.addr, request))

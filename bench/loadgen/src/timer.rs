@@ -1,12 +1,11 @@
-//! Sleeps precise to tens of microseconds.
+//! Sleeps precise to tens of microseconds, for the upstream's delay.
 //!
 //! Tokio's timer rounds every deadline up to its next millisecond tick: a
-//! request scheduled at `t` would leave up to 1 ms late (and that lateness would
-//! be part of its measured latency, which is taken from `t`), and a 1 ms
-//! upstream would answer in 1–2 ms. One thread instead keeps the pending
-//! deadlines in a heap and waits for the earliest with `recv_timeout` (a futex
-//! wait). The thread asks for a timer slack of 1 µs instead of Linux's default
-//! 50 µs (allowed to root, or with CAP_SYS_NICE; otherwise the default stays).
+//! 1 ms upstream would answer in 1–2 ms, spread evenly. One thread instead
+//! keeps the pending deadlines in a heap and waits for the earliest with
+//! `recv_timeout` (a futex wait). The thread asks for a timer slack of 1 µs
+//! instead of Linux's default 50 µs (allowed to root, or with CAP_SYS_NICE;
+//! otherwise the default stays).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -76,12 +75,14 @@ impl Ord for Pending {
     }
 }
 
-/// This thread's timer slack: how late the kernel may end its waits, to batch wake-ups.
+/// The timer slack of the waiting threads: how late the kernel may end their
+/// waits, to batch wake-ups.
 const SLACK_NS: &str = "1000";
 
-/// Best effort: `/proc/thread-self` links to `<pid>/task/<tid>`, and
+/// Sets this thread's timer slack to `SLACK_NS`, best effort:
+/// `/proc/thread-self` links to `<pid>/task/<tid>`, and
 /// `/proc/<tid>/timerslack_ns` is that thread's slack.
-fn tighten_slack() {
+pub(crate) fn tighten_slack() {
     if let Ok(link) = std::fs::read_link("/proc/thread-self") {
         if let Some(tid) = link.file_name() {
             let path = std::path::Path::new("/proc")
