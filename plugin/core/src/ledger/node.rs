@@ -163,8 +163,11 @@ impl Node {
                 if let Some(s) = self.sequencer.as_mut() {
                     s.keep(batch, sends);
                 }
+                self.pending_born = Some(self.pending_born.map_or(born, |b| b.min(born)));
             } else {
-                self.send(batch, sends, epoch, &mut calls);
+                // Sent again with the oldest flush it may carry ops of: a host
+                // waiting for those is not let go before it lands.
+                self.send(batch, sends, born, &mut calls);
             }
         }
         let (ops, traffic) = self.buffer.take();
@@ -260,8 +263,8 @@ impl Node {
 
     /// Whether what was buffered before flush `epoch` has landed with its
     /// follow-ups: that flush happened, and no call from it or earlier, nor a
-    /// follow-up of theirs, is still unanswered. (An op its busy shard held
-    /// back to a later flush is not waited for.)
+    /// follow-up of theirs, nor a batch of theirs that went unanswered and waits
+    /// to be sent again, is still outstanding.
     pub fn settled(&self, epoch: u64) -> bool {
         self.epoch >= epoch
             && self.in_flight.values().all(|(_, _, born)| *born > epoch)
@@ -307,10 +310,14 @@ impl Node {
                     }
                 }
             }
-            Reply::Unreachable => match self.sequencer.as_mut() {
-                Some(s) if batch.seq > 0 => s.keep(batch, sends.saturating_add(1)),
-                _ => self.buffer.restore(batch.ops, batch.traffic),
-            },
+            Reply::Unreachable => {
+                // Its ops have not landed: whoever waits for them waits on.
+                self.pending_born = Some(self.pending_born.map_or(born, |b| b.min(born)));
+                match self.sequencer.as_mut() {
+                    Some(s) if batch.seq > 0 => s.keep(batch, sends.saturating_add(1)),
+                    _ => self.buffer.restore(batch.ops, batch.traffic),
+                }
+            }
             Reply::Refused => {
                 out.lost = batch.ops.len();
                 self.lost += out.lost as u64;

@@ -292,6 +292,38 @@ fn answer(shards: &mut [MemoryLedger], cfg: &Config, node: &mut Node, call: Call
 }
 
 #[test]
+fn a_login_whose_batch_went_unanswered_is_not_settled_until_it_lands() {
+    // Two collectors on one Redis: a step that keeps losing its race answers
+    // 503, and the node keeps the batch to send again. A host holding the
+    // login's response must not let it go meanwhile.
+    let cfg = Config::default();
+    let mut shards: Vec<MemoryLedger> = (0..4).map(|_| MemoryLedger::default()).collect();
+    let mut node = Node::new(4, false, Some(NodeId([9; 16])));
+    assert!(node.buffer.push(Op::Login {
+        session: user_session(1, T0)
+    }));
+    let mine = node.epoch() + 1;
+    let first = node.flush(T0);
+    assert_eq!(first.len(), 1);
+    for call in first {
+        node.answered(call.id, Reply::Unreachable, T0);
+    }
+    assert!(!node.settled(mine), "unanswered: not landed");
+    // Sent again with a later flush; still waited for while in flight.
+    let again = node.flush(T0);
+    assert_eq!(again.len(), 1);
+    assert!(!node.settled(mine), "sent again, not answered yet");
+    for call in again {
+        answer(&mut shards, &cfg, &mut node, call);
+    }
+    // Its follow-ups, if its cookie index lives on another shard.
+    for call in node.flush(T0) {
+        answer(&mut shards, &cfg, &mut node, call);
+    }
+    assert!(node.settled(mine), "landed");
+}
+
+#[test]
 fn a_login_and_its_follow_ups_are_urgent_touches_are_not() {
     let cfg = Config::default();
     let mut shards: Vec<MemoryLedger> = (0..16).map(|_| MemoryLedger::default()).collect();
