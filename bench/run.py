@@ -698,13 +698,19 @@ def wrk(port: int, seconds: int, cookie_file: Path, share: float, connections: i
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
            "-s", str(LOAD_LUA), f"http://127.0.0.1:{port}/api/items", "--",
            str(cookie_file), str(share)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
+    return run_tool(cmd, seconds + 60, log, "BENCHJSON", "wrk")
+
+
+def run_tool(cmd: list[str], timeout: float, log: Path | None, marker: str, what: str) -> dict:
+    """Runs a load tool (at the benchmark's priority) and returns the JSON of its `marker` line;
+    its command line and output go to `log`."""
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                        start_new_session=bool(NICE), preexec_fn=_nice)
     if log is not None:
         log.write_text(" ".join(cmd) + "\n\n" + r.stdout + r.stderr)
-    m = re.search(r"^BENCHJSON (.*)$", r.stdout, re.M)
+    m = re.search(rf"^{marker} (.*)$", r.stdout, re.M)
     if r.returncode != 0 or not m:
-        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
+        raise RuntimeError(f"{what} failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
     return json.loads(m.group(1))
 
 
@@ -963,14 +969,7 @@ def loadgen(binary: Path, port: int, rate: float, seconds: float, warmup_s: floa
            "--rate", f"{rate:.0f}", "--duration", str(seconds), "--warmup", str(warmup_s),
            "--connections", str(OPENLOOP_CONNECTIONS), "--cookies", str(cookie_file),
            "--auth-share", str(share)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + warmup_s + 60,
-                       start_new_session=bool(NICE), preexec_fn=_nice)
-    if log is not None:
-        log.write_text(" ".join(cmd) + "\n\n" + r.stdout + r.stderr)
-    m = re.search(r"^LOADGEN (.*)$", r.stdout, re.M)
-    if r.returncode != 0 or not m:
-        raise RuntimeError(f"headcount-loadgen failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}")
-    return json.loads(m.group(1))
+    return run_tool(cmd, seconds + warmup_s + 60, log, "LOADGEN", "headcount-loadgen")
 
 
 def start_app(out: Path, binary: Path, delay_us: int) -> Upstream:

@@ -19,6 +19,21 @@ pub struct Bucket {
     pub responses: u64,
 }
 
+impl Bucket {
+    /// Adds this second's figures to the bucket of the same second in
+    /// `buckets`, or appends it.
+    fn add_into(&self, buckets: &mut Vec<Bucket>) {
+        match buckets.iter_mut().find(|b| b.second == self.second) {
+            Some(b) => {
+                b.requests += self.requests;
+                b.response_us += self.response_us;
+                b.responses += self.responses;
+            }
+            None => buckets.push(*self),
+        }
+    }
+}
+
 /// What one VM saw since its last flush.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrafficDelta {
@@ -57,14 +72,7 @@ impl TrafficDelta {
         self.authenticated += other.authenticated;
         self.anonymous += other.anonymous;
         for o in &other.buckets {
-            match self.buckets.iter_mut().find(|b| b.second == o.second) {
-                Some(b) => {
-                    b.requests += o.requests;
-                    b.response_us += o.response_us;
-                    b.responses += o.responses;
-                }
-                None => self.buckets.push(*o),
-            }
+            o.add_into(&mut self.buckets);
         }
     }
 }
@@ -93,14 +101,7 @@ impl Traffic {
             if d.second < oldest {
                 continue;
             }
-            match self.ring.iter_mut().find(|b| b.second == d.second) {
-                Some(b) => {
-                    b.requests += d.requests;
-                    b.response_us += d.response_us;
-                    b.responses += d.responses;
-                }
-                None => self.ring.push(*d),
-            }
+            d.add_into(&mut self.ring);
         }
         self.ring.retain(|b| b.second >= oldest);
     }
