@@ -44,6 +44,22 @@ pub const SNAPSHOT_MAX_AGE_MS: u64 = 2_000;
 /// The singleton keeps making snapshots this long after the last read.
 pub const WANTED_FOR_MS: u64 = 30_000;
 
+/// The singleton's own configuration: empty or `{}` (it follows what the
+/// apps' filters say); anything else is refused, naming what it got.
+pub fn check_singleton_config(raw: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(raw);
+    let empty = text.trim().is_empty()
+        || serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+            .is_ok_and(|m| m.is_empty());
+    if empty {
+        return Ok(());
+    }
+    Err(format!(
+        "the singleton (root_id `{SINGLETON_ROOT_ID}`) takes no configuration; got `{}`",
+        text.trim()
+    ))
+}
+
 /// Whether a singleton that last beat at `beat` (none: never) is alive at `now`.
 pub fn alive(beat: Option<u64>, now: u64) -> bool {
     beat.is_some_and(|b| now.saturating_sub(b) <= ALIVE_MS)
@@ -128,6 +144,15 @@ mod tests {
 
     fn app(name: &str) -> AppName {
         AppName::parse("app", name).unwrap()
+    }
+
+    #[test]
+    fn the_singleton_takes_an_empty_configuration_only() {
+        assert!(check_singleton_config(b"").is_ok());
+        assert!(check_singleton_config(b" {} ").is_ok());
+        let err = check_singleton_config(br#"{"admin_token": "x"}"#).unwrap_err();
+        assert!(err.contains("takes no configuration") && err.contains("admin_token"));
+        assert!(check_singleton_config(b"[]").is_err());
     }
 
     #[test]

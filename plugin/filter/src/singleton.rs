@@ -89,17 +89,7 @@ impl Singleton {
     /// Root context `on_configure` of the bootstrap service: the configuration
     /// must be empty or `{}` (the singleton follows what the apps' filters say).
     pub fn configure(raw: &[u8]) -> Result<Singleton, String> {
-        let text = String::from_utf8_lossy(raw);
-        let empty = text.trim().is_empty()
-            || serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
-                .is_ok_and(|m| m.is_empty());
-        if !empty {
-            return Err(format!(
-                "the singleton (root_id `{}`) takes no configuration; got `{}`",
-                handoff::SINGLETON_ROOT_ID,
-                text.trim()
-            ));
-        }
+        handoff::check_singleton_config(raw)?;
         let queue = proxy_wasm::hostcalls::register_shared_queue(QUEUE_NAME)
             .map_err(|s| format!("the singleton's queue: {s:?}"))?;
         host::info("singleton: applying, sweeping and counting for every app of this vm_id");

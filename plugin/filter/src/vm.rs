@@ -375,7 +375,7 @@ impl Vm {
     fn claim_sweep(&self, now: u64) -> bool {
         let store = &self.store;
         let (next, cas) = match store.get(SWEEP_KEY) {
-            Ok(Some((v, cas))) => (u64_from(&v), Some(cas)),
+            Ok(Some((v, cas))) => (headcount_core::handoff::read_ms(&v), Some(cas)),
             Ok(None) => (0, None),
             Err(_) => return false,
         };
@@ -452,12 +452,6 @@ impl Vm {
             host::warn(&format!("revocation event not recorded: {e}"));
         }
     }
-}
-
-fn u64_from(bytes: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.iter_mut().zip(bytes).for_each(|(d, s)| *d = *s);
-    u64::from_le_bytes(b)
 }
 
 /// A metric's stat name for one app: `<metric>.app.<app>`. Envoy keeps each app's
