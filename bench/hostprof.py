@@ -22,7 +22,9 @@ otherwise a Wasm leaf frame -> "Wasm code"; anything else -> "Wasm runtime (V8 e
 Per-request hooks run for microseconds, far shorter than the 1 ms between samples, so a
 thread seen inside Wasm in LONG_RUN or more consecutive samples is in a long call: at
 steady load that is the timer (`on_tick`: the activity flush and the sweep). Those
-samples are also counted under "long Wasm calls (timer: flush, sweep)".
+samples are also counted under "long Wasm calls (timer: flush, sweep)". Long calls are
+told apart by thread: on a worker (`wrk:*`) they hold that worker's requests back; on
+Envoy's main thread (the singleton, `envoy.bootstrap.wasm`) they do not.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-LONG_RUN = 3
+# On a worker, five: a busy worker is inside Wasm for about a tenth of its samples, so
+# three in a row happen by chance about once a second (0.1^3 x 1000 samples/s) and
+# looked like 3 ms timer calls that were not there; five in a row, once in 100 s. So a
+# worker's calls shorter than about 5 ms are not told from back-to-back requests. The
+# main thread serves no requests: three samples in a row there are one call.
+LONG_RUN = {"workers": 5, "main thread": 3}
 # Samples (cpu-clock at 999 Hz) further apart than this were not one call: the thread
 # was off the CPU in between (an idle main thread ticks once a second).
 MAX_GAP_S = 0.0025
@@ -117,14 +124,15 @@ def analyze(perf_data: Path, envoy: Path) -> dict:
         i = bisect.bisect_right(starts, va) - 1
         return hostcalls.get(starts[i]) if i >= 0 else None
 
-    out = subprocess.run(["perf", "script", "-i", str(perf_data), "-F", "tid,time,ip,dso"],
+    out = subprocess.run(["perf", "script", "-i", str(perf_data), "-F", "comm,tid,time,ip,dso"],
                          capture_output=True, text=True, check=True).stdout
     counts: Counter[str] = Counter()
     total = 0
     chain: list[tuple[int, str]] = []
     tid, at = 0, 0.0
     frame = re.compile(r"^\s*([0-9a-f]+)\s+\((.*)\)\s*$")
-    header = re.compile(r"^\s*(\d+)\s+([\d.]+):\s*$")
+    header = re.compile(r"^\s*(\S.*?)\s+(\d+)\s+([\d.]+):\s*$")
+    comms: dict[int, str] = {}
     # per thread, in order: (time, in Wasm?)
     by_thread: dict[int, list[tuple[float, bool]]] = {}
 
@@ -170,32 +178,45 @@ def analyze(perf_data: Path, envoy: Path) -> dict:
         if h:
             flush()
             chain = []
-            tid, at = int(h.group(1)), float(h.group(2))
+            tid, at = int(h.group(2)), float(h.group(3))
+            comms[tid] = h.group(1)
         elif not line.strip():
             flush()
             chain = []
     flush()
-    long_calls = 0
-    stalls: list[float] = []  # ms a thread spent in one long Wasm call
+    share = {k: v / total for k, v in counts.most_common()} if total else {}
     first = min((seq[0][0] for seq in by_thread.values() if seq), default=0.0)
     last = max((seq[-1][0] for seq in by_thread.values() if seq), default=0.0)
-    for seq in by_thread.values():
+    span = last - first
+    long: dict[str, dict[str, float]] = {}
+    long_samples = 0
+    for where in ("workers", "main thread"):
+        tids = [t for t in by_thread if comms.get(t, "").startswith("wrk:") == (where == "workers")]
+        samples, stalls = _long_calls([by_thread[t] for t in tids], LONG_RUN[where])
+        long_samples += samples
+        long[where] = {"per_second": len(stalls) / span if span > 0 else 0.0,
+                       "p50_ms": stalls[len(stalls) // 2] if stalls else 0.0,
+                       "max_ms": stalls[-1] if stalls else 0.0}
+    if total:
+        share["long Wasm calls (timer: flush, sweep), included above"] = long_samples / total
+    return {"samples": total, "share": share, "long_calls": long}
+
+
+def _long_calls(threads: list[list[tuple[float, bool]]], least: int) -> tuple[int, list[float]]:
+    """Samples in long Wasm calls, and each call's length in ms (sorted), over these threads."""
+    samples = 0
+    stalls: list[float] = []
+    for seq in threads:
         run: list[float] = []
         for t, in_wasm in seq + [(0.0, False)]:
             if in_wasm and (not run or t - run[-1] <= MAX_GAP_S):
                 run.append(t)
             else:
-                if len(run) >= LONG_RUN:
-                    long_calls += len(run)
+                if len(run) >= least:
+                    samples += len(run)
                     step = (run[-1] - run[0]) / (len(run) - 1)
                     stalls.append((run[-1] - run[0] + step) * 1000)
                 # A sample in Wasm after a gap starts the next call.
                 run = [t] if in_wasm else []
-    share = {k: v / total for k, v in counts.most_common()} if total else {}
-    if total:
-        share["long Wasm calls (timer: flush, sweep), included above"] = long_calls / total
     stalls.sort()
-    long = {"per_second": len(stalls) / (last - first) if last > first else 0.0,
-            "p50_ms": stalls[len(stalls) // 2] if stalls else 0.0,
-            "max_ms": stalls[-1] if stalls else 0.0}
-    return {"samples": total, "share": share, "long_calls": long}
+    return samples, stalls

@@ -1213,11 +1213,22 @@ def profile_phase(plan: Plan, out: Path, envoys: dict[str, Envoy], cookie_file: 
         for k, v in prof[label].get("where", {}).items():
             if v >= 0.001:
                 say(f"    {v:6.1%}  {v * cpu_us:6.2f} us/req  {k}")
-        lc = prof[label].get("long_calls")
-        if lc and lc["per_second"]:
-            say(f"    long Wasm calls: {lc['per_second']:.1f}/s per worker, {lc['p50_ms']:.1f} ms median, "
-                f"{lc['max_ms']:.1f} ms max (the worker serves nothing meanwhile)")
+        for line in long_call_lines(prof[label].get("long_calls")):
+            say("    " + line)
     results["profile"] = prof
+
+
+def long_call_lines(long_calls: dict | None) -> list[str]:
+    """The long Wasm calls of a profile, per kind of thread (older results: one dict, the workers')."""
+    if not long_calls:
+        return []
+    if "per_second" in long_calls:
+        long_calls = {"workers": long_calls}
+    meaning = {"workers": "the worker serves no request meanwhile",
+               "main thread": "the singleton on Envoy's main thread; no request waits for it"}
+    return [f"long Wasm calls on the {where}: {lc['per_second']:.1f} per second, {lc['p50_ms']:.1f} ms median, "
+            f"{lc['max_ms']:.1f} ms max ({meaning.get(where, '')})"
+            for where, lc in long_calls.items() if lc.get("per_second")]
 
 
 def perf_split(data: Path, save: Path) -> dict[str, float]:
@@ -2088,11 +2099,9 @@ def report(plan: Plan, results: dict, out: Path) -> str:
                 w(f"| {k} | " + " | ".join(cells) + " |")
             w("| total | " + " | ".join(f"{results['profile'][l]['cpu_us']:.2f}" for l in labels) + " |")
             for l in labels:
-                lc = results["profile"][l].get("long_calls")
-                if lc and lc["per_second"]:
+                for line in long_call_lines(results["profile"][l].get("long_calls")):
                     w("")
-                    w(f"{l}: long Wasm calls (the timer) {lc['per_second']:.1f} per second, {lc['p50_ms']:.1f} ms "
-                      f"median, {lc['max_ms']:.1f} ms max: the worker serves no request meanwhile.")
+                    w(f"{l}: {line}")
     if "stats" in results:
         w("")
         w("## Stats route and memory (Envoy --concurrency 2)")
