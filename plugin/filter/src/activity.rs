@@ -4,10 +4,10 @@
 //! rule (`activity::settle`: found, retried once, or anonymous).
 
 use headcount_core::activity::{self, Pending, Settled, MAX_PENDING};
+use headcount_core::ids::MacMap;
 use headcount_core::table::shard_of;
 use headcount_core::traffic::TrafficDelta;
 use headcount_core::{CookieHash, Session};
-use std::collections::HashMap;
 
 /// Who made a request, as far as the stream knows when it finishes.
 pub enum Requester {
@@ -23,7 +23,7 @@ pub enum Requester {
 
 #[derive(Default)]
 pub struct Activity {
-    pending: HashMap<CookieHash, Pending>,
+    pending: MacMap<Pending>,
     pub traffic: TrafficDelta,
 }
 
@@ -31,7 +31,7 @@ impl Activity {
     /// Counts one finished request.
     pub fn record(&mut self, who: Requester, start_ms: u64, response_us: Option<u64>) {
         self.traffic.record(start_ms, response_us);
-        let room = |pending: &HashMap<CookieHash, Pending>, h: &CookieHash| {
+        let room = |pending: &MacMap<Pending>, h: &CookieHash| {
             pending.len() < MAX_PENDING || pending.contains_key(h)
         };
         match who {
