@@ -81,6 +81,23 @@ impl Fleet {
     }
 }
 
+/// Read-your-writes for a login on a fleet node: whether its response body,
+/// `buffered` bytes so far, waits (kept by the host) instead of going on to
+/// the client, until the login is recorded at the body's end and held there
+/// until its op has landed (`held`: the node held responses when the headers
+/// came, its collectors answering).
+///
+/// Holding only the last callback would hold nothing: Envoy hands an HTTP/1
+/// upstream's body as its data and then an empty end of stream, and a client
+/// holding the whole body (`Content-Length`) is done, whatever comes after.
+/// A body past `identity::MAX_BODY` goes on (the host's buffer limit is never
+/// neared; its login is recorded then, unread). The headers cannot wait: a
+/// proxy-wasm host makes a paused header phase pause the whole stream, so the
+/// body that names the user would never come.
+pub fn login_body_waits(held: bool, buffered: usize, end_of_stream: bool) -> bool {
+    held && !end_of_stream && buffered <= crate::identity::MAX_BODY
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::tests::field_of;
@@ -131,6 +148,23 @@ mod tests {
             field_of(r#"{"fleet": {"cluster": "c", "token": "0123456789abcdef"}}"#),
             "cookie_hash_secret"
         );
+    }
+
+    #[test]
+    fn a_login_body_waits_whole_for_its_login() {
+        use super::login_body_waits;
+        use crate::identity::MAX_BODY;
+        // Envoy's body callbacks for a login an HTTP/1 upstream answered: the
+        // data, then an empty end of stream (the data kept, if it waited). The
+        // data waits: the client, holding all of it, would not wait for the end.
+        assert!(login_body_waits(true, 57, false));
+        // The end records the login, and the node's hold takes over.
+        assert!(!login_body_waits(true, 57, true));
+        // Collectors that fail hold nothing: traffic never waits on them.
+        assert!(!login_body_waits(false, 57, false));
+        // A body too large to read goes on, never nearing the buffer limit.
+        assert!(login_body_waits(true, MAX_BODY, false));
+        assert!(!login_body_waits(true, MAX_BODY + 1, false));
     }
 
     #[test]

@@ -11,9 +11,11 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// A login body copied chunk by chunk as it streams past, up to [`MAX_BODY`].
 ///
-/// The filter never holds a body back: a paused (buffered) body that outgrows the
-/// proxy's buffer limit gets a 413 from Envoy before the filter is asked again, and
-/// how a body splits into chunks is up to the network. So it copies instead.
+/// The filter does not hold a body back to read it: a paused (buffered) body that
+/// outgrows the proxy's buffer limit gets a 413 from Envoy before the filter is
+/// asked again, and how a body splits into chunks is up to the network. So it
+/// copies instead. (A fleet node holds a login's body up to `MAX_BODY`,
+/// `fleet::login_body_waits`, and copies it whole at its end.)
 #[derive(Debug, Default)]
 pub struct BodyCopy {
     bytes: Vec<u8>,

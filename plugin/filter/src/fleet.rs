@@ -116,7 +116,7 @@ impl Fleet {
     /// any node, finds the session). Not while the collectors fail: traffic
     /// never waits on them then.
     pub fn hold(&self, context: u32, now: u64) -> bool {
-        if !self.healthy() || self.queue.is_none() {
+        if !self.can_hold() {
             return false;
         }
         self.waiters.borrow_mut().push(Waiter {
@@ -125,6 +125,12 @@ impl Fleet {
             deadline: now + self.cfg.timeout_ms,
         });
         true
+    }
+
+    /// Whether streams are held now (`hold`): the collectors answer, and a
+    /// wake-up queue sends their ops at once.
+    pub fn can_hold(&self) -> bool {
+        self.healthy() && self.queue.is_some()
     }
 
     /// Root context: lets go the streams whose ops have landed (all of them

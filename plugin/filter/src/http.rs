@@ -9,6 +9,7 @@ use crate::vm::Vm;
 use headcount_core::answer::Answer;
 use headcount_core::bearer::{self, Bearer, Start};
 use headcount_core::events::Kind;
+use headcount_core::fleet::login_body_waits;
 use headcount_core::flow::{self, Accepted, Carried, Change, LoginAttempt, Upstream};
 use headcount_core::gateway::{self, AdminRoute, Route};
 use headcount_core::identity::{self, BodyCopy, CookieChange, Identity};
@@ -56,6 +57,10 @@ pub struct Stream {
     context: u32,
     /// Fleet mode: a session op was queued; the response waits until it lands.
     hold: Cell<bool>,
+    /// Fleet mode: an accepted login's response body waits, chunk by chunk,
+    /// until the login is recorded and its op has landed
+    /// (`fleet::login_body_waits`).
+    held_login: bool,
 }
 
 /// An accepted login, before its response body: the cookie it set or kept, and
@@ -103,6 +108,7 @@ impl Stream {
             gather: None,
             context,
             hold: Cell::new(false),
+            held_login: false,
         }
     }
 
@@ -700,7 +706,9 @@ impl HttpContext for Stream {
 
     /// Runs when the upstream's response headers arrive. Detects login success,
     /// logout, cookie rotation and clearing from the status and `Set-Cookie`.
-    /// Always `Continue`: the response is never held back.
+    /// In fleet mode the response waits (`Pause`) until its session op has
+    /// landed: a logout's or rotation's here; an accepted login's is recorded
+    /// at the end of its body, which waits whole (`on_http_response_body`).
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let now_us = host::now_us();
         self.response_us = Some(now_us.saturating_sub(self.start_us));
@@ -765,6 +773,10 @@ impl HttpContext for Stream {
                 }
                 if end_of_stream {
                     self.finish_login(None, now);
+                } else {
+                    // Read-your-writes: the body, where the login is recorded,
+                    // waits whole until the login has landed.
+                    self.held_login = self.vm.fleet.as_ref().is_some_and(|f| f.can_hold());
                 }
             }
             Change::None => self.login = None,
@@ -778,11 +790,20 @@ impl HttpContext for Stream {
 
     /// Runs per response body chunk. Only an accepted login's body is read: copied
     /// as it passes (at most `MAX_BODY`) for identity in its JSON; the login is
-    /// recorded before the last chunk goes on to the client. Always `Continue`.
+    /// recorded before the last chunk goes on to the client. In fleet mode the
+    /// body waits whole (`Pause`, kept by Envoy) until the login has landed
+    /// (`fleet::login_body_waits`): a client holding the whole body is done,
+    /// whatever the stream's end does.
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let held = self.held_login;
         let Some(attempt) = self.login.as_mut().filter(|a| a.accepted.is_some()) else {
             return Action::Continue;
         };
+        if login_body_waits(held, body_size, end_of_stream) {
+            // Kept by Envoy: the next call sees it again with what follows,
+            // and the whole of it is copied once, at the end.
+            return Action::Pause;
+        }
         attempt.response_body.push(body_size, || {
             host::body(BufferType::HttpResponseBody, body_size)
         });
