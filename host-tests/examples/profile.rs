@@ -1,7 +1,8 @@
 //! A workload to profile the filter's own Wasm functions with `perf` (not a test):
 //! N sessions log in, then one operation repeats: `WHAT=` a stats read (`?limit=0`
 //! or any query), `anon` / `auth` an anonymous / authenticated request, `flush` 1000
-//! requests and a tick.
+//! requests and a tick. `UA=` sets the authenticated requests' user agent (the
+//! ignore-list scan costs per byte of it).
 //!
 //! ```sh
 //! CARGO_TARGET_DIR=target/prof CARGO_PROFILE_RELEASE_STRIP=false \
@@ -85,7 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let ex = vm
                     .get("/api/v1/courses")
                     .cookie("session", &format!("bench-session-{i:08}-0123456789abcdef"))
-                    .user_agent(UA)
+                    .user_agent(&std::env::var("UA").unwrap_or(UA.into()))
                     .respond(200, &[], "[]")?;
                 fuel += ex.fuel;
             }

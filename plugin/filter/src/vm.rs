@@ -56,6 +56,8 @@ pub struct Vm {
     pub hasher: CookieHasher,
     /// Request cookie values hashed recently (see `COOKIE_CACHE_SLOTS`).
     pub cookie_cache: RefCell<CookieCache>,
+    /// `ignore_user_agents`, ready to scan for.
+    pub agents: headcount_core::identity::AgentScan,
     pub metrics: Metrics,
     /// Activity and traffic not yet written.
     activity: RefCell<Activity>,
@@ -159,6 +161,7 @@ impl Vm {
         Ok(Vm {
             hasher: CookieHasher::new(&secret),
             cookie_cache: RefCell::new(CookieCache::new(cache_key, COOKIE_CACHE_SLOTS)),
+            agents: headcount_core::identity::AgentScan::new(&cfg.ignore_user_agents),
             cfg,
             store,
             metrics,
