@@ -362,19 +362,35 @@ def stop_all() -> None:
 
 def cpu_ns(pid: int) -> int:
     """CPU time of every thread of `pid`, in ns (schedstat; /proc/<pid>/stat as a fallback)."""
-    total = 0
+    total, _ = thread_cpu_ns(pid)
+    if total:
+        return total
     try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-                pass
-        if total:
-            return total
         return stat_cpu_ticks(pid) * 1_000_000_000 // CLK_TCK
     except FileNotFoundError:
         return 0
+
+
+def thread_cpu_ns(pid: int) -> tuple[int, int]:
+    """CPU time (ns, schedstat) of every thread of `pid`, and of its Envoy worker threads
+    (`wrk:*`) alone: the rest is the main thread (with Headcount's singleton) and Envoy's
+    helpers."""
+    total = workers = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0, 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                worker = f.read().startswith("wrk:")
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            continue
+        total += ns
+        workers += ns if worker else 0
+    return total, workers
 
 
 def stat_cpu_ticks(pid: int) -> int:
@@ -734,6 +750,7 @@ class Run:
     max_ms: float = 0.0
     share: float = 0.0  # share of requests with a cookie (load.lua's AUTH_SHARE)
     extra: dict[str, float] = field(default_factory=dict)  # the probe's counters over the run
+    worker_cpu_us: float = 0.0  # of cpu_us, on Envoy's worker threads
 
 
 def measure(ep: Envoy, label: str, share: float, plan: Plan, cookie_file: Path, rnd: int,
@@ -744,10 +761,10 @@ def measure(ep: Envoy, label: str, share: float, plan: Plan, cookie_file: Path, 
     if plan.warmup_s > 0:
         wrk(ep.port, plan.warmup_s, cookie_file, share, plan.connections)
     p0 = probe() if probe else {}
-    c0, (b0, _), own0 = cpu_ns(ep.pid), machine_busy_ns(), _own_cpu_ns()
+    (c0, w0), (b0, _), own0 = thread_cpu_ns(ep.pid), machine_busy_ns(), _own_cpu_ns()
     res = wrk(ep.port, plan.duration_s, cookie_file, share, plan.connections,
               log=out / f"wrk-c{ep.concurrency}-{label}-r{rnd}{'-rerun' if rerun else ''}.txt")
-    c1, (b1, _), own1 = cpu_ns(ep.pid), machine_busy_ns(), _own_cpu_ns()
+    (c1, w1), (b1, _), own1 = thread_cpu_ns(ep.pid), machine_busy_ns(), _own_cpu_ns()
     p1 = probe() if probe else {}
     secs = res["duration_us"] / 1e6
     n = max(1, res["requests"])
@@ -758,12 +775,13 @@ def measure(ep: Envoy, label: str, share: float, plan: Plan, cookie_file: Path, 
               cpu_us=(c1 - c0) / 1000 / n, requests=res["requests"], errors=errors,
               foreign_pct=foreign, load=noise["load"], heavy=noise["heavy"], rerun=rerun,
               p999_ms=res["latency_us"]["p999"] / 1000, max_ms=res["latency_us"]["max"] / 1000,
-              share=share, extra={k: p1[k] - p0[k] for k in p0 if k in p1})
+              share=share, extra={k: p1[k] - p0[k] for k in p0 if k in p1},
+              worker_cpu_us=(w1 - w0) / 1000 / n)
     note = f"  WARNING busy: {', '.join(noise['heavy'])}" if noise["heavy"] else ""
     if errors:
         note += f"  ERRORS {res['errors']}"
     say(f"c{ep.concurrency} round {rnd} {label:7s} {run.rps:9.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
-        f"p99 {run.p99_ms:6.2f} ms  Envoy CPU {run.cpu_us:6.1f} us/req  "
+        f"p99 {run.p99_ms:6.2f} ms  Envoy CPU {run.cpu_us:6.1f} us/req ({run.worker_cpu_us:.1f} on workers)  "
         f"[load {noise['load']}; others {foreign:3.0f}% of a core; top {', '.join(noise['top'][:2]) or '-'}]"
         + note)
     return run
@@ -895,12 +913,15 @@ def paired_ratios(runs: list[Run], conc: int) -> dict[str, float]:
 
 def load_rows(w, table) -> None:
     """The rows of a load table (medians per concurrency and configuration)."""
-    w("| concurrency | config | req/s | p50 ms | p99 ms | p99.9 ms | Envoy CPU us/req | rounds | spread req/s | others' CPU | errors |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("| concurrency | config | req/s | p50 ms | p99 ms | p99.9 ms | Envoy CPU us/req | of it on workers | rounds | "
+      "spread req/s | others' CPU | errors |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for conc, rows in table.items():
         for label, s in rows.items():
+            on_workers = f"{s['worker_cpu_us']:.1f}" if s.get("worker_cpu_us") else "-"
             w(f"| {conc} | {label} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s.get('p999_ms', 0):.2f} | "
-              f"{s['cpu_us']:.1f} | {s['rounds']} | {s['spread_rps']:.0%} | {s['foreign_pct']:.0f}% | {s['errors']} |")
+              f"{s['cpu_us']:.1f} | {on_workers} | {s['rounds']} | {s['spread_rps']:.0%} | {s['foreign_pct']:.0f}% | "
+              f"{s['errors']} |")
 
 
 def summarize_load(runs: list[Run]) -> dict[int, dict[str, dict[str, float]]]:
@@ -915,6 +936,7 @@ def summarize_load(runs: list[Run]) -> dict[int, dict[str, dict[str, float]]]:
                 "p99_ms": statistics.median(r.p99_ms for r in rs),
                 "p999_ms": statistics.median(r.p999_ms for r in rs),
                 "cpu_us": statistics.median(r.cpu_us for r in rs),
+                "worker_cpu_us": statistics.median(r.worker_cpu_us for r in rs),
                 "foreign_pct": statistics.median(r.foreign_pct for r in rs),
                 "rounds": len(rs),
                 "errors": sum(r.errors for r in rs),
