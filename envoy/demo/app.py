@@ -327,7 +327,10 @@ document.getElementById("login").addEventListener("submit", async (ev) => {{
     headers: {{"Content-Type": "application/json"}},
     body: JSON.stringify({{username: f.username.value, password: f.password.value}}),
   }});
-  if (r.ok) {{ location.href = "/dashboard"; }}
+  // The answer names who logged in; the page reads it before moving on, as an app's page
+  // does. (Headcount records a login as its answer's body passes: a page that moved on at
+  // the headers could reach another worker a moment before the login is recorded.)
+  if (r.ok) {{ await r.json(); location.href = "/dashboard"; }}
   else {{ document.getElementById("msg").textContent = "Login failed (" + r.status + ")"; }}
 }});
 </script>
