@@ -188,7 +188,8 @@ pub fn combine(
 
 /// Bots and crawlers are never counted, even with a session cookie.
 pub fn is_ignored_agent(cfg: &Config, user_agent: &[u8]) -> bool {
-    AgentScan::new(&cfg.ignore_user_agents).matches(user_agent)
+    let patterns = &cfg.ignore_user_agents;
+    AgentScan::new(patterns).matches(patterns, user_agent)
 }
 
 /// `ignore_user_agents` made ready to scan for, once per configuration (a VM
@@ -206,8 +207,6 @@ pub fn is_ignored_agent(cfg: &Config, user_agent: &[u8]) -> bool {
 /// 8,554.
 #[derive(Debug, Clone)]
 pub struct AgentScan {
-    /// Lowercase patterns.
-    patterns: Vec<Box<[u8]>>,
     /// The bytes (both cases) a pattern starts with.
     first: [u64; 4],
     lanes: Lanes,
@@ -218,7 +217,6 @@ pub struct AgentScan {
 impl AgentScan {
     pub fn new(patterns: &[String]) -> AgentScan {
         let mut scan = AgentScan {
-            patterns: patterns.iter().map(|p| p.as_bytes().into()).collect(),
             first: [0; 4],
             lanes: Lanes::default(),
             every: false,
@@ -237,18 +235,18 @@ impl AgentScan {
         scan
     }
 
-    /// Whether `user_agent` contains a pattern, ignoring ASCII case.
-    pub fn matches(&self, user_agent: &[u8]) -> bool {
+    /// Whether `user_agent` contains one of `patterns` (lowercase, the ones
+    /// this scan was built from), ignoring ASCII case. Nothing is allocated.
+    pub fn matches(&self, patterns: &[String], user_agent: &[u8]) -> bool {
         if self.every {
             return true;
         }
         let starts_here = |at: usize| {
             user_agent.get(at..).is_some_and(|here| {
                 here.first().is_some_and(|b| has_bit(&self.first, *b))
-                    && self
-                        .patterns
+                    && patterns
                         .iter()
-                        .any(|needle| starts_with_ignore_ascii_case(here, needle))
+                        .any(|needle| starts_with_ignore_ascii_case(here, needle.as_bytes()))
             })
         };
         let mut from = 0;
