@@ -488,8 +488,11 @@ impl Stream {
             || matches!(self.route, Route::Login(_));
         // Read only for a request that could name someone.
         let user_agent = || headers.user_agent().unwrap_or_default();
-        self.ignored =
-            could_identify && (self.vm.agents).matches(&cfg.ignore_user_agents, user_agent());
+        self.ignored = could_identify
+            && self
+                .vm
+                .agents
+                .matches(&cfg.ignore_user_agents, user_agent());
         let vm = &self.vm;
         // Cookie values and tokens are keyed through the same per-VM cache.
         let hash = |v: &[u8]| vm.cookie_cache.borrow_mut().hash(&vm.hasher, v);
