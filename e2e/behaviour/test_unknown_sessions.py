@@ -41,6 +41,25 @@ def test_users_logged_in_before_headcount_started_are_counted(start_gateway, dja
     assert lookups(base) == {"begun": 1, "nobody": 0, "throttled": 0}
 
 
+def test_a_request_waits_for_an_app_slow_to_name_its_session(start_gateway, express_app):
+    """Carol logged in to Express before Headcount. The app takes a second to say who her cookie is
+    (five flush intervals): her first request through the gateway waits for that answer and counts
+    as hers, not as anonymous."""
+    carol = express_login(express_app.url, "carol", visit_first=True)
+    gw = start_gateway(with_whoami(EXPRESS_CONFIG, path="/late-me", timeout_ms=5000), app=express_app)
+    base = gw.url
+    assert carol.get(base + "/app", timeout=TIMEOUT).status_code == 200
+
+    def settled(x: dict) -> bool:
+        t = x["traffic"]
+        return roles_of(x) == {"carol": "teacher"} and \
+            t["authenticated_requests_today"] + t["anonymous_requests_today"] == 1
+
+    snap = wait_stats(base, settled, timeout=15)
+    assert snap["traffic"]["authenticated_requests_today"] == 1, summary(snap)
+    assert lookups(base) == {"begun": 1, "nobody": 0, "throttled": 0}
+
+
 def test_a_remember_me_auto_login_on_an_ordinary_page_is_counted(start_gateway, flask_app):
     """Flask-Login: bob logged in with "remember me" (at the app, before Headcount), then closed his
     browser (the session cookie is gone, `remember_token` stays). On an ordinary page Flask-Login

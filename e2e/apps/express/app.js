@@ -9,7 +9,8 @@
 // /login (form fields `username`, `password`; 302 to /app, or to
 // /login?failed=1), POST /logout (destroys the session, keeps no cookie
 // header), GET /app (logged-in page), GET /me (who the session is, as JSON;
-// 401 when nobody), GET /slow-me (the same, after 2 s), GET /whoami-calls (how
+// 401 when nobody), GET /late-me (the same answer after 1 s), GET /slow-me
+// (a redirect to /me after 2 s: a whoami that times out), GET /whoami-calls (how
 // many /me requests came from Headcount), GET /healthz.
 "use strict";
 
@@ -78,12 +79,19 @@ app.get("/app", (req, res) => {
 let whoamiCalls = 0;
 app.get("/whoami-calls", (_req, res) => res.json({ calls: whoamiCalls }));
 
-app.get("/me", (req, res) => {
+function me(req, res) {
   if (req.get("user-agent") === "headcount-whoami") whoamiCalls += 1;
   const name = req.session.user;
   if (!name) return res.status(401).json({ error: "not logged in" });
   const user = USERS[name];
   res.json({ user: { id: user.id, username: name, role: user.role } });
+}
+
+app.get("/me", me);
+
+// /me, answered after 1 s: an app slower to answer than several flushes.
+app.get("/late-me", (req, res) => {
+  setTimeout(() => me(req, res), 1000);
 });
 
 // /me, answered after 2 s: a whoami that times out.

@@ -2,6 +2,8 @@
 //! the store's answer means for it: the same rule for an Envoy worker's buffer
 //! and a ledger node's (`ledger::buffer`).
 
+use crate::session::CookieHash;
+
 /// Distinct cookies buffered between flushes; beyond this, requests count as
 /// anonymous so that a flood of random cookies cannot grow memory.
 pub const MAX_PENDING: usize = 65_536;
@@ -44,19 +46,48 @@ impl Pending {
 pub enum Settled {
     /// It led to a live session: these requests were authenticated.
     Authenticated(u64),
-    /// Unknown for the first time: sent once more with the next flush.
+    /// Unknown for the first time, or while the app is asked who it is: sent
+    /// once more with the next flush.
     Retry(Pending),
-    /// Unknown twice: these requests were anonymous.
+    /// Unknown twice, and nobody is asking: these requests were anonymous.
     Anonymous(u64),
 }
 
+/// Whether the app is being asked who a cookie is (`whoami.begin_unknown`: a
+/// lookup queued or in flight), as the host that flushes knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asking {
+    No,
+    /// Its requests wait for the answer, not for one more flush: the answer
+    /// may begin the session they belong to. A lookup ends (answer, timeout,
+    /// throttled, not sent), so this wait is bounded by the lookup's timeout.
+    Yes,
+}
+
 /// Settles a buffered cookie once the store said whether it leads to a session.
-pub fn settle(p: Pending, found: bool) -> Settled {
-    match (found, p.retried) {
-        (true, _) => Settled::Authenticated(p.requests),
-        (false, false) => Settled::Retry(Pending { retried: true, ..p }),
-        (false, true) => Settled::Anonymous(p.requests),
+pub fn settle(p: Pending, found: bool, asking: Asking) -> Settled {
+    match (found, p.retried, asking) {
+        (true, _, _) => Settled::Authenticated(p.requests),
+        (false, false, _) | (false, true, Asking::Yes) => {
+            Settled::Retry(Pending { retried: true, ..p })
+        }
+        (false, true, Asking::No) => Settled::Anonymous(p.requests),
     }
+}
+
+/// Buffered activity, one entry per cookie.
+pub type Buffered<T> = Vec<(CookieHash, T)>;
+
+/// Splits buffered activity into what may be handed on now and what stays:
+/// the cookies the app is being asked about stay with the host that asks,
+/// until the answer (which may begin their session) is in.
+pub fn hold_asked<T>(
+    pending: Buffered<T>,
+    asking: impl Fn(&CookieHash) -> Asking,
+) -> (Buffered<T>, Buffered<T>) {
+    pending
+        .into_iter()
+        .partition(|(h, _)| asking(h) == Asking::No)
 }
 
 #[cfg(test)]
@@ -68,12 +99,35 @@ mod tests {
         let mut p = Pending::new(10, 1);
         p.add(5, 2);
         assert_eq!((p.last_ms, p.requests), (10, 3));
-        assert_eq!(settle(p, true), Settled::Authenticated(3));
-        let Settled::Retry(again) = settle(p, false) else {
+        assert_eq!(settle(p, true, Asking::No), Settled::Authenticated(3));
+        let Settled::Retry(again) = settle(p, false, Asking::No) else {
             panic!("not retried");
         };
         assert!(again.retried);
-        assert_eq!(settle(again, false), Settled::Anonymous(3));
-        assert_eq!(settle(again, true), Settled::Authenticated(3));
+        assert_eq!(settle(again, false, Asking::No), Settled::Anonymous(3));
+        assert_eq!(settle(again, true, Asking::No), Settled::Authenticated(3));
+    }
+
+    #[test]
+    fn an_unknown_cookie_waits_while_the_app_is_asked_about_it() {
+        let mut p = Pending::new(10, 2);
+        for _ in 0..5 {
+            let Settled::Retry(next) = settle(p, false, Asking::Yes) else {
+                panic!("not kept while asked");
+            };
+            p = next;
+        }
+        assert_eq!(settle(p, true, Asking::No), Settled::Authenticated(2));
+        assert_eq!(settle(p, false, Asking::No), Settled::Anonymous(2));
+    }
+
+    #[test]
+    fn cookies_being_asked_about_are_held_back() {
+        let asked = CookieHash([1; 16]);
+        let other = CookieHash([2; 16]);
+        let pending = vec![(asked, 1), (other, 2)];
+        let asking = |h: &CookieHash| if *h == asked { Asking::Yes } else { Asking::No };
+        let (go, stay) = hold_asked(pending, asking);
+        assert_eq!((go, stay), (vec![(other, 2)], vec![(asked, 1)]));
     }
 }

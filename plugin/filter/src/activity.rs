@@ -1,9 +1,10 @@
 //! This VM's activity not yet written to shared data: one `Pending` per cookie
 //! (the core's, coalesced), and the traffic counts. Touches are coalesced here so
 //! the request path never writes shared data; a flush settles them with the core's
-//! rule (`activity::settle`: found, retried once, or anonymous).
+//! rule (`activity::settle`: found, retried once or while the app is asked
+//! about it, or anonymous).
 
-use headcount_core::activity::{self, Pending, Settled, MAX_PENDING};
+use headcount_core::activity::{self, Asking, Pending, Settled, MAX_PENDING};
 use headcount_core::ids::MacMap;
 use headcount_core::table::shard_of;
 use headcount_core::traffic::TrafficDelta;
@@ -118,17 +119,19 @@ impl Activity {
         }
     }
 
-    /// What the table said of each taken cookie (`found`, in batch order).
-    /// Returns the cookies not found for the first time (retried next flush),
-    /// and those found.
+    /// What the table said of each taken cookie (`found`, in batch order), and
+    /// whether the app is being asked about it. Returns the cookies not found
+    /// (retried next flush), and those found.
     pub fn settle(
         &mut self,
         batch: Vec<(CookieHash, Pending)>,
         found: Vec<bool>,
+        asking: impl Fn(&CookieHash) -> Asking,
     ) -> (Vec<CookieHash>, Vec<CookieHash>) {
         let (mut missed, mut known) = (Vec::new(), Vec::new());
         for ((h, p), found) in batch.into_iter().zip(found) {
-            match activity::settle(p, found) {
+            let asked = if found { Asking::No } else { asking(&h) };
+            match activity::settle(p, found, asked) {
                 Settled::Authenticated(n) => {
                     self.traffic.authenticated += n;
                     known.push(h);

@@ -3,7 +3,7 @@
 
 use crate::activity::{Activity, Requester};
 use crate::host::{self, EnvoyStore};
-use headcount_core::activity::Pending;
+use headcount_core::activity::{self, Pending};
 use headcount_core::bearer::TokenCache;
 use headcount_core::events::{Actor, Events, Kind, EVENTS_KEY};
 use headcount_core::handoff::Handoff;
@@ -252,6 +252,16 @@ impl Vm {
             return;
         }
         self.ask_about_candidates(&pending, now);
+        // Those the app is being asked about stay here until the answer, which
+        // may begin their session: the singleton would settle them without it.
+        let (pending, held) = {
+            let calls = self.whoami.borrow();
+            activity::hold_asked(pending, |h| calls.asking(h))
+        };
+        self.activity.borrow_mut().restore(held);
+        if pending.is_empty() && traffic.is_empty() {
+            return;
+        }
         let handoff = Handoff {
             app: self.app().clone(),
             pending,
@@ -312,7 +322,11 @@ impl Vm {
                 batch.iter().map(|(h, p)| (*h, p.last_ms)).collect();
             match self.table().touch(&touches, now) {
                 Ok(found) => {
-                    let (missed, known) = self.activity.borrow_mut().settle(batch, found);
+                    let (missed, known) = {
+                        let calls = self.whoami.borrow();
+                        let asking = |h: &CookieHash| calls.asking(h);
+                        self.activity.borrow_mut().settle(batch, found, asking)
+                    };
                     self.ask_about(&missed, &known, now);
                 }
                 Err(e) => {

@@ -12,6 +12,7 @@
 use crate::fleet::Fleet;
 use crate::host;
 use crate::vm::Vm;
+use headcount_core::activity;
 use headcount_core::bearer::{self, Start};
 use headcount_core::events::{Events, Kind, EVENTS_KEY};
 use headcount_core::flow;
@@ -85,6 +86,17 @@ pub struct Calls {
 }
 
 impl Calls {
+    /// Whether the app is being asked about this credential (a lookup queued
+    /// or in flight): its buffered requests wait for the answer.
+    pub fn asking(&self, hash: &CookieHash) -> activity::Asking {
+        let asked = |l: &Lookup| l.hash == *hash;
+        if self.queued.iter().any(asked) || self.in_flight.values().any(asked) {
+            activity::Asking::Yes
+        } else {
+            activity::Asking::No
+        }
+    }
+
     /// Queues a lookup; gives it back when the queue is full.
     pub fn queue(&mut self, lookup: Lookup) -> Result<(), Lookup> {
         let asked = |l: &Lookup| l.hash == lookup.hash;

@@ -907,7 +907,8 @@ fn unknown_touch(hash: CookieHash, last_ms: u64, requests: u64, retry: bool, out
         requests,
         retried: retry,
     };
-    match activity::settle(pending, false) {
+    // The collector asks nobody: a node holds a touch it asks the app about.
+    match activity::settle(pending, false, activity::Asking::No) {
         Settled::Retry(p) => out.reply.missing.push(Op::Touch {
             hash,
             last_ms: p.last_ms,
