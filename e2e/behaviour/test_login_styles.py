@@ -5,6 +5,10 @@ and a naive parser another (Django: the last of a repeated field, NFKC)."""
 
 from __future__ import annotations
 
+import http.client
+from http.cookies import SimpleCookie
+from urllib.parse import urlencode, urlsplit
+
 import requests
 
 from app_logins import (DJANGO_CONFIG, DRF_CONFIG, EXPRESS_CONFIG, WHOAMI, django_login, express_login,
@@ -38,6 +42,34 @@ def test_express_logins_that_keep_the_first_visit_cookie_are_counted(start_gatew
     assert r.status_code == 302 and alice.cookies.get("connect.sid") != old
     snap = wait_stats(base, lambda s: s["traffic"]["anonymous_requests_today"] == 2)
     assert [x["username"] for x in snap["sessions"]] == ["bob"], summary(snap)
+
+
+def test_a_login_counts_when_its_headers_reach_the_browser(start_gateway, express_app):
+    """A form login's redirect whose body the app has not sent yet: a browser moves on at the
+    headers, so its session is counted by then. The route trusts the response body too (as by
+    default), but an HTML answer names nobody, so nothing waits for it."""
+    route = dict(EXPRESS_CONFIG["login_routes"][0], path="/login-held",
+                 identity=["headers", "response_body", "request_body"])
+    gw = start_gateway(dict(EXPRESS_CONFIG, login_routes=[route]), app=express_app)
+    base = gw.url
+    # http.client, as `requests` reads a redirect's body before it returns.
+    conn = http.client.HTTPConnection(urlsplit(base).netloc, timeout=TIMEOUT)
+    form = urlencode({"username": "carol", "password": "pw-carol"})
+    conn.request("POST", "/login-held", body=form, headers={
+        "Content-Type": "application/x-www-form-urlencoded", "User-Agent": ua("express-held")})
+    r = conn.getresponse()  # the headers only
+    try:
+        assert r.status == 302 and r.getheader("location") == "/app", r.getheaders()
+        snap = wait_stats(base, lambda x: list(roles_of(x)) == ["carol"], timeout=10)
+        assert snap["active_users"] == 1, summary(snap)
+    finally:
+        released = requests.post(express_app.url + "/release-logins", timeout=TIMEOUT).json()
+        conn.close()
+    assert released == {"released": 1}
+    s = requests.Session()
+    s.headers["User-Agent"] = ua("express-held")
+    s.cookies.update({k: m.value for k, m in SimpleCookie(r.getheader("set-cookie")).items()})
+    assert s.get(base + "/app", timeout=TIMEOUT).text == "<h1>Hello carol</h1>"
 
 
 def test_a_second_login_that_keeps_the_cookie_replaces_the_session(start_gateway, express_app):

@@ -68,6 +68,9 @@ struct AcceptedLogin {
     /// The session cookie as the app set or kept it (for whoami).
     credential: Option<Credential>,
     from_headers: Identity,
+    /// Its body keys or may name it (`flow::login_reads_body`): recorded once
+    /// read, after the response; else before the response goes out.
+    reads_body: bool,
     body: Option<Response>,
 }
 
@@ -165,7 +168,12 @@ pub async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response
             let sent = incoming.cookie_value.as_deref();
             let accepted = settle(&setup, &mut resp, incoming.route, login, &h, &done, sent);
             if let Some(login) = accepted {
-                ctx.wait_until(finish_login(env.clone(), setup.clone(), login, done));
+                if login.reads_body {
+                    ctx.wait_until(finish_login(env.clone(), setup.clone(), login, done));
+                } else {
+                    let asked = login_at_headers(&env, &setup, login, done).await;
+                    ctx.wait_until(name_by_whoami(env.clone(), setup.clone(), asked));
+                }
                 return Ok(resp);
             }
         }
@@ -427,6 +435,8 @@ fn settle(
                         _ => None,
                     })
                     .or_else(|| sent_cookie.map(<[u8]>::to_vec));
+                let content_type = header(resp.headers(), "content-type");
+                let reads_body = flow::login_reads_body(cfg, route, token, content_type.as_deref());
                 return Some(AcceptedLogin {
                     attempt,
                     cookie,
@@ -435,7 +445,8 @@ fn settle(
                     from_headers: identity::from_response_headers(cfg, |name| {
                         header(resp.headers(), name)
                     }),
-                    body: login_body(resp),
+                    reads_body,
+                    body: if reads_body { login_body(resp) } else { None },
                 });
             }
             with_buffer(record);
@@ -548,14 +559,59 @@ async fn read_limited(mut resp: Response) -> Option<Vec<u8>> {
     copy.finish()
 }
 
-/// Records a login once identity is known (after the response body), like the
-/// filter's `finish_login`. Runs after the response went out (`wait_until`).
-async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Done) {
-    let cfg = &setup.cfg;
-    let body = match login.body {
+/// Records a login whose response body keys or may name it, once the body is
+/// read, like the filter's `finish_login`. Runs after the response went out
+/// (`wait_until`).
+async fn finish_login(env: Env, setup: Rc<Setup>, mut login: AcceptedLogin, done: Done) {
+    let body = match login.body.take() {
         Some(r) => read_limited(r).await,
         None => None,
     };
+    let recorded = record_login(&env, &setup, login, body, done).await;
+    if let Some(task) = flush::kick(&env, &setup) {
+        task.await;
+    }
+    name_by_whoami(env, setup, recorded).await;
+}
+
+/// Records a login that its response's headers say all about
+/// (`flow::login_reads_body`), before the client has them: written through
+/// to the ledger, so the client's next request, to any isolate, finds it.
+/// Returns what is left to do after the response (asking whoami).
+async fn login_at_headers(
+    env: &Env,
+    setup: &Rc<Setup>,
+    login: AcceptedLogin,
+    done: Done,
+) -> Option<Asked> {
+    let recorded = record_login(env, setup, login, None, done).await;
+    if let Err(e) = flush::flush_now(env, setup).await {
+        console_warn!("headcount: login not written before its answer ({e}); the timer writes it");
+        if let Some(task) = flush::kick(env, setup) {
+            task.await;
+        }
+    }
+    recorded
+}
+
+/// A recorded login whose session the app is to be asked about (`whoami`).
+struct Asked {
+    id: headcount_core::ids::SessionId,
+    key: CookieHash,
+    fallback: Identity,
+    credential: Option<Credential>,
+}
+
+/// Puts an accepted login into the buffer (with the logout of the session it
+/// replaces); `body` is its response body, if read.
+async fn record_login(
+    env: &Env,
+    setup: &Rc<Setup>,
+    login: AcceptedLogin,
+    body: Option<Vec<u8>>,
+    done: Done,
+) -> Option<Asked> {
+    let cfg = &setup.cfg;
     let now = now_ms();
     let mut credential = login.credential;
     let token = login
@@ -564,7 +620,7 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
         .flatten();
     // The hasher is needed (and fetched) only for a token login.
     let hasher = match &token {
-        Some(_) => setup::hasher(&env, &setup).await.ok(),
+        Some(_) => setup::hasher(env, setup).await.ok(),
         None => None,
     };
     let key = match (&token, hasher) {
@@ -577,7 +633,7 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
     let Some(new) = key else {
         console_warn!("headcount: token login without a token in its answer; not counted");
         with_buffer(|b| b.record(done.key, done.start_ms, done.response_us));
-        return;
+        return None;
     };
     let mut random = [0u8; 16];
     let accepted = match getrandom::getrandom(&mut random) {
@@ -623,19 +679,33 @@ async fn finish_login(env: Env, setup: Rc<Setup>, login: AcceptedLogin, done: Do
         }
         None => b.record(old, done.start_ms, done.response_us),
     });
+    ask.map(|(id, fallback)| Asked {
+        id,
+        key: new,
+        fallback,
+        credential,
+    })
+}
+
+/// Asks the app who a recorded login's session is, and names it.
+async fn name_by_whoami(env: Env, setup: Rc<Setup>, asked: Option<Asked>) {
+    let Some(Asked {
+        id,
+        key,
+        fallback,
+        credential,
+    }) = asked
+    else {
+        return;
+    };
+    let answer = match &credential {
+        Some(c) => crate::whoami::ask(&setup, c, now_ms()).await,
+        None => crate::whoami::Answer::default(),
+    };
+    let hasher = setup::hasher(&env, &setup).await.ok();
+    with_buffer(|b| settle_whoami(b, &setup, (id, key), answer, fallback, hasher));
     if let Some(task) = flush::kick(&env, &setup) {
         task.await;
-    }
-    if let Some((id, fallback)) = ask {
-        let answer = match &credential {
-            Some(c) => crate::whoami::ask(&setup, c, now_ms()).await,
-            None => crate::whoami::Answer::default(),
-        };
-        let hasher = setup::hasher(&env, &setup).await.ok();
-        with_buffer(|b| settle_whoami(b, &setup, (id, new), answer, fallback, hasher));
-        if let Some(task) = flush::kick(&env, &setup) {
-            task.await;
-        }
     }
 }
 

@@ -7,7 +7,8 @@
 //
 // Routes: GET / (any page; starts a session), GET /login (the form), POST
 // /login (form fields `username`, `password`; 302 to /app, or to
-// /login?failed=1), POST /logout (destroys the session, keeps no cookie
+// /login?failed=1), POST /login-held (the same, its body held until POST
+// /release-logins), POST /logout (destroys the session, keeps no cookie
 // header), GET /app (logged-in page), GET /me (who the session is, as JSON;
 // 401 when nobody), GET /late-me (the same answer after 1 s), GET /slow-me
 // (a redirect to /me after 2 s: a whoami that times out), GET /whoami-calls (how
@@ -64,6 +65,29 @@ app.post("/login", (req, res) => {
   }
   req.session.user = username;
   res.redirect("/app");
+});
+
+// POST /login-held: /login whose redirect's headers go out at once and whose
+// body waits for POST /release-logins: a browser moves on at the headers.
+const heldLogins = [];
+app.post("/login-held", (req, res) => {
+  const { username, password } = req.body || {};
+  const user = typeof username === "string" && USERS[username];
+  if (!user || password !== `pw-${username}`) {
+    return res.redirect("/login?failed=1");
+  }
+  req.session.user = username;
+  req.session.save(() => {
+    res.status(302).set("Location", "/app").type("html");
+    res.flushHeaders();
+    heldLogins.push(res);
+  });
+});
+
+app.post("/release-logins", (_req, res) => {
+  const held = heldLogins.splice(0);
+  held.forEach((r) => r.end("<p>Found. Redirecting to /app</p>"));
+  res.json({ released: held.length });
 });
 
 app.post("/logout", (req, res) => {

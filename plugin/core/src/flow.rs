@@ -46,6 +46,29 @@ pub fn token_in(cfg: &Config, route: Route, body: Option<&[u8]>) -> Option<Vec<u
     ok.then(|| token.as_bytes().to_vec())
 }
 
+/// Whether an accepted login waits for its response body before it is recorded:
+/// only when the body keys it (an opaque token, `token`) or may name it (the
+/// route trusts `response_body` and the answer may be JSON: its
+/// `Content-Type`, if any, says JSON). Every other login (a form login's
+/// redirect, an HTML page) is recorded at the response's headers, before the
+/// client has them: a page that moves on at the headers finds its session,
+/// also when the app rotates the cookie on that very next request.
+pub fn login_reads_body(
+    cfg: &Config,
+    route: Route,
+    token: bool,
+    content_type: Option<&[u8]>,
+) -> bool {
+    let Route::Login(i) = route else { return false };
+    let trusts_body = cfg
+        .login_routes
+        .get(i)
+        .is_some_and(|r| r.identity.contains(&IdentitySource::ResponseBody));
+    let may_be_json =
+        content_type.is_none_or(|t| t.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")));
+    token || (trusts_body && may_be_json)
+}
+
 /// Why a token was refused (first refusal only), for a debug log line.
 pub fn refusal(verdict: Option<&Bearer>) -> Option<&JwtError> {
     match verdict {
@@ -424,5 +447,33 @@ mod tests {
             silent.session.user_id, s.user_id,
             "each unnamed login is its own user"
         );
+    }
+
+    #[test]
+    fn only_a_login_keyed_or_named_by_its_body_waits_for_it() {
+        let cfg = Config::from_json(
+            br#"{"login_routes": [
+                {"path": "/form", "identity": ["request_body", "headers", "whoami"]},
+                {"path": "/api", "identity": ["headers", "response_body"]},
+                {"path": "/token", "token_pointer": "/token", "identity": ["whoami"]}
+            ], "whoami": {"path": "/me", "cluster": "app"}}"#,
+        )
+        .unwrap();
+        let (json, html) = (
+            Some(&b"application/json"[..]),
+            Some(&b"text/html; charset=utf-8"[..]),
+        );
+        assert!(!login_reads_body(&cfg, Route::Login(0), false, json));
+        assert!(login_reads_body(&cfg, Route::Login(1), false, json));
+        assert!(login_reads_body(
+            &cfg,
+            Route::Login(1),
+            false,
+            Some(b"application/vnd.api+JSON")
+        ));
+        assert!(login_reads_body(&cfg, Route::Login(1), false, None));
+        assert!(!login_reads_body(&cfg, Route::Login(1), false, html));
+        assert!(login_reads_body(&cfg, Route::Login(2), true, html));
+        assert!(!login_reads_body(&cfg, Route::App, true, None));
     }
 }

@@ -710,9 +710,10 @@ impl HttpContext for Stream {
 
     /// Runs when the upstream's response headers arrive. Detects login success,
     /// logout, cookie rotation and clearing from the status and `Set-Cookie`.
-    /// In fleet mode the response waits (`Pause`) until its session op has
-    /// landed: a logout's or rotation's here; an accepted login's is recorded
-    /// at the end of its body, which waits whole (`on_http_response_body`).
+    /// An accepted login is recorded here unless its body keys or may name it
+    /// (`flow::login_reads_body`); then at the end of its body. In fleet mode
+    /// the response waits (`Pause`) until its session op has landed: here, or
+    /// as a body that waits whole (`on_http_response_body`).
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let now_us = host::now_us();
         self.response_us = Some(now_us.saturating_sub(self.start_us));
@@ -759,6 +760,8 @@ impl HttpContext for Stream {
                 let from_headers = identity::from_response_headers(cfg, |name| {
                     headers.get(name).map(<[u8]>::to_vec)
                 });
+                let content_type = headers.get("content-type");
+                let reads_body = flow::login_reads_body(cfg, self.route, token, content_type);
                 let set = headers
                     .all("set-cookie")
                     .rev()
@@ -775,7 +778,9 @@ impl HttpContext for Stream {
                         }
                     }
                 }
-                if end_of_stream {
+                if end_of_stream || !reads_body {
+                    // Recorded now, before the client has the headers (in
+                    // fleet mode they wait until the login has landed).
                     self.finish_login(None, now);
                 } else {
                     // Read-your-writes: the body, where the login is recorded,
