@@ -66,9 +66,11 @@ def envoy_binary() -> str:
 
 
 def render_envoy_config(plugin_config: dict[str, Any] | str, *, wasm: Path, listener_port: int,
-                        admin_port: int, app_port: int, singleton: bool | None = None) -> str:
+                        admin_port: int, app_port: int, singleton: bool | None = None,
+                        unfiltered: tuple[str, ...] = ()) -> str:
     """envoy/envoy.yaml with the ports, the .wasm path and the plugin configuration replaced;
-    without its singleton if ``singleton`` is false (default: ``SINGLETON``)."""
+    without its singleton if ``singleton`` is false (default: ``SINGLETON``); with a route per
+    ``unfiltered`` path prefix on which the filter is disabled (Envoy's ``FilterConfig``)."""
     text = ENVOY_TEMPLATE.read_text()
     value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
 
@@ -85,6 +87,18 @@ def render_envoy_config(plugin_config: dict[str, Any] | str, *, wasm: Path, list
     if not (SINGLETON if singleton is None else singleton):
         start, end = text.index("bootstrap_extensions:\n"), text.index("static_resources:\n")
         text = text[:start] + text[end:]
+    off = "".join(
+        f"""              - match: {{ prefix: {json.dumps(prefix)} }}
+                route: {{ cluster: demo_app }}
+                typed_per_filter_config:
+                  envoy.filters.http.wasm:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
+""" for prefix in unfiltered)
+    if off:
+        marker = "              routes:\n"
+        assert text.count(marker) == 1, "envoy/envoy.yaml changed shape: its routes"
+        text = text.replace(marker, marker + off)
     # The StringValue holding the plugin JSON: a block scalar in the demo file. A JSON string
     # literal is a valid YAML double-quoted scalar, so any text can go in.
     sub(r"value: \|\n[ \t]+\{\"admin_token\": \"demo-admin-token\"[^\n]*\}\n", f"value: {json.dumps(value)}\n")
@@ -111,13 +125,14 @@ class EnvoyGateway(Gateway):
 
 
 def _launch(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency: int,
-            app_port: int | None, name: str, singleton: bool | None = None) -> tuple[EnvoyGateway, bool]:
+            app_port: int | None, name: str, singleton: bool | None = None,
+            unfiltered: tuple[str, ...] = ()) -> tuple[EnvoyGateway, bool]:
     run_dir = ctx.run_dir(name)
     listener_port, admin_port = free_ports(2)
     config_path = run_dir / "envoy.yaml"
     config_path.write_text(render_envoy_config(plugin_config, wasm=wasm_path(), listener_port=listener_port,
                                                admin_port=admin_port, app_port=app_port or ctx.demo_app.port,
-                                               singleton=singleton))
+                                               singleton=singleton, unfiltered=unfiltered))
     cmd = [envoy_binary(), "-c", str(config_path), "--concurrency", str(concurrency),
            "--log-level", "info", "--component-log-level", "wasm:debug",
            # Several Envoys may run at once (and the demo too): no shared-memory hot restart.
@@ -131,11 +146,13 @@ def _launch(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency:
 
 
 def start(ctx: StartContext, plugin_config: dict[str, Any] | str, concurrency: int = 2,
-          app_port: int | None = None, app: Any = None, singleton: bool | None = None) -> EnvoyGateway:
+          app_port: int | None = None, app: Any = None, singleton: bool | None = None,
+          unfiltered: tuple[str, ...] = ()) -> EnvoyGateway:
     """An Envoy with the filter in front of the demo app (or ``app``, a started app with
     ``.port``, or ``app_port``), ready; with the main-thread singleton unless ``singleton`` is
-    false (default: ``SINGLETON``)."""
-    gw, ready = _launch(ctx, plugin_config, concurrency, app.port if app else app_port, "envoy", singleton)
+    false (default: ``SINGLETON``); the filter off on the ``unfiltered`` path prefixes."""
+    gw, ready = _launch(ctx, plugin_config, concurrency, app.port if app else app_port, "envoy", singleton,
+                        unfiltered)
     if not ready:
         raise AssertionError(f"Envoy exited with {gw.proc.returncode} during startup "
                              f"(plugin config {plugin_config!r}); log tail:\n{gw.log_tail()}")
