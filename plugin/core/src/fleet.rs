@@ -81,11 +81,13 @@ impl Fleet {
     }
 }
 
-/// Read-your-writes for a login on a fleet node: whether its response body,
-/// `buffered` bytes so far, waits (kept by the host) instead of going on to
-/// the client, until the login is recorded at the body's end and held there
-/// until its op has landed (`held`: the node held responses when the headers
-/// came, its collectors answering).
+/// Read-your-writes on a fleet node for a login whose body is read
+/// (`flow::login_reads_body`; the others are recorded at the headers, which
+/// wait there): whether its response body, `buffered` bytes so far, waits
+/// (kept by the host) instead of going on to the client, until the login is
+/// recorded at the body's end and held there until its op has landed
+/// (`held`: the node held responses when the headers came, its collectors
+/// answering).
 ///
 /// Holding only the last callback would hold nothing: Envoy hands an HTTP/1
 /// upstream's body as its data and then an empty end of stream, and a client
