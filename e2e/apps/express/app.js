@@ -57,12 +57,20 @@ app.get("/login", (_req, res) => {
   );
 });
 
-app.post("/login", (req, res) => {
+// The user the login form names, if the password fits; else redirects back.
+function loggedIn(req, res) {
   const { username, password } = req.body || {};
   const user = typeof username === "string" && USERS[username];
   if (!user || password !== `pw-${username}`) {
-    return res.redirect("/login?failed=1");
+    res.redirect("/login?failed=1");
+    return null;
   }
+  return username;
+}
+
+app.post("/login", (req, res) => {
+  const username = loggedIn(req, res);
+  if (!username) return;
   req.session.user = username;
   res.redirect("/app");
 });
@@ -71,11 +79,8 @@ app.post("/login", (req, res) => {
 // body waits for POST /release-logins: a browser moves on at the headers.
 const heldLogins = [];
 app.post("/login-held", (req, res) => {
-  const { username, password } = req.body || {};
-  const user = typeof username === "string" && USERS[username];
-  if (!user || password !== `pw-${username}`) {
-    return res.redirect("/login?failed=1");
-  }
+  const username = loggedIn(req, res);
+  if (!username) return;
   req.session.user = username;
   req.session.save(() => {
     res.status(302).set("Location", "/app").type("html");
